@@ -1,0 +1,266 @@
+"""Typed configuration for every stage, read from one TOML file.
+
+Every section is a frozen pydantic model with unknown keys forbidden, so a typo stops startup with the key's path.
+Environment variables `AE_MONITOR_<SECTION>__<KEY>` (nested keys joined by `__`) override the file; their values
+are parsed as TOML values when they can be (`5`, `0.1`, `true`, `[1, 2]`) and taken as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ae_monitor.errors import ConfigError
+
+ENV_PREFIX = "AE_MONITOR_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogMelConfig(_Section):
+    """Log-mel features; the defaults are the DCASE Task 2 baseline recipe."""
+
+    sample_rate_hz: int = Field(16000, gt=0)
+    n_fft: int = Field(1024, gt=0)
+    hop_length: int = Field(512, gt=0)
+    n_mels: int = Field(128, gt=0)
+    power: float = Field(2.0, gt=0)
+    frames: int = Field(5, gt=0)
+    fmin_hz: float = Field(0.0, ge=0)
+    fmax_hz: float | None = Field(None, gt=0)
+    pad_mode: Literal["constant", "reflect"] = "constant"
+    channel: Literal["mean"] | int = "mean"
+    resample: bool = False
+    score_window_s: float = Field(1.0, gt=0)
+    score_hop_s: float = Field(0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LogMelConfig:
+        if self.hop_length > self.n_fft:
+            raise ValueError("hop_length must not exceed n_fft")
+        if self.fmax_hz is not None and self.fmax_hz > self.sample_rate_hz / 2:
+            raise ValueError("fmax_hz must not exceed half the sample rate")
+        if self.score_hop_s > self.score_window_s:
+            raise ValueError("score_hop_s must not exceed score_window_s")
+        if isinstance(self.channel, int) and self.channel < 0:
+            raise ValueError("channel must be 'mean' or a channel index >= 0")
+        return self
+
+
+class SensorConfig(_Section):
+    """Multivariate sensor windows."""
+
+    channels: tuple[str, ...] = ()
+    time_column: str = "datetime"
+    label_columns: tuple[str, ...] = ("anomaly", "changepoint")
+    csv_separator: str | None = None
+    window_samples: int = Field(60, gt=0)
+    hop_samples: int = Field(1, gt=0)
+    differences: bool = False
+    scaling: Literal["standard", "minmax"] = "standard"
+    nan_policy: Literal["reject", "fill_previous", "fill_mean"] = "fill_previous"
+    sample_period_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SensorConfig:
+        if self.hop_samples > self.window_samples:
+            raise ValueError("hop_samples must not exceed window_samples")
+        return self
+
+
+class FeaturesConfig(_Section):
+    kind: Literal["logmel", "sensor"] = "logmel"
+    logmel: LogMelConfig = LogMelConfig()
+    sensor: SensorConfig = SensorConfig()
+
+
+class ModelConfig(_Section):
+    """The autoencoder network. Each kind is a pure torch.nn.Module built from these fields."""
+
+    kind: Literal["dense", "conv1d", "lstm", "vae"] = "dense"
+    hidden_units: tuple[int, ...] = (128, 128, 128, 128)
+    latent_dim: int = Field(8, gt=0)
+    batch_norm: bool = True
+    conv_channels: tuple[int, ...] = (32, 16)
+    kernel_size: int = Field(7, gt=0)
+    lstm_hidden_size: int = Field(64, gt=0)
+    lstm_layers: int = Field(1, gt=0)
+    sparsity: Literal["none", "l1", "kl"] = "none"
+    sparsity_weight: float = Field(1e-3, ge=0)
+    sparsity_target: float = Field(0.05, gt=0, lt=1)
+    vae_beta: float = Field(1.0, ge=0)
+    vae_score: Literal["reconstruction", "elbo"] = "reconstruction"
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(512, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    loss: Literal["mse", "bce"] = "mse"
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    calibration_fraction: float = Field(0.1, ge=0, lt=1)
+    early_stopping_patience: int = Field(10, ge=0)
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    torch_threads: int = Field(1, gt=0)
+    denoising: Literal["none", "gaussian", "masking"] = "none"
+    noise_level: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        if self.validation_fraction + self.calibration_fraction >= 0.9:
+            raise ValueError("validation_fraction + calibration_fraction must leave at least 10% for training")
+        return self
+
+
+class CalibrationConfig(_Section):
+    method: Literal["quantile", "gamma", "pot", "false_alarm_rate"] = "gamma"
+    quantile: float = Field(0.99, gt=0, lt=1)
+    gamma_percentile: float = Field(0.9, gt=0, lt=1)
+    pot_risk: float = Field(1e-3, gt=0, lt=1)
+    pot_initial_quantile: float = Field(0.98, gt=0, lt=1)
+    false_alarms_per_hour: float = Field(1.0, gt=0)
+
+
+class ScoringConfig(_Section):
+    batch_size: int = Field(1024, gt=0)
+    max_batch_delay_ms: float = Field(50.0, ge=0)
+    torch_threads: int = Field(1, gt=0)
+
+
+class AlertingConfig(_Section):
+    """Per-stream alert decisions: k of the last n windows above the threshold fire; hysteresis resolves."""
+
+    k: int = Field(1, gt=0)
+    n: int = Field(1, gt=0)
+    exit_ratio: float = Field(0.9, gt=0, le=1)
+    min_duration_s: float = Field(0.0, ge=0)
+    cooldown_s: float = Field(0.0, ge=0)
+    top_contributors: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AlertingConfig:
+        if self.k > self.n:
+            raise ValueError("k must not exceed n")
+        return self
+
+
+class ReplayConfig(_Section):
+    """Streaming over files: pacing, gaps and the JSONL alert sink."""
+
+    pacing: Literal["fast", "realtime"] = "fast"
+    chunk_samples: int = Field(4096, gt=0)
+    max_gap_s: float = Field(10.0, gt=0)
+    alerts_path: str = "-"
+    dead_letters_path: str | None = None
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class Config(_Section):
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    alerting: AlertingConfig = AlertingConfig()
+    replay: ReplayConfig = ReplayConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (TOML), apply `AE_MONITOR_*` overrides from `environ`, validate, and return the config.
+
+    Raises ConfigError listing every problem, each with its key path.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    apply_env_overrides(data, os.environ if environ is None else environ)
+    return config_from_dict(data)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = "unknown key (not a setting of this section)" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Set `data[section][key]...` from each `AE_MONITOR_SECTION__KEY` variable, in place."""
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name} sets a key inside a non-table", key=".".join(path))
+            node = child
+        node[path[-1]] = _parse_env_value(raw)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as TOML text (what `ae-monitor config check` prints)."""
+    lines: list[str] = []
+    _dump_table(config.model_dump(mode="json"), [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    if path:
+        lines.append(f"\n[{'.'.join(path)}]")
+    for key, value in scalars.items():
+        if value is None:
+            lines.append(f"# {key} = (unset)")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _dump_table(value, [*path, key], lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,51 @@
+"""Every exception ae_monitor raises, with messages written for the person running it.
+
+    AeMonitorError
+    ├── ConfigError            bad configuration: names the key path; stops startup
+    ├── BundleError            missing, tampered, pickled or incompatible model bundle; stops startup
+    ├── DataError              a training/evaluation input that cannot be used (file, column, row)
+    │   └── SampleRateError    audio at a rate the features were not built for
+    └── RecordError            one bad streaming record: dead-lettered with `reason`, never fatal
+
+`retriable` says whether trying the same thing again later may succeed.
+"""
+
+from __future__ import annotations
+
+
+class AeMonitorError(Exception):
+    """Base class; `retriable` tells callers whether a retry can help."""
+
+    retriable = False
+
+
+class ConfigError(AeMonitorError):
+    """Configuration is invalid. `key` is the dotted path of the offending key, when there is one."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class BundleError(AeMonitorError):
+    """A model bundle cannot be loaded or written. `field` names the manifest field or file at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class DataError(AeMonitorError):
+    """Input data for training, calibration or evaluation cannot be used as given."""
+
+
+class SampleRateError(DataError):
+    """Audio arrived at a sample rate the features were not configured for."""
+
+
+class RecordError(AeMonitorError):
+    """A single streaming record is unusable. `reason` is a short, stable label used in metrics."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

@@ -1,0 +1,106 @@
+"""Immutable values passed between the stages: records in, vectors, window scores, alerts and dead letters out.
+
+Conventions used everywhere: sample and window ranges are start-inclusive, end-exclusive; times are epoch seconds
+(float); a higher score means more anomalous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class SensorRecord:
+    """One or more multivariate samples of one stream. `values` has shape (n_samples, n_channels)."""
+
+    stream: str
+    ts_s: FloatArray
+    values: FloatArray
+    channels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AudioRecord:
+    """A chunk of PCM audio of one stream. `samples` has shape (n,) or (n, n_channels), float in [-1, 1]."""
+
+    stream: str
+    ts_s: float
+    samples: FloatArray
+    sample_rate_hz: int
+
+
+Record = SensorRecord | AudioRecord
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """Feature vectors of one stream, with the range of stream samples each one covers (end exclusive)."""
+
+    data: npt.NDArray[np.float32]
+    first_sample: IntArray
+    end_sample: IntArray
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @staticmethod
+    def empty(dim: int) -> Vectors:
+        none = np.zeros(0, dtype=np.int64)
+        return Vectors(np.zeros((0, dim), dtype=np.float32), none, none.copy())
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """The score of one window of one stream, with each feature group's share of the reconstruction error."""
+
+    stream: str
+    bundle: str
+    start_s: float
+    end_s: float
+    score: float
+    threshold: float
+    contributions: tuple[float, ...]
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score > self.threshold
+
+
+AlertStatus = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert event. `id` is deterministic (stream, first anomalous window start, bundle version)."""
+
+    id: str
+    status: AlertStatus
+    stream: str
+    bundle_name: str
+    bundle_version: str
+    event_time_s: float
+    detection_time_s: float
+    peak_score: float
+    mean_score: float
+    threshold: float
+    severity: float
+    tail_probability: float
+    top_contributors: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    ends_at_s: float | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be processed, kept with the reason so nothing is silently lost."""
+
+    source: str
+    reason: str
+    message: str
+    payload: str | None = None
