@@ -156,7 +156,9 @@ class AlertingConfig(_Section):
 class ReplayConfig(_Section):
     """Streaming over files: pacing, gaps and the JSONL alert sink."""
 
+    bundle_path: str | None = None
     pacing: Literal["fast", "realtime"] = "fast"
+    speed: float = Field(1.0, gt=0)
     chunk_samples: int = Field(4096, gt=0)
     max_gap_s: float = Field(10.0, gt=0)
     alerts_path: str = "-"

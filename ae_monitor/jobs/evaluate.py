@@ -1,0 +1,172 @@
+"""`ae-monitor score` and `ae-monitor evaluate`: window scores for files, and detection quality on labelled data.
+
+Labels: DCASE/MIMII file names (`normal_*`, `anomaly_*`, `*_abnormal`) for audio clips; an `anomaly` column for
+sensor CSVs. A sensor row's score is the score of the window that ends at that row (what a live stream knows at
+that moment); rows before the first full window have no score and never alert.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.metrics import roc_auc_score
+
+from ae_monitor.errors import DataError
+from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal, scorer_for
+from ae_monitor.model.bundle import Bundle
+
+F64 = npt.NDArray[np.float64]
+
+
+def score_files(bundle: Bundle, paths: Sequence[str | Path], out: IO[str], *, fmt: str = "jsonl") -> int:
+    """Write one line per window of every file under `paths` to `out`; returns the number of windows."""
+    scorer = scorer_for(bundle)
+    groups = bundle.extractor.group_names
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(["stream", "start_s", "end_s", "score", "threshold", "anomaly", *groups])
+    count = 0
+    for signal in load_signals(paths, bundle.features):
+        scored = score_signal(bundle, scorer, signal)
+        for row in _window_rows(bundle, scored):
+            if writer is None:
+                out.write(json.dumps(row) + "\n")
+            else:
+                writer.writerow([*list(row.values())[:-1], *row["contributions"].values()])
+            count += 1
+    return count
+
+
+def _window_rows(bundle: Bundle, scored: ScoredSignal) -> list[dict[str, Any]]:
+    return [
+        {
+            "stream": scored.signal.name,
+            "start_s": scored.window_time_s(int(w.start)),
+            "end_s": scored.window_time_s(int(w.end)),
+            "score": w.score,
+            "threshold": bundle.threshold,
+            "anomaly": int(w.score > bundle.threshold),
+            "contributions": dict(
+                zip(bundle.extractor.group_names, (round(c, 6) for c in w.contributions), strict=True)
+            ),
+        }
+        for w in scored.windows
+    ]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One row per clip (audio) or per input row (sensor)."""
+
+    source: list[str]
+    index: npt.NDArray[np.int64]
+    score: F64
+    label: npt.NDArray[np.int64]
+
+    def alerts(self, threshold: float) -> npt.NDArray[np.int64]:
+        return (np.nan_to_num(self.score, nan=-np.inf) > threshold).astype(np.int64)
+
+
+def predictions_for(bundle: Bundle, scored: Sequence[ScoredSignal]) -> Predictions:
+    if bundle.features.kind == "sensor":
+        return _row_predictions(scored)
+    labels = [s.signal.clip_label for s in scored]
+    if any(label is None for label in labels):
+        unlabelled = [s.signal.name for s in scored if s.signal.clip_label is None][:3]
+        raise DataError(f"cannot tell normal from anomalous clips by name, e.g. {unlabelled}")
+    return Predictions(
+        source=[s.signal.name for s in scored],
+        index=np.zeros(len(scored), dtype=np.int64),
+        score=np.asarray([s.clip_score for s in scored]),
+        label=np.asarray(labels, dtype=np.int64),
+    )
+
+
+def _row_predictions(scored: Sequence[ScoredSignal]) -> Predictions:
+    sources, index, scores, labels = [], [], [], []
+    for item in scored:
+        if item.signal.row_labels is None:
+            raise DataError(f"{item.signal.name} has no `anomaly` column to evaluate against")
+        n = len(item.signal.samples)
+        row_score = np.full(n, np.nan)
+        for window in item.windows:
+            row_score[windoint(w.end) - 1] = window.score
+        sources += [item.signal.name] * n
+        index.append(np.arange(n))
+        scores.append(row_score)
+        labels.append(item.signal.row_labels)
+    return Predictions(sources, np.concatenate(index), np.concatenate(scores), np.concatenate(labels))
+
+
+def detection_metrics(pred: Predictions, threshold: float) -> dict[str, float | int | None]:
+    """AUC, DCASE pAUC (max FPR 0.1) and, at `threshold`, the SKAB counts and rates."""
+    alert = pred.alerts(threshold)
+    y = pred.label
+    tp, fp = int(((alert == 1) & (y == 1)).sum()), int(((alert == 1) & (y == 0)).sum())
+    fn, tn = int(((alert == 0) & (y == 1)).sum()), int(((alert == 0) & (y == 0)).sum())
+    finite = np.isfinite(pred.score)
+    both = len(set(y[finite].tolist())) == 2
+    return {
+        "auc": float(roc_auc_score(y[finite], pred.score[finite])) if both else None,
+        "pauc": float(roc_auc_score(y[finite], pred.score[finite], max_fpr=0.1)) if both else None,
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "f1": tp / (tp + (fn + fp) / 2) if tp + fn + fp else None,
+        "far": fp / (fp + tn) if fp + tn else None,
+        "mar": fn / (fn + tp) if fn + tp else None,
+        "threshold": threshold,
+    }  # fmt: skip
+
+
+def evaluate(
+    bundle: Bundle,
+    paths: Sequence[str | Path],
+    report_dir: str | Path,
+    *,
+    rows: slice | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Score labelled data, write report.json, predictions.csv and (optionally) PNG plots to `report_dir`."""
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scorer = scorer_for(bundle)
+    scored = [score_signal(bundle, scorer, s) for s in load_signals(paths, bundle.features, rows=rows)]
+    pred = predictions_for(bundle, scored)
+    report = {
+        "bundle": {"name": bundle.name, "version": bundle.version},
+        "calibration": None if bundle.calibration is None else bundle.calibration.to_dict(),
+        "overall": detection_metrics(pred, bundle.threshold),
+        "files": {s.signal.name: _file_metrics(bundle, s) for s in scored},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_predictions(out / "predictions.csv", pred, bundle.threshold)
+    if plots:
+        from ae_monitor import plots as plotting  # matplotlib is only needed when plotting
+
+        report["plots"] = [str(p) for p in plotting.evaluation_plots(out, pred, scored, bundle)]
+    return report
+
+
+def _file_metrics(bundle: Bundle, scored: ScoredSignal) -> dict[str, Any]:
+    if bundle.features.kind != "sensor":
+        return {"score": scored.clip_score, "label": scored.signal.clip_label}
+    return detection_metrics(_row_predictions([scored]), bundle.threshold)
+
+
+def _write_predictions(path: Path, pred: Predictions, threshold: float) -> None:
+    alerts = pred.alerts(threshold)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source", "index", "score", "label", "alert"])
+        for row in zip(pred.source, pred.index, pred.score, pred.label, alerts, strict=True):
+            writer.writerow(
+                [row[0], int(row[1]), "" if np.isnan(row[2]) else f"{row[2]:.6g}", int(row[3]), int(row[4])]
+            )

@@ -1,0 +1,39 @@
+"""Every Prometheus object ae_monitor exports, in one place, registered on an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The daemon's metrics. Pass a fresh `CollectorRegistry` in tests."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records = Counter("ae_monitor_records", "Records consumed.", registry=registry)
+        self.samples = Counter(
+            "ae_monitor_samples", "Samples consumed (audio samples or sensor rows).", registry=registry
+        )
+        self.windows = Counter("ae_monitor_windows_scored", "Windows scored.", ["bundle"], registry=registry)
+        self.score = Gauge("ae_monitor_window_score", "Latest window score.", ["stream", "bundle"], registry=registry)
+        self.threshold = Gauge("ae_monitor_threshold", "Calibrated alert threshold.", ["bundle"], registry=registry)
+        self.alerts = Counter("ae_monitor_alerts", "Alert events sent.", ["bundle", "status"], registry=registry)
+        self.firing = Gauge(
+            "ae_monitor_stream_firing", "1 while a stream's alert fires.", ["stream"], registry=registry
+        )
+        self.dead_letters = Counter(
+            "ae_monitor_dead_letters", "Records sent to the dead-letter sink.", ["reason"], registry=registry
+        )
+        self.streams_active = Gauge("ae_monitor_streams_active", "Streams with live state.", registry=registry)
+        self.streams_warming = Gauge(
+            "ae_monitor_streams_warming", "Streams that have not yet filled their first window.", registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "ae_monitor_scoring_batch_seconds",
+            "Time to score one micro-batch.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.bundle_info = Gauge(
+            "ae_monitor_bundle_info", "Loaded model bundles (value 1).", ["bundle", "version"], registry=registry
+        )

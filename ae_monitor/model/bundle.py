@@ -1,0 +1,259 @@
+"""The model bundle: one directory holding the weights and a JSON manifest, so the threshold travels with the model.
+
+Layout::
+
+    <bundle>/
+      manifest.json          schema version, name, version, configs, fitted feature statistics, calibration,
+                             sha256 of every other file, package and torch versions
+      weights.safetensors    the network's state_dict (safetensors: no pickle anywhere)
+
+Bundles are written atomically (a temporary sibling directory, then a rename) and verified on load: unknown schema
+versions, checksum mismatches, unexpected files and feature configs that differ from the caller's are refused
+with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+import ae_monitor
+from ae_monitor.config import FeaturesConfig, ModelConfig, TrainingConfig
+from ae_monitor.errors import BundleError
+from ae_monitor.features import FeatureExtractor, build_extractor
+from ae_monitor.model.networks import Autoencoder, build_model
+from ae_monitor.threshold import Calibration
+
+_S = TypeVar("_S", FeaturesConfig, ModelConfig, TrainingConfig)
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A trained model with everything needed to score with it: features, network, calibration."""
+
+    name: str
+    version: str
+    features: FeaturesConfig
+    model_config: ModelConfig
+    training: TrainingConfig
+    extractor: FeatureExtractor
+    model: Autoencoder
+    calibration: Calibration | None
+    extra: Mapping[str, Any]
+
+    @property
+    def threshold(self) -> float:
+        if self.calibration is None:
+            raise BundleError("the bundle has no calibrated threshold; run `ae-monitor calibrate`", field="calibration")
+        return self.calibration.threshold
+
+    def with_calibration(self, calibration: Calibration) -> Bundle:
+        return replace(self, calibration=calibration)
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write `bundle` to the directory `path` atomically, replacing an existing bundle there."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS))
+        manifest = _manifest(bundle, {WEIGHTS: _sha256(staging / WEIGHTS)})
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def weights_version(model: Autoencoder) -> str:
+    """A content hash of the weights: the same trained model always gets the same version."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def load_bundle(path: str | Path, *, expected_features: FeaturesConfig | None = None) -> Bundle:
+    """Load and verify the bundle at `path`. Raises BundleError naming the field or file at fault."""
+    root = Path(path)
+    manifest = _read_manifest(root)
+    _verify_files(root, manifest)
+    features = _section(manifest, "features_config", FeaturesConfig)
+    if expected_features is not None:
+        _check_features_match(features, expected_features)
+    model_config = _section(manifest, "model", ModelConfig)
+    vector_shape = _vector_shape(manifest)
+    model = build_model(model_config, vector_shape)
+    _load_weights(model, root / WEIGHTS)
+    return Bundle(
+        name=str(manifest.get("name", root.name)),
+        version=str(manifest["version"]),
+        features=features,
+        model_config=model_config,
+        training=_section(manifest, "training", TrainingConfig),
+        extractor=_extractor(features, manifest),
+        model=model,
+        calibration=_calibration(manifest),
+        extra=manifest.get("extra", {}),
+    )
+
+
+def _manifest(bundle: Bundle, files: dict[str, str]) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": bundle.name,
+        "version": bundle.version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "package_version": ae_monitor.__version__,
+        "torch_version": torch.__version__,
+        "features_config": bundle.features.model_dump(mode="json"),
+        "feature_state": bundle.extractor.to_manifest(),
+        "vector_shape": list(bundle.extractor.vector_shape),
+        "group_names": list(bundle.extractor.group_names),
+        "model": bundle.model_config.model_dump(mode="json"),
+        "training": bundle.training.model_dump(mode="json"),
+        "calibration": None if bundle.calibration is None else bundle.calibration.to_dict(),
+        "extra": dict(bundle.extra),
+        "files": files,
+    }
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle directory")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BundleError(f"{root} has no {MANIFEST}", field=MANIFEST) from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{root / MANIFEST} is not valid JSON: {exc}", field=MANIFEST) from exc
+    if not isinstance(manifest, dict):
+        raise BundleError("the manifest must be a JSON object", field=MANIFEST)
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"unsupported schema version {version!r}; this ae_monitor reads version {SCHEMA_VERSION}",
+            field="schema_version",
+        )
+    for key in ("version", "files", "features_config", "model", "vector_shape"):
+        if key not in manifest:
+            raise BundleError("missing from the manifest", field=key)
+    return manifest
+
+
+def _verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
+    files = manifest["files"]
+    if set(files) != {WEIGHTS}:
+        raise BundleError(
+            f"the manifest lists {sorted(files)}; only {WEIGHTS} is accepted (no pickled weights)", field="files"
+        )
+    present = {p.name for p in root.iterdir()} - {MANIFEST}
+    if present != {WEIGHTS}:
+        raise BundleError(f"unexpected files in the bundle: {sorted(present - {WEIGHTS})}", field="files")
+    actual = _sha256(root / WEIGHTS)
+    if actual != files[WEIGHTS]:
+        raise BundleError(
+            f"sha256 mismatch: manifest says {files[WEIGHTS]}, file has {actual}; the bundle was modified",
+            field=f"files.{WEIGHTS}",
+        )
+
+
+def _section(manifest: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
+    try:
+        return cls.model_validate(manifest.get(key, {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join([key, *(str(p) for p in first["loc"])])
+        raise BundleError(first["msg"], field=where) from exc
+
+
+def _check_features_match(actual: FeaturesConfig, expected: FeaturesConfig) -> None:
+    mismatch = _first_difference(actual.model_dump(mode="json"), expected.model_dump(mode="json"), "features")
+    if mismatch is not None:
+        field, have, want = mismatch
+        raise BundleError(f"the bundle was built with {have!r} but the config asks for {want!r}", field=field)
+
+
+def _first_difference(have: Any, want: Any, path: str) -> tuple[str, Any, Any] | None:
+    if isinstance(have, dict) and isinstance(want, dict):
+        for key in sorted(set(have) | set(want)):
+            found = _first_difference(have.get(key), want.get(key), f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    return None if have == want else (path, have, want)
+
+
+def _vector_shape(manifest: Mapping[str, Any]) -> tuple[int, int]:
+    shape = manifest["vector_shape"]
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise BundleError(f"expected two positive integers, got {shape!r}", field="vector_shape")
+    return shape[0], shape[1]
+
+
+def _load_weights(model: Autoencoder, path: Path) -> None:
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise BundleError(f"cannot read weights: {exc}", field=WEIGHTS) from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"weights do not fit the model config: {exc}", field=WEIGHTS) from exc
+    model.eval()
+
+
+def _extractor(features: FeaturesConfig, manifest: Mapping[str, Any]) -> FeatureExtractor:
+    try:
+        return build_extractor(features, manifest.get("feature_state"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"fitted feature statistics are unusable: {exc}", field="feature_state") from exc
+
+
+def _calibration(manifest: Mapping[str, Any]) -> Calibration | None:
+    data = manifest.get("calibration")
+    if data is None:
+        return None
+    try:
+        return Calibration.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"calibration record is unusable: {exc}", field="calibration") from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    # rename() is atomic on one filesystem; an old bundle is moved aside first, then removed.
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

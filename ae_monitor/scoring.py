@@ -1,0 +1,166 @@
+"""Stage 5, score: batched reconstruction error per vector, per-group error shares, and windows of vectors.
+
+A vector's score is its mean squared reconstruction error (the DCASE score); a window's score is the mean over
+its vectors. Each window also carries every feature group's share of the squared error (mel bands for audio,
+channels for sensors), which is what alerts use to name the top contributors. Higher score = more anomalous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ae_monitor.config import FeaturesConfig, ModelConfig
+from ae_monitor.model.networks import Autoencoder
+from ae_monitor.model.training import output_activation
+
+F64 = npt.NDArray[np.float64]
+Positions = npt.NDArray[np.float64] | npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class VectorScores:
+    """Scores of N vectors: `errors` (N,) and the squared error summed per feature group, `group_errors` (N, G)."""
+
+    errors: F64
+    group_errors: F64
+
+    def __len__(self) -> int:
+        return int(self.errors.shape[0])
+
+    def slice(self, start: int, stop: int) -> VectorScores:
+        return VectorScores(self.errors[start:stop], self.group_errors[start:stop])
+
+
+class Scorer:
+    """Scores flat feature vectors with a trained autoencoder in batches, without gradients."""
+
+    def __init__(
+        self,
+        model: Autoencoder,
+        *,
+        vector_shape: tuple[int, int],
+        model_config: ModelConfig,
+        loss: str = "mse",
+        batch_size: int = 4096,
+    ) -> None:
+        self._model = model.eval()
+        self._shape = vector_shape
+        self._elbo = model_config.kind == "vae" and model_config.vae_score == "elbo"
+        self._beta = model_config.vae_beta
+        self._activation: Callable[[torch.Tensor], torch.Tensor] = output_activation(loss)
+        self._batch_size = batch_size
+
+    def score(self, data: npt.NDArray[np.float32]) -> VectorScores:
+        """Score `data` of shape (N, T*G). Empty input gives empty scores."""
+        parts = [self._score_batch(data[i : i + self._batch_size]) for i in range(0, len(data), self._batch_size)]
+        if not parts:
+            return VectorScores(np.zeros(0), np.zeros((0, self._shape[1])))
+        return VectorScores(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def _score_batch(self, batch: npt.NDArray[np.float32]) -> tuple[F64, F64]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            out = self._model(x)
+            squared = (self._activation(out.reconstruction) - x).square()
+            errors = squared.mean(dim=1)
+            if self._elbo and out.mu is not None and out.logvar is not None:
+                # Negative ELBO per value: reconstruction term plus the KL term spread over the D inputs.
+                kl = -0.5 * (1 + out.logvar - out.mu.square() - out.logvar.exp()).sum(dim=1)
+                errors = errors + self._beta * kl / x.shape[1]
+            groups = squared.reshape(-1, *self._shape).sum(dim=1)
+        return errors.double().numpy(), groups.double().numpy()
+
+
+@dataclass(frozen=True)
+class ScoredWindow:
+    """A window of consecutive vectors of one stream: mean score, group shares, and where it starts and ends.
+
+    `start` and `end` are in whatever positions the caller pushed: sample indices offline, epoch seconds live.
+    """
+
+    score: float
+    contributions: tuple[float, ...]
+    start: float
+    end: float
+
+
+def window_plan(features: FeaturesConfig) -> tuple[int, int]:
+    """How many vectors make a scoring window, and how many vectors it hops."""
+    if features.kind == "sensor":
+        return 1, 1  # a sensor vector is already a window of `window_samples`
+    cfg = features.logmel
+    vectors_per_s = cfg.sample_rate_hz / cfg.hop_length
+    return max(1, round(cfg.score_window_s * vectors_per_s)), max(1, round(cfg.score_hop_s * vectors_per_s))
+
+
+def window_hop_s(features: FeaturesConfig) -> float:
+    """Seconds of stream between consecutive windows (converts per-hour false-alarm targets to per-window risk)."""
+    if features.kind == "sensor":
+        return features.sensor.hop_samples * features.sensor.sample_period_s
+    _, hop = window_plan(features)
+    return hop * features.logmel.hop_length / features.logmel.sample_rate_hz
+
+
+def shares(group_errors: F64) -> tuple[float, ...]:
+    """Normalise summed group errors to shares that add up to 1 (all zero stays all zero)."""
+    total = float(group_errors.sum())
+    return tuple(float(v) for v in (group_errors / total if total > 0 else group_errors))
+
+
+class WindowAggregator:
+    """Per-stream incremental grouping of scored vectors into windows: window k = vectors [k*hop, k*hop + size).
+
+    Pushing vectors in any chunking yields the same windows as pushing them all at once.
+    """
+
+    def __init__(self, size: int, hop: int) -> None:
+        if hop > size:
+            raise ValueError("hop must not exceed size")
+        self._size, self._hop = size, hop
+        self._pending: list[tuple[VectorScores, Positions, Positions]] = []
+
+    def push(self, scores: VectorScores, first_sample: Positions, end_sample: Positions) -> list[ScoredWindow]:
+        if len(scores) == 0:
+            return []
+        if self._size == 1:
+            return [self._window(scores, first_sample, end_sample, i, i + 1) for i in range(len(scores))]
+        self._pending.append((scores, first_sample, end_sample))
+        merged, first, end = self._merge()
+        windows = []
+        start = 0
+        while start + self._size <= len(merged):
+            windows.append(self._window(merged, first, end, start, start + self._size))
+            start += self._hop
+        self._pending = [(merged.slice(start, len(merged)), first[start:], end[start:])]
+        return windows
+
+    def _merge(self) -> tuple[VectorScores, Positions, Positions]:
+        scores = VectorScores(
+            np.concatenate([p[0].errors for p in self._pending]),
+            np.concatenate([p[0].group_errors for p in self._pending]),
+        )
+        first = np.concatenate([p[1] for p in self._pending])
+        end = np.concatenate([p[2] for p in self._pending])
+        return scores, first, end
+
+    @staticmethod
+    def _window(scores: VectorScores, first: Positions, end: Positions, lo: int, hi: int) -> ScoredWindow:
+        return ScoredWindow(
+            score=float(scores.errors[lo:hi].mean()),
+            contributions=shares(scores.group_errors[lo:hi].sum(axis=0)),
+            start=float(first[lo]),
+            end=float(end[hi - 1]),
+        )
+
+
+def aggregate(scores: VectorScores, first: Positions, end: Positions, *, size: int, hop: int) -> list[ScoredWindow]:
+    """Batch form of WindowAggregator. A sequence shorter than one window still gets one window over all of it."""
+    windows = WindowAggregator(size, hop).push(scores, first, end)
+    if not windows and len(scores) > 0:
+        windows = WindowAggregator(len(scores), len(scores)).push(scores, first, end)
+    return windows

@@ -1,0 +1,268 @@
+"""Stage 6, threshold: calibrate the decision threshold from the scores of held-out normal windows.
+
+The threshold wraps any scorer: it only sees a 1-D array of scores (higher = more anomalous) and returns a
+`Calibration`, which travels in the model bundle's JSON manifest (`to_dict` / `from_dict`). Methods:
+
+- ``quantile``: the empirical `quantile` of the scores.
+- ``gamma``: the DCASE Task 2 recipe; fit a gamma distribution, threshold = its `ppf(gamma_percentile)`.
+- ``pot``: peaks over threshold (SPOT initialisation, Siffer et al., KDD 2017); a generalised Pareto tail fitted
+  above the `pot_initial_quantile` gives the score exceeded with probability `pot_risk`.
+- ``false_alarm_rate``: the same tail model, aimed at `false_alarms_per_hour` per stream given the window hop.
+
+`Calibration.tail_probability(score)` estimates P(normal score >= score) with the method's own model, and the
+101 `reference_quantiles` let later stages watch the live score distribution drift away from the calibration set.
+
+    >>> from ae_monitor.config import CalibrationConfig
+    >>> cal = calibrate(np.arange(101.0), CalibrationConfig(method="quantile", quantile=0.9), window_hop_s=0.5)
+    >>> cal.threshold, cal.tail_probability(-1.0)
+    (90.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from ae_monitor.config import CalibrationConfig
+from ae_monitor.errors import BundleError, ConfigError, DataError
+
+METHODS = ("quantile", "gamma", "pot", "false_alarm_rate")
+N_REFERENCE_QUANTILES = 101
+# A GPD fitted to fewer peaks than this is mostly noise; SPOT's authors use hundreds.
+MIN_PEAKS = 10
+# tail_probability never returns 0: a score beyond every model's support is "very rare", not impossible.
+TAIL_FLOOR = float(np.finfo(np.float64).tiny)
+_GPD_KEYS = ("t", "sigma", "xi", "n_peaks")
+
+Scores = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibrated threshold and what is needed to explain it later (method, fitted values, data fingerprint)."""
+
+    threshold: float
+    method: str
+    parameters: dict[str, float]
+    n_samples: int
+    data_sha256: str
+    created_at: str
+    reference_quantiles: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if len(self.reference_quantiles) != N_REFERENCE_QUANTILES:
+            raise ValueError(
+                f"expected {N_REFERENCE_QUANTILES} reference quantiles, got {len(self.reference_quantiles)}"
+            )
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if self.n_samples < 2:
+            raise ValueError(f"n_samples must be at least 2, got {self.n_samples}")
+
+    def tail_probability(self, score: float) -> float:
+        """Estimated P(normal score >= `score`), in (0, 1] and non-increasing in `score`.
+
+        GPD tail above t when a POT tail was fitted, gamma survival for `gamma`, else the empirical tail
+        interpolated linearly between the reference quantiles (floored at 1 / (n_samples + 1)).
+        """
+        if math.isnan(score):
+            raise DataError("tail_probability needs a score, got NaN")
+        if self.method == "gamma":
+            p = self._gamma_tail(score)
+        elif all(key in self.parameters for key in _GPD_KEYS):
+            p = self._pot_tail(score)
+        else:
+            p = self._empirical_tail(score)
+        return min(1.0, max(p, TAIL_FLOOR))
+
+    def _gamma_tail(self, score: float) -> float:
+        p = self.parameters
+        return float(stats.gamma.sf(score, p["shape"], loc=p["loc"], scale=p["scale"]))
+
+    def _pot_tail(self, score: float) -> float:
+        p = self.parameters
+        peak_rate = p["n_peaks"] / self.n_samples
+        if score < p["t"]:
+            # Keep the estimate monotone across t: below it the empirical tail can never drop under the peak rate.
+            return max(self._empirical_tail(score), peak_rate)
+        return peak_rate * float(stats.genpareto.sf(score - p["t"], p["xi"], scale=p["sigma"]))
+
+    def _empirical_tail(self, score: float) -> float:
+        floor = 1.0 / (self.n_samples + 1)
+        quantiles = np.asarray(self.reference_quantiles)
+        if score > quantiles[-1]:
+            return floor
+        levels = np.linspace(0.0, 1.0, quantiles.size)
+        # Tied quantiles (a point mass) take their lowest level, so P(X >= tied value) counts the whole mass.
+        values, first = np.unique(quantiles, return_index=True)
+        return max(1.0 - float(np.interp(score, values, levels[first])), floor)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only, for the bundle manifest."""
+        return {
+            "threshold": self.threshold,
+            "method": self.method,
+            "parameters": dict(self.parameters),
+            "n_samples": self.n_samples,
+            "data_sha256": self.data_sha256,
+            "created_at": self.created_at,
+            "reference_quantiles": list(self.reference_quantiles),
+        }
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> Calibration:
+        """Inverse of `to_dict`; raises BundleError naming the bad field."""
+        try:
+            return Calibration(
+                threshold=float(d["threshold"]),
+                method=str(d["method"]),
+                parameters={str(k): float(v) for k, v in d["parameters"].items()},
+                n_samples=int(d["n_samples"]),
+                data_sha256=str(d["data_sha256"]),
+                created_at=str(d["created_at"]),
+                reference_quantiles=tuple(float(v) for v in d["reference_quantiles"]),
+            )
+        except KeyError as exc:
+            raise BundleError("missing from the manifest", field=f"calibration.{exc.args[0]}") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"malformed: {exc}", field="calibration") from exc
+
+
+def calibrate(
+    scores: npt.ArrayLike, cfg: CalibrationConfig, *, window_hop_s: float, created_at: str | None = None
+) -> Calibration:
+    """Calibrate a threshold on the scores of normal windows with `cfg.method`.
+
+    `window_hop_s` (seconds between consecutive windows of a stream) converts `false_alarms_per_hour` into a
+    per-window risk. `created_at` defaults to now (ISO 8601, UTC); pass it for byte-identical manifests.
+    Raises DataError for unusable scores, ConfigError when `pot_risk` is not inside the fitted tail.
+    """
+    if not window_hop_s > 0:
+        raise ValueError(f"window_hop_s must be > 0, got {window_hop_s}")
+    x = _checked_scores(scores)
+    threshold, parameters = _METHOD_FUNCTIONS[cfg.method](x, cfg, window_hop_s)
+    return Calibration(
+        threshold=threshold,
+        method=cfg.method,
+        parameters=parameters,
+        n_samples=int(x.size),
+        data_sha256=scores_sha256(x),
+        created_at=created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        reference_quantiles=tuple(np.quantile(x, np.linspace(0.0, 1.0, N_REFERENCE_QUANTILES)).tolist()),
+    )
+
+
+def scores_sha256(scores: npt.ArrayLike) -> str:
+    """Fingerprint of calibration scores: sha256 of their float64 little-endian bytes."""
+    return hashlib.sha256(np.ascontiguousarray(scores, dtype="<f8").tobytes()).hexdigest()
+
+
+def _checked_scores(scores: npt.ArrayLike) -> Scores:
+    try:
+        x = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"calibration scores must be numbers: {exc}") from exc
+    if x.ndim != 1:
+        raise DataError(f"calibration scores must be a 1-D array, got shape {x.shape}")
+    if x.size < 2:
+        raise DataError(f"calibration needs at least 2 scores, got {x.size}; hold out more normal data")
+    bad = np.flatnonzero(~np.isfinite(x))
+    if bad.size:
+        raise DataError(
+            f"{bad.size} of {x.size} calibration scores are NaN or infinite (first at index {bad[0]}); "
+            "the features or the model produced invalid values"
+        )
+    return x
+
+
+def _quantile(x: Scores, cfg: CalibrationConfig, hop_s: float) -> tuple[float, dict[str, float]]:
+    return float(np.quantile(x, cfg.quantile)), {"quantile": cfg.quantile}
+
+
+def _gamma(x: Scores, cfg: CalibrationConfig, hop_s: float) -> tuple[float, dict[str, float]]:
+    if np.ptp(x) == 0:
+        raise DataError(f"gamma calibration needs scores that vary; all {x.size} scores equal {x[0]}")
+    shape, loc, scale = (float(v) for v in stats.gamma.fit(x))
+    threshold = float(stats.gamma.ppf(cfg.gamma_percentile, shape, loc=loc, scale=scale))
+    if not math.isfinite(threshold):
+        raise DataError(f"gamma fit gave no finite threshold (shape={shape}, loc={loc}, scale={scale})")
+    return threshold, {"percentile": cfg.gamma_percentile, "shape": shape, "loc": loc, "scale": scale}
+
+
+def _pot(x: Scores, cfg: CalibrationConfig, hop_s: float) -> tuple[float, dict[str, float]]:
+    t, excesses = _peaks(x, cfg.pot_initial_quantile)
+    if excesses.size < MIN_PEAKS:
+        raise DataError(_too_few_peaks_message(x.size, excesses.size, cfg.pot_initial_quantile))
+    if cfg.pot_risk >= excesses.size / x.size:
+        raise ConfigError(
+            f"{cfg.pot_risk:g} is not inside the fitted tail ({excesses.size} of {x.size} scores lie above the "
+            f"initial threshold); lower pot_risk or pot_initial_quantile",
+            key="calibration.pot_risk",
+        )
+    fit = _fit_gpd(t, excesses)
+    params = {"initial_quantile": cfg.pot_initial_quantile, "risk": cfg.pot_risk, **fit}
+    return _gpd_quantile(fit, cfg.pot_risk, x.size), params
+
+
+def _false_alarm_rate(x: Scores, cfg: CalibrationConfig, hop_s: float) -> tuple[float, dict[str, float]]:
+    windows_per_hour = 3600.0 / hop_s
+    # Above 0.5 per window the "threshold" would sit below the median: the target is not an alarm rate any more.
+    risk = min(cfg.false_alarms_per_hour / windows_per_hour, 0.5)
+    params = {
+        "false_alarms_per_hour": cfg.false_alarms_per_hour,
+        "window_hop_s": hop_s,
+        "windows_per_hour": windows_per_hour,
+        "risk": risk,
+        "initial_quantile": cfg.pot_initial_quantile,
+    }
+    t, excesses = _peaks(x, cfg.pot_initial_quantile)
+    if excesses.size >= MIN_PEAKS and risk < excesses.size / x.size:
+        fit = _fit_gpd(t, excesses)
+        return _gpd_quantile(fit, risk, x.size), {**params, **fit}
+    return float(np.quantile(x, 1.0 - risk)), params
+
+
+def _peaks(x: Scores, initial_quantile: float) -> tuple[float, Scores]:
+    t = float(np.quantile(x, initial_quantile))
+    return t, x[x > t] - t
+
+
+def _fit_gpd(t: float, excesses: Scores) -> dict[str, float]:
+    """Maximum-likelihood GPD fit with scipy (SPOT uses Grimshaw's trick; plain MLE is as accurate here)."""
+    xi, _, sigma = (float(v) for v in stats.genpareto.fit(excesses, floc=0))
+    return {"t": t, "sigma": sigma, "xi": xi, "n_peaks": float(excesses.size)}
+
+
+def _gpd_quantile(fit: Mapping[str, float], risk: float, n: int) -> float:
+    """SPOT's z_q: the score exceeded with probability `risk` under the fitted tail."""
+    ratio = risk * n / fit["n_peaks"]
+    if fit["xi"] == 0.0:
+        return fit["t"] - fit["sigma"] * math.log(ratio)
+    return fit["t"] + fit["sigma"] / fit["xi"] * (float(ratio ** -fit["xi"]) - 1.0)
+
+
+def _too_few_peaks_message(n: int, n_peaks: int, initial_quantile: float) -> str:
+    needed = math.ceil(MIN_PEAKS / (1.0 - initial_quantile)) + 1
+    return (
+        f"peaks-over-threshold needs at least {MIN_PEAKS} scores above the initial threshold (the "
+        f"{initial_quantile:g} quantile) but {n} scores gave {n_peaks}; calibrate on at least {needed} scores "
+        "or lower calibration.pot_initial_quantile"
+    )
+
+
+_METHOD_FUNCTIONS: dict[str, Callable[[Scores, CalibrationConfig, float], tuple[float, dict[str, float]]]] = {
+    "quantile": _quantile,
+    "gamma": _gamma,
+    "pot": _pot,
+    "false_alarm_rate": _false_alarm_rate,
+}

@@ -1,0 +1,137 @@
+"""The streaming pipeline: micro-batched scoring across streams, dead letters, gaps, and offline parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ae_monitor.config import AlertingConfig
+from ae_monitor.jobs.data import load_signals, score_signal, scorer_for
+from ae_monitor.jobs.demo import CHANNELS, START_S
+from ae_monitor.metrics import Metrics
+from ae_monitor.model.bundle import Bundle, load_bundle
+from ae_monitor.pipeline import Pipeline
+from ae_monitor.records import Alert, DeadLetter, SensorRecord
+from ae_monitor.sinks.memory import MemorySink
+from ae_monitor.sources.memory import MemorySource
+from ae_monitor.sources.replay import ReplaySource
+
+
+class Harness:
+    def __init__(self, bundle: Bundle, alerting: AlertingConfig | None = None) -> None:
+        self.alerts: MemorySink[Alert] = MemorySink()
+        self.dead: MemorySink[DeadLetter] = MemorySink()
+        self.registry = CollectorRegistry()
+        self.pipeline = Pipeline(
+            bundle,
+            alerting=alerting or AlertingConfig(k=5, n=10, exit_ratio=0.8, cooldown_s=60),
+            alerts=self.alerts,
+            dead_letters=self.dead,
+            metrics=Metrics(self.registry),
+            max_gap_s=30,
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def bundle(sensor_bundle: Path) -> Bundle:
+    return load_bundle(sensor_bundle)
+
+
+def _record(stream: str, start: int, n: int, channels: tuple[str, ...] = CHANNELS) -> SensorRecord:
+    rng = np.random.default_rng(start)
+    ts = START_S + np.arange(start, start + n, dtype=np.float64)
+    values = np.column_stack([0.5 + rng.normal(0, 0.03, n), 11 + rng.normal(0, 0.1, n),
+                              2.7 + rng.normal(0, 0.05, n), 49 + rng.normal(0, 0.1, n)])  # fmt: skip
+    return SensorRecord(stream, ts, values, channels)
+
+
+def test_replayed_faults_fire_alerts_on_the_faulted_streams_only(bundle: Bundle, sensor_data: tuple[Path, Path]) -> None:
+    harness = Harness(bundle)
+    source = ReplaySource([sensor_data[1]], bundle.features, chunk_samples=10)
+    harness.pipeline.run(source, max_records=3)
+    firing = {a.stream for a in harness.alerts.items if a.status == "firing"}
+    assert firing == {"pump-2", "pump-3"}
+    assert harness.dead.items == []
+
+
+def test_alert_names_the_faulted_channel_first(bundle: Bundle, sensor_data: tuple[Path, Path]) -> None:
+    harness = Harness(bundle)
+    harness.pipeline.run(ReplaySource([sensor_data[1]], bundle.features, chunk_samples=25))
+    first = {a.stream: a for a in reversed(harness.alerts.items) if a.status == "firing"}
+    assert first["pump-2"].top_contributors[0][0] == "vibration_rms"
+    assert first["pump-3"].top_contributors[0][0] == "pressure_bar"
+
+
+def test_streamed_windows_equal_the_offline_scores_of_the_same_file(
+    bundle: Bundle, sensor_data: tuple[Path, Path]
+) -> None:
+    harness = Harness(bundle)
+    streamed = []
+    source = ReplaySource([sensor_data[1] / "pump-2.csv"], bundle.features, chunk_samples=7)
+    while not source.exhausted:
+        streamed += harness.pipeline.process(source.poll(max_records=4))
+    streamed += harness.pipeline.flush()
+    offline = score_signal(bundle, scorer_for(bundle), load_signals([sensor_data[1] / "pump-2.csv"], bundle.features)[0])
+    assert len(streamed) == len(offline.windows)
+    np.testing.assert_allclose([w.score for w in streamed], [w.score for w in offline.windows], rtol=1e-5)
+    assert streamed[0].start_s == START_S
+    assert streamed[0].end_s == START_S + bundle.features.sensor.window_samples
+
+
+def test_one_forward_pass_per_micro_batch_across_streams(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    harness.pipeline.process([_record(f"pump-{i}", 0, 40) for i in range(5)])
+    assert harness.metric("ae_monitor_scoring_batch_seconds_count") == 1
+    assert harness.metric("ae_monitor_windows_scored_total", bundle="pump") == 5 * (40 - 30 + 1)
+    assert harness.metric("ae_monitor_streams_active") == 5
+
+
+def test_streams_are_warming_until_their_first_full_window(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    harness.pipeline.process([_record("a", 0, 10), _record("b", 0, 40)])
+    assert harness.metric("ae_monitor_streams_warming") == 1
+    harness.pipeline.process([_record("a", 10, 25)])
+    assert harness.metric("ae_monitor_streams_warming") == 0
+
+
+def test_channel_mismatch_is_a_dead_letter_and_the_batch_goes_on(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    wrong = _record("a", 0, 40, channels=("vibration_rms", "motor_current_a", "pressure_bar", "humidity"))
+    windows = harness.pipeline.process([wrong, _record("b", 0, 40)])
+    assert [d.reason for d in harness.dead.items] == ["channel_mismatch"]
+    assert "humidity" in harness.dead.items[0].message
+    assert {w.stream for w in windows} == {"b"}
+    assert harness.metric("ae_monitor_dead_letters_total", reason="channel_mismatch") == 1
+
+
+def test_channels_in_another_order_are_reordered(bundle: Bundle) -> None:
+    a, b = Harness(bundle), Harness(bundle)
+    record = _record("s", 0, 40)
+    shuffled = SensorRecord("s", record.ts_s, record.values[:, ::-1], tuple(reversed(CHANNELS)))
+    assert [w.score for w in a.pipeline.process([record])] == [w.score for w in b.pipeline.process([shuffled])]
+
+
+def test_out_of_order_record_is_a_dead_letter(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    harness.pipeline.process([_record("s", 100, 40), _record("s", 50, 10)])
+    assert [d.reason for d in harness.dead.items] == ["out_of_order"]
+
+
+def test_a_long_gap_restarts_the_streams_windows(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    harness.pipeline.process([_record("s", 0, 40)])
+    windows = harness.pipeline.process([_record("s", 1000, 20)])
+    assert windows == []  # 20 samples after the gap do not fill a 30-sample window
+    assert harness.metric("ae_monitor_streams_warming") == 1
+
+
+def test_memory_source_runs_to_exhaustion(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    scored = harness.pipeline.run(MemorySource([_record("s", 0, 40), _record("s", 40, 40)]), max_records=1)
+    assert scored == 80 - 30 + 1
