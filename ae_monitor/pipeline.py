@@ -29,7 +29,7 @@ from ae_monitor.features.logmel import prepare_audio
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Alert, AudioRecord, DeadLetter, Record, SensorRecord, Vectors, WindowScore
-from ae_monitor.scoring import Scorer, ScoredWindow, WindowAggregator, window_plan
+from ae_monitor.scoring import ScoredWindow, Scorer, WindowAggregator, window_plan
 from ae_monitor.sinks import AlertSink, DeadLetterSink
 from ae_monitor.sources.base import Source
 from ae_monitor.threshold import Calibration

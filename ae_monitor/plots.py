@@ -45,7 +45,7 @@ def roc(path: Path, pred: Predictions) -> Path:
 def histogram(path: Path, pred: Predictions, threshold: float) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     finite = np.isfinite(pred.score)
-    bins = np.histogram_bin_edges(pred.score[finite], bins=50)
+    bins = np.histogram_bin_edges(pred.score[finite], bins=50).tolist()
     for label, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         values = pred.score[finite & (pred.label == label)]
         if len(values):

@@ -16,7 +16,7 @@ import torch
 
 from ae_monitor.config import FeaturesConfig, ModelConfig
 from ae_monitor.model.networks import Autoencoder
-from ae_monitor.model.training import output_activation
+from ae_monitor.model.training import LossKind, output_activation
 
 F64 = npt.NDArray[np.float64]
 Positions = npt.NDArray[np.float64] | npt.NDArray[np.int64]
@@ -45,7 +45,7 @@ class Scorer:
         *,
         vector_shape: tuple[int, int],
         model_config: ModelConfig,
-        loss: str = "mse",
+        loss: LossKind = "mse",
         batch_size: int = 4096,
     ) -> None:
         self._model = model.eval()

@@ -16,6 +16,7 @@ from ae_monitor.config import Config, MetricsConfig
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
 from ae_monitor.pipeline import Pipeline
+from ae_monitor.records import DeadLetter
 from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.replay import ReplaySource
@@ -45,7 +46,9 @@ def replay(config: Config, bundle_path: Path, inputs: Sequence[str | Path]) -> i
     bundle = load_bundle(bundle_path, expected_features=config.features)
     registry = CollectorRegistry()
     alerts = JsonlSink.open(config.replay.alerts_path)
-    dead = JsonlSink.open(config.replay.dead_letters_path) if config.replay.dead_letters_path else MemorySink()
+    dead: JsonlSink | MemorySink[DeadLetter] = (
+        JsonlSink.open(config.replay.dead_letters_path) if config.replay.dead_letters_path else MemorySink()
+    )
     source = ReplaySource(inputs, config.features, chunk_samples=config.replay.chunk_samples,
                           pacing=config.replay.pacing, speed=config.replay.speed)  # fmt: skip
     pipeline = Pipeline(bundle, alerting=config.alerting, alerts=alerts, dead_letters=dead, metrics=Metrics(registry),

@@ -101,5 +101,3 @@ def test_saving_over_an_existing_bundle_replaces_it_whole(sensor_bundle: Path, t
     assert sorted(p.name for p in target.iterdir()) == sorted([MANIFEST, WEIGHTS])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert load_bundle(target).version == bundle.version
-
-

@@ -50,7 +50,9 @@ def test_stages_import_only_the_base_their_own_stage_and_allowed_edges(module: s
             assert imported.startswith(allowed), f"{module} imports {imported}"
 
 
-@pytest.mark.parametrize(("client", "home"), [("librosa", "ae_monitor.features"), ("kafka", "ae_monitor.sources.kafka")])
+@pytest.mark.parametrize(
+    ("client", "home"), [("librosa", "ae_monitor.features"), ("kafka", "ae_monitor.sources.kafka")]
+)
 def test_external_clients_stay_in_their_own_modules(client: str, home: str) -> None:
     for module, imported in MODULES.items():
         if any(i == client or i.startswith(client + ".") for i in imported):

@@ -51,7 +51,9 @@ def _record(stream: str, start: int, n: int, channels: tuple[str, ...] = CHANNEL
     return SensorRecord(stream, ts, values, channels)
 
 
-def test_replayed_faults_fire_alerts_on_the_faulted_streams_only(bundle: Bundle, sensor_data: tuple[Path, Path]) -> None:
+def test_replayed_faults_fire_alerts_on_the_faulted_streams_only(
+    bundle: Bundle, sensor_data: tuple[Path, Path]
+) -> None:
     harness = Harness(bundle)
     source = ReplaySource([sensor_data[1]], bundle.features, chunk_samples=10)
     harness.pipeline.run(source, max_records=3)
@@ -77,7 +79,9 @@ def test_streamed_windows_equal_the_offline_scores_of_the_same_file(
     while not source.exhausted:
         streamed += harness.pipeline.process(source.poll(max_records=4))
     streamed += harness.pipeline.flush()
-    offline = score_signal(bundle, scorer_for(bundle), load_signals([sensor_data[1] / "pump-2.csv"], bundle.features)[0])
+    offline = score_signal(
+        bundle, scorer_for(bundle), load_signals([sensor_data[1] / "pump-2.csv"], bundle.features)[0]
+    )
     assert len(streamed) == len(offline.windows)
     np.testing.assert_allclose([w.score for w in streamed], [w.score for w in offline.windows], rtol=1e-5)
     assert streamed[0].start_s == START_S

@@ -16,7 +16,7 @@ from ae_monitor.features.logmel import prepare_audio
 from ae_monitor.features.sensor import SensorExtractor
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Vectors
-from ae_monitor.scoring import Scorer, ScoredWindow, VectorScores, aggregate, window_plan
+from ae_monitor.scoring import ScoredWindow, Scorer, VectorScores, aggregate, window_plan
 from ae_monitor.sources.files import audio_label, read_audio, read_sensor_csv
 from ae_monitor.sources.replay import list_inputs, stream_name
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from ae_monitor.jobs.train import train_bundle
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
 from ae_monitor.pipeline import Pipeline
+from ae_monitor.records import Alert, DeadLetter
 from ae_monitor.sinks import AlertSink
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.replay import ReplaySource
@@ -148,12 +149,12 @@ def run_demo(
         speed=1000 / remaining,
         sleep=sleep,
     )
-    memory: MemorySink = MemorySink()
+    memory: MemorySink[Alert] = MemorySink()
     pipeline = Pipeline(
         load_bundle(out / "bundle"),
         alerting=config.alerting,
         alerts=_Tee(alerts, memory),
-        dead_letters=MemorySink(),
+        dead_letters=MemorySink[DeadLetter](),
         metrics=Metrics(registry),
         max_gap_s=config.replay.max_gap_s,
     )
@@ -165,14 +166,15 @@ class _Tee:
     def __init__(self, *sinks: AlertSink) -> None:
         self._sinks = sinks
 
-    def send(self, alerts: list) -> None:  # type: ignore[type-arg]
+    def send(self, alerts: Sequence[Alert]) -> None:
         for sink in self._sinks:
             sink.send(alerts)
 
 
-def _summarise(memory: MemorySink, windows: int) -> DemoResult:
+def _summarise(memory: MemorySink[Alert], windows: int) -> DemoResult:
     firing = [a for a in memory.items if a.status == "firing"]
-    detected, false_alarms = {}, 0
+    detected: dict[str, bool] = {}
+    false_alarms = 0
     for name, fault in FAULTS.items():
         mine = [a for a in firing if a.stream.endswith(name)]
         if fault is None:

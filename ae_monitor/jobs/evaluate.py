@@ -97,7 +97,7 @@ def _row_predictions(scored: Sequence[ScoredSignal]) -> Predictions:
         n = len(item.signal.samples)
         row_score = np.full(n, np.nan)
         for window in item.windows:
-            row_score[windoint(w.end) - 1] = window.score
+            row_score[int(window.end) - 1] = window.score
         sources += [item.signal.name] * n
         index.append(np.arange(n))
         scores.append(row_score)
@@ -140,7 +140,7 @@ def evaluate(
     scorer = scorer_for(bundle)
     scored = [score_signal(bundle, scorer, s) for s in load_signals(paths, bundle.features, rows=rows)]
     pred = predictions_for(bundle, scored)
-    report = {
+    report: dict[str, Any] = {
         "bundle": {"name": bundle.name, "version": bundle.version},
         "calibration": None if bundle.calibration is None else bundle.calibration.to_dict(),
         "overall": detection_metrics(pred, bundle.threshold),
@@ -151,7 +151,8 @@ def evaluate(
     if plots:
         from ae_monitor import plots as plotting  # matplotlib is only needed when plotting
 
-        report["plots"] = [str(p) for p in plotting.evaluation_plots(out, pred, scored, bundle)]
+        figures = plotting.evaluation_plots(out, pred, scored, bundle)
+        report["plots"] = {p.stem: str(p) for p in figures}
     return report
 
 

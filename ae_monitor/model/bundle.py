@@ -182,9 +182,12 @@ def _section(manifest: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
     try:
         return cls.model_validate(manifest.get(key, {}))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join([key, *(str(p) for p in first["loc"])])
-        raise BundleError(first["msg"], field=where) from exc
+        raise _bundle_error(exc, key) from exc
+
+
+def _bundle_error(exc: ValidationError, key: str) -> BundleError:
+    details = exc.errors()[0]
+    return BundleError(str(details["msg"]), field=".".join([key, *(str(part) for part in details["loc"])]))
 
 
 def _check_features_match(actual: FeaturesConfig, expected: FeaturesConfig) -> None:
