@@ -37,7 +37,7 @@ __all__ = ["LogMelExtractor", "LogMelStream", "prepare_audio"]
 EPS = sys.float_info.epsilon
 # Frames transformed per FFT call: bounds the memory of a long file pushed at once (~4 MB per 1024 frames).
 _BLOCK_FRAMES = 1024
-# float32 stays within 1e-5 dB of a float64 computation for the DCASE recipe and halves FFT time.
+# float32 stays within 2e-5 dB of librosa in float64 (measured on the DCASE clips) at half the cost of float64.
 _DTYPE = np.float32
 
 F32 = npt.NDArray[np.float32]

@@ -134,10 +134,13 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 4096) -> Scorer:
     )
 
 
-def score_signal(bundle: Bundle, scorer: Scorer, signal: Signal) -> ScoredSignal:
+def score_signal(bundle: Bundle, scorer: Scorer, signal: Signal, *, every_vector: bool = False) -> ScoredSignal:
+    """Score `signal` as the pipeline would. `every_vector` starts a window at every vector instead of every hop:
+    the same distribution of window scores, more (overlapping) samples, which calibration on short data needs."""
     vectors = bundle.extractor.transform(_checked_channels(bundle, signal))
     scores = scorer.score(vectors.data)
     size, hop = window_plan(bundle.features)
+    hop = 1 if every_vector else hop
     windows = aggregate(scores, vectors.first_sample, vectors.end_sample, size=size, hop=hop)
     return ScoredSignal(signal, vectors, scores, windows)
 

@@ -92,7 +92,7 @@ def calibrate_on(bundle: Bundle, signals: Sequence[Signal], cfg: CalibrationConf
 
 def window_scores(bundle: Bundle, signals: Sequence[Signal]) -> npt.NDArray[np.float64]:
     scorer = scorer_for(bundle)
-    per_signal = [[w.score for w in score_signal(bundle, scorer, s).windows] for s in signals]
+    per_signal = [[w.score for w in score_signal(bundle, scorer, s, every_vector=True).windows] for s in signals]
     return np.asarray([score for scores in per_signal for score in scores], dtype=np.float64)
 
 

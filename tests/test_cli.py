@@ -1,0 +1,126 @@
+"""The `ae-monitor` command end to end on temporary data: train -> calibrate -> score -> evaluate -> replay."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from ae_monitor.cli import main
+from ae_monitor.jobs.demo import DEMO_CONFIG
+from ae_monitor.model.bundle import load_bundle
+
+
+def _write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+    lines = []
+    for section, keys in sections.items():
+        flat = {k: v for k, v in keys.items() if not isinstance(v, dict)}
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in flat.items()]
+        for sub, sub_keys in keys.items():
+            if isinstance(sub_keys, dict):
+                lines.append(f"[{section}.{sub}]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in sub_keys.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def sensor_config(tmp_path: Path) -> Path:
+    return _write_config(tmp_path / "sensor.toml", {**DEMO_CONFIG, "metrics": {"enabled": False}})
+
+
+def test_config_check_prints_the_resolved_config(sensor_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(sensor_config)]) == 0
+    assert "window_samples = 30" in capsys.readouterr().out
+
+
+def test_config_check_lists_every_error_with_its_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nepochs = -1\nepoks = 3\n")
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "training.epochs" in err
+    assert "training.epoks: unknown key" in err
+
+
+def test_sensor_train_calibrate_score_evaluate_replay(
+    sensor_config: Path, sensor_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train_dir, replay_dir = sensor_data
+    bundle = tmp_path / "bundle"
+    assert main(["-q", "train", "--config", str(sensor_config), "--data", str(train_dir), "--out", str(bundle),
+                 "--rows", "0:2500"]) == 0  # fmt: skip
+    first = load_bundle(bundle).calibration
+    assert first is not None
+
+    assert main(["-q", "calibrate", "--bundle", str(bundle), "--data", str(train_dir), "--method", "quantile"]) == 0
+    recalibrated = load_bundle(bundle).calibration
+    assert recalibrated is not None
+    assert recalibrated.method == "quantile"
+    assert recalibrated.n_samples > first.n_samples
+
+    scores = tmp_path / "scores.csv"
+    assert main(["-q", "score", "--bundle", str(bundle), str(replay_dir / "pump-2.csv"), "--format", "csv",
+                 "--out", str(scores)]) == 0  # fmt: skip
+    with scores.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1000 - 30 + 1
+    assert {"stream", "start_s", "end_s", "score", "threshold", "anomaly", "vibration_rms"} <= set(rows[0])
+
+    report = tmp_path / "report"
+    assert main(["-q", "evaluate", "--bundle", str(bundle), "--data", str(replay_dir), "--report", str(report)]) == 0
+    summary = json.loads((report / "report.json").read_text())
+    assert summary["overall"]["auc"] > 0.9
+    assert (report / "roc.png").stat().st_size > 0
+    assert (report / "timelines" / "pump-2.png").stat().st_size > 0
+    with (report / "predictions.csv").open() as handle:
+        assert sum(1 for _ in handle) == 3 * 1000 + 1
+
+    capsys.readouterr()
+    assert main(["-q", "replay", "--config", str(sensor_config), "--bundle", str(bundle),
+                 "--input", str(replay_dir)]) == 0  # fmt: skip
+    alerts = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {a["stream"] for a in alerts if a["status"] == "firing"} >= {"pump-2", "pump-3"}
+
+
+def test_audio_train_score_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 4) / 16000
+    hum = 0.3 * np.sin(2 * np.pi * 120 * t) + 0.1 * np.sin(2 * np.pi * 240 * t)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    for i in range(2):
+        soundfile.write(tmp_path / "train" / f"normal_id_00_{i}.wav", hum + rng.normal(0, 0.01, t.size), 16000)
+    soundfile.write(tmp_path / "test" / "normal_id_00_9.wav", hum + rng.normal(0, 0.01, t.size), 16000)
+    rattle = hum + 0.3 * np.sin(2 * np.pi * 3100 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+    soundfile.write(tmp_path / "test" / "anomaly_id_00_9.wav", rattle + rng.normal(0, 0.01, t.size), 16000)
+    config = _write_config(tmp_path / "audio.toml", {
+        "features": {"kind": "logmel", "logmel": {"score_window_s": 0.25, "score_hop_s": 0.125}},
+        "model": {"hidden_units": [64, 64], "latent_dim": 8},
+        "training": {"epochs": 100, "batch_size": 32, "learning_rate": 0.003, "calibration_fraction": 0.2},
+        "calibration": {"method": "quantile", "quantile": 0.95},
+    })  # fmt: skip
+    bundle = tmp_path / "bundle"
+    assert main(["-q", "train", "--config", str(config), "--data", str(tmp_path / "train"), "--out", str(bundle)]) == 0
+    assert main(["-q", "score", "--bundle", str(bundle), str(tmp_path / "test")]) == 0
+    windows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(windows[0]["contributions"]) == 128
+    assert main(["-q", "evaluate", "--bundle", str(bundle), "--data", str(tmp_path / "test"),
+                 "--report", str(tmp_path / "r")]) == 0  # fmt: skip
+    files = json.loads((tmp_path / "r" / "report.json").read_text())["files"]
+    assert files["anomaly_id_00_9"]["score"] > files["normal_id_00_9"]["score"]
+
+
+def test_a_bad_bundle_stops_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["score", "--bundle", str(tmp_path), str(tmp_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_replay_without_a_bundle_names_the_key(sensor_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "--config", str(sensor_config), "--input", "x.csv"]) == 2
+    assert "replay.bundle_path" in capsys.readouterr().err
