@@ -160,7 +160,7 @@ def make_clips(n: int, seed: int = 0) -> list[F32]:
 
 
 def make_bundle() -> Bundle:
-    """An untrained but initialised default audio bundle (dense DCASE model, eval mode); speed does not need training."""
+    """An untrained but initialised default audio bundle (dense DCASE model, eval mode): speed needs no training."""
     torch.manual_seed(0)
     features = FeaturesConfig()
     extractor = build_extractor(features)
@@ -189,9 +189,7 @@ def signal_of(clip: F32, index: int) -> Signal:
 
 def baseline_vectors(clip: F32) -> F32:
     """The plain recipe's features: librosa mel power spectrogram, dB, 5 frames stacked frame-major."""
-    mel = librosa.feature.melspectrogram(
-        y=clip, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, power=2.0
-    )
+    mel = librosa.feature.melspectrogram(y=clip, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, power=2.0)
     log_mel = 10.0 * np.log10(np.maximum(mel, EPS))
     n_vectors = log_mel.shape[1] - FRAMES + 1
     vectors = np.empty((n_vectors, FRAMES * N_MELS), dtype=np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from ae_monitor.config import config_from_dict, load_config
 from ae_monitor.jobs.data import load_signals, score_signal, scorer_for
