@@ -81,7 +81,7 @@ class Pipeline:
         dead_letters: DeadLetterSink,
         metrics: Metrics,
         max_gap_s: float = 10.0,
-        batch_size: int = 4096,
+        batch_size: int = 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._bundle = bundle

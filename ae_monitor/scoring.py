@@ -46,7 +46,7 @@ class Scorer:
         vector_shape: tuple[int, int],
         model_config: ModelConfig,
         loss: LossKind = "mse",
-        batch_size: int = 4096,
+        batch_size: int = 1024,
     ) -> None:
         self._model = model.eval()
         self._shape = vector_shape

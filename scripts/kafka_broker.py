@@ -265,10 +265,9 @@ def start_broker(workdir: Path | None = None, *, timeout_s: float = START_TIMEOU
     """
     fetch_jars()
     workdir = Path(tempfile.mkdtemp(prefix="ae-monitor-kafka-")) if workdir is None else workdir
+    workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, PORT_RETRIES + 1):
-        for stale in ("data", "broker.log", "stdout.log"):
-            shutil.rmtree(workdir / stale, ignore_errors=True) if stale == "data" else (workdir / stale).unlink(True)
-        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(workdir / "data", ignore_errors=True)  # left by an attempt whose ports were taken
         try:
             return _launch(workdir, timeout_s)
         except BrokerError as error:

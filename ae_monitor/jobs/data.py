@@ -124,7 +124,7 @@ class ScoredSignal:
         return float(ts[sample]) if sample < len(ts) else float(ts[-1]) + (sample - len(ts) + 1) * _period(ts)
 
 
-def scorer_for(bundle: Bundle, *, batch_size: int = 4096) -> Scorer:
+def scorer_for(bundle: Bundle, *, batch_size: int = 1024) -> Scorer:
     return Scorer(
         bundle.model,
         vector_shape=bundle.extractor.vector_shape,
