@@ -171,6 +171,88 @@ class MetricsConfig(_Section):
     port: int = Field(9108, ge=0, le=65535)
 
 
+class KafkaConnectionConfig(_Section):
+    """How to reach the brokers; `extra` passes further kafka-python settings through unchanged."""
+
+    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    client_id: str = "ae-monitor"
+    connect_timeout_s: float = Field(30.0, gt=0)
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class KafkaSourceConfig(_Section):
+    """Consuming records: a consumer group over topics or a pattern, manual commits only."""
+
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    group_id: str = "ae-monitor"
+    start_from: Literal["earliest", "latest"] = "latest"
+    max_poll_records: int = Field(2000, gt=0)
+    session_timeout_ms: int = Field(10000, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaSourceConfig:
+        if bool(self.topics) == bool(self.topic_pattern):
+            raise ValueError("set exactly one of topics or topic_pattern")
+        return self
+
+
+class StreamsConfig(_Section):
+    """Per-stream state bounds."""
+
+    max_streams: int = Field(10000, gt=0)
+    idle_eviction_s: float = Field(3600.0, gt=0)
+    late_tolerance_s: float = Field(0.0, ge=0)
+
+
+class RouteConfig(_Section):
+    """Streams whose id (or `field`) matches `match` are scored with `bundle_path`. First match wins."""
+
+    match: str = "*"
+    syntax: Literal["glob", "regex"] = "glob"
+    bundle_path: str
+
+
+class KafkaSinkConfig(_Section):
+    alerts_topic: str | None = "ae-monitor-alerts"
+    scores_topic: str | None = None
+    dead_letter_topic: str | None = "ae-monitor-dead-letters"
+    state_topic: str | None = "ae-monitor-alert-state"
+    send_timeout_s: float = Field(10.0, gt=0)
+
+
+class HttpSinkConfig(_Section):
+    url: str | None = None
+    timeout_s: float = Field(5.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class SinksConfig(_Section):
+    jsonl_path: str | None = None
+    kafka: KafkaSinkConfig = KafkaSinkConfig()
+    alertmanager: HttpSinkConfig = HttpSinkConfig()
+    webhook: HttpSinkConfig = HttpSinkConfig()
+    max_pending_alerts: int = Field(10000, gt=0)
+
+
+class ServiceConfig(_Section):
+    """The daemon process: health server, shutdown and reload."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(9108, ge=0, le=65535)
+    shutdown_grace_s: float = Field(20.0, gt=0)
+    heartbeat_stale_s: float = Field(30.0, gt=0)
+    reload_check_s: float = Field(10.0, ge=0)
+    log_format: Literal["json", "text"] = "json"
+    watchdog: bool = True
+
+
 class Config(_Section):
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
@@ -180,6 +262,12 @@ class Config(_Section):
     alerting: AlertingConfig = AlertingConfig()
     replay: ReplayConfig = ReplayConfig()
     metrics: MetricsConfig = MetricsConfig()
+    kafka: KafkaConnectionConfig = KafkaConnectionConfig()
+    source: KafkaSourceConfig | None = None
+    streams: StreamsConfig = StreamsConfig()
+    routes: tuple[RouteConfig, ...] = ()
+    sinks: SinksConfig = SinksConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
@@ -244,18 +332,24 @@ def dump_config(config: Config) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
-    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str], *, array: bool = False) -> None:
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    arrays = {k: v for k, v in table.items() if _is_table_array(v)}
     if path:
-        lines.append(f"\n[{'.'.join(path)}]")
-    for key, value in scalars.items():
-        if value is None:
-            lines.append(f"# {key} = (unset)")
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"\n[[{'.'.join(path)}]]" if array else f"\n[{'.'.join(path)}]")
     for key, value in table.items():
-        if isinstance(value, dict):
-            _dump_table(value, [*path, key], lines)
+        if key in tables or key in arrays:
+            continue
+        lines.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _dump_table(value, [*path, key], lines)
+    for key, items in arrays.items():
+        for item in items:
+            _dump_table(item, [*path, key], lines, array=True)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _toml_value(value: Any) -> str:
