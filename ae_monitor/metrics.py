@@ -37,3 +37,42 @@ class Metrics:
         self.bundle_info = Gauge(
             "ae_monitor_bundle_info", "Loaded model bundles (value 1).", ["bundle", "version"], registry=registry
         )
+        self.score_hist = Histogram(
+            "ae_monitor_score_ratio",
+            "Window score divided by the bundle's threshold (1 = at the threshold).",
+            ["bundle"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=registry,
+        )
+        self.late_samples = Counter(
+            "ae_monitor_late_samples", "Samples dropped for arriving after newer ones.", registry=registry
+        )
+        self.evicted = Counter("ae_monitor_streams_evicted", "Stream states dropped.", ["reason"], registry=registry)
+        self.record_latency = Histogram(
+            "ae_monitor_record_to_score_seconds",
+            "Wall time from a record's arrival to the scoring of its windows.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self.alert_latency = Histogram(
+            "ae_monitor_event_to_alert_seconds",
+            "Wall time from the end of the window that fired an alert to the alert's detection.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "ae_monitor_consumer_lag", "Records behind the partition's end.", ["topic", "partition"], registry=registry
+        )
+        self.last_commit = Gauge(
+            "ae_monitor_last_commit_timestamp_seconds", "When offsets were last committed.", registry=registry
+        )
+        self.heartbeat = Gauge(
+            "ae_monitor_heartbeat_timestamp_seconds",
+            "When the main loop last completed an iteration.",
+            registry=registry,
+        )
+        self.ready = Gauge("ae_monitor_ready", "1 when bundles are loaded and partitions assigned.", registry=registry)
+        self.reloads = Counter("ae_monitor_bundle_reloads", "Bundle reload attempts.", ["result"], registry=registry)
+        self.partitions = Gauge(
+            "ae_monitor_partitions_assigned", "Partitions owned by this process.", registry=registry
+        )

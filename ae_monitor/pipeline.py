@@ -2,27 +2,36 @@
 
 Per-stream state (feature buffers, window grouping, alert state) lives in a dict keyed by stream id, so a process
 that owns a set of Kafka partitions owns exactly the state of their streams. One `process` call is one micro-batch:
-the vectors of every stream in it go through the network in a single batched pass.
+the vectors of every stream routed to a bundle go through that bundle's network in a single batched pass.
 
 Rules applied to each record, in order (a failed rule sends the record to the dead-letter sink with its reason):
-  * audio: sample rate and channel selection (`sample_rate`, `channel`); sensors: channel names (`channel_mismatch`);
-  * a record older than what the stream has already seen is `out_of_order`;
-  * a gap longer than `replay.max_gap_s` restarts the stream's windows (the stream is warming again);
+  * routing: the first route whose pattern matches the stream id picks the bundle (`no_route` otherwise);
+  * audio: sample rate and channel selection (`sample_rate`); sensors: channel names (`channel_mismatch`);
+  * samples not newer than what the stream has seen are dropped and counted (`ae_monitor_late_samples_total`);
+  * a gap longer than `max_gap_s` restarts the stream's windows (the stream is warming again);
   * missing values follow `features.sensor.nan_policy` (`nan_value` when it is 'reject').
+
+Progress for at-least-once commits: `process_batch` returns where each record's samples landed in its stream
+(`RecordPosition`); `is_done` is true once every window containing those samples has been scored (or can never be,
+because the stream restarted or was dropped). A caller commits a record's offset only when it is done and the
+alerts it caused were delivered.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ae_monitor.alerting import AlertPolicy, StreamAlertState
-from ae_monitor.config import AlertingConfig
+from ae_monitor.config import AlertingConfig, RouteConfig, StreamsConfig
 from ae_monitor.errors import BundleError, DataError, RecordError, SampleRateError
 from ae_monitor.features import FeatureStream
 from ae_monitor.features.logmel import prepare_audio
@@ -32,106 +41,171 @@ from ae_monitor.records import Alert, AudioRecord, DeadLetter, Record, SensorRec
 from ae_monitor.scoring import ScoredWindow, Scorer, WindowAggregator, window_plan
 from ae_monitor.sinks import AlertSink, DeadLetterSink
 from ae_monitor.sources.base import Source
-from ae_monitor.threshold import Calibration
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _StreamState:
-    """Everything the pipeline keeps for one stream."""
-
-    features: FeatureStream
-    windows: WindowAggregator
-    alert: StreamAlertState
-    origin_s: float = 0.0  # audio: time of sample 0
-    samples: int = 0  # samples pushed since the last restart
-    last_ts_s: float = float("-inf")
-    ts_base: int = 0  # sensor: stream sample index of ts[0]
-    ts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
-    warming: bool = True
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
-class _Pushed:
-    """The vectors one record produced, with the epoch seconds each starts and ends at."""
+class RecordPosition:
+    """Where a record's samples went: stream, the stream's restart generation, index of its last sample."""
 
     stream: str
-    vectors: Vectors
-    start_s: npt.NDArray[np.float64]
-    end_s: npt.NDArray[np.float64]
+    generation: int
+    last_sample: int
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    stream: str
-    samples: npt.NDArray[np.floating]
-    ts_s: npt.NDArray[np.float64] | float
+class BatchResult:
+    windows: list[WindowScore]
+    alerts: list[Alert]
+    positions: list[RecordPosition | None]  # one per input record; None = nothing left to wait for
 
 
-class Pipeline:
-    """Scores records from any source with one bundle and sends alerts and dead letters to sinks."""
+class Slot:
+    """One loaded bundle and what scores with it."""
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        *,
-        alerting: AlertingConfig,
-        alerts: AlertSink,
-        dead_letters: DeadLetterSink,
-        metrics: Metrics,
-        max_gap_s: float = 10.0,
-        batch_size: int = 1024,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._bundle = bundle
-        self._scorer = Scorer(
+    def __init__(self, bundle: Bundle, *, alerting: AlertingConfig, batch_size: int) -> None:
+        if bundle.calibration is None:
+            raise BundleError("the bundle has no calibrated threshold; run `ae-monitor calibrate`", field="calibration")
+        self.bundle = bundle
+        self.scorer = Scorer(
             bundle.model,
             vector_shape=bundle.extractor.vector_shape,
             model_config=bundle.model_config,
             loss=bundle.training.loss,
             batch_size=batch_size,
         )
-        self._policy = AlertPolicy(
+        self.policy = AlertPolicy(
             alerting,
             bundle_name=bundle.name,
             bundle_version=bundle.version,
             group_names=bundle.extractor.group_names,
-            calibration=_require_calibration(bundle),
+            calibration=bundle.calibration,
         )
-        self._plan = window_plan(bundle.features)
+        self.plan = window_plan(bundle.features)
+
+
+@dataclass
+class StreamState:
+    """Everything the pipeline keeps for one stream."""
+
+    slot: str
+    features: FeatureStream
+    windows: WindowAggregator
+    alert: StreamAlertState
+    generation: int = 0
+    origin_s: float = 0.0  # audio: time of sample 0
+    samples: int = 0  # samples pushed since the last restart
+    last_ts_s: float = float("-inf")
+    ts_base: int = 0  # sensor: stream sample index of ts[0]
+    ts: F64 = field(default_factory=lambda: np.zeros(0))
+    warming: bool = True
+    last_window_start: int = -1  # first sample of the newest window scored
+    seen_wall_s: float = 0.0
+    alert_changed: bool = False
+
+
+class Router:
+    """Picks a bundle for a stream id: the first matching route wins; results are cached per stream."""
+
+    def __init__(self, routes: Sequence[tuple[RouteConfig, str]]) -> None:
+        self._routes = [(_matcher(route), slot) for route, slot in routes]
+        self._cache: dict[str, str | None] = {}
+
+    def slot_for(self, stream: str) -> str | None:
+        if stream not in self._cache:
+            self._cache[stream] = next((slot for match, slot in self._routes if match(stream)), None)
+        return self._cache[stream]
+
+
+def _matcher(route: RouteConfig) -> Callable[[str], bool]:
+    if route.syntax == "regex":
+        pattern = re.compile(route.match)
+        return lambda stream: pattern.fullmatch(stream) is not None
+    return lambda stream: fnmatch.fnmatchcase(stream, route.match)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    stream: str
+    slot: str
+    samples: npt.NDArray[np.floating]
+    ts_s: F64 | float
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    stream: str
+    vectors: Vectors
+
+
+class Pipeline:
+    """Scores records from any source with one or more bundles; alerts and dead letters go to sinks."""
+
+    def __init__(
+        self,
+        bundles: Bundle | Mapping[str, Bundle],
+        *,
+        alerting: AlertingConfig,
+        alerts: AlertSink,
+        dead_letters: DeadLetterSink,
+        metrics: Metrics,
+        routes: Sequence[tuple[RouteConfig, str]] = (),
+        streams: StreamsConfig | None = None,
+        max_gap_s: float = 10.0,
+        batch_size: int = 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        named = {bundles.name: bundles} if isinstance(bundles, Bundle) else dict(bundles)
+        self._alerting, self._batch_size = alerting, batch_size
+        self._slots = {name: Slot(bundle, alerting=alerting, batch_size=batch_size) for name, bundle in named.items()}
+        self._router = Router(routes or [(RouteConfig(bundle_path=""), next(iter(named)))])
         self._alerts, self._dead, self._metrics = alerts, dead_letters, metrics
+        self._limits = streams or StreamsConfig()
         self._max_gap_s, self._clock = max_gap_s, clock
-        self._streams: dict[str, _StreamState] = {}
-        metrics.threshold.labels(bundle.name).set(bundle.threshold)
-        metrics.bundle_info.labels(bundle.name, bundle.version).set(1)
+        self._streams: dict[str, StreamState] = {}
+        self._restored: dict[str, Mapping[str, Any]] = {}
+        for slot in self._slots.values():
+            self._publish_bundle(slot.bundle)
 
     @property
-    def streams(self) -> dict[str, _StreamState]:
+    def streams(self) -> dict[str, StreamState]:
         return self._streams
 
+    @property
+    def bundles(self) -> dict[str, Bundle]:
+        return {name: slot.bundle for name, slot in self._slots.items()}
+
+    # -- the micro-batch -------------------------------------------------------------------------------------
+
     def process(self, records: Sequence[Record]) -> list[WindowScore]:
-        """Run one micro-batch. Returns the window scores it produced (alerts and dead letters go to the sinks)."""
+        """Run one micro-batch; returns the window scores it produced."""
+        return self.process_batch(records).windows
+
+    def process_batch(self, records: Sequence[Record], *, arrival_s: float | None = None) -> BatchResult:
+        """Run one micro-batch: dead letters and alerts are sent (and acknowledged) before this returns."""
         pushed: list[_Pushed] = []
+        positions: list[RecordPosition | None] = []
         letters: list[DeadLetter] = []
         for record in records:
             self._metrics.records.inc()
             try:
-                pushed.append(self._push(self._prepare(record)))
+                item, position = self._push(self._prepare(record))
+                pushed.append(item)
+                positions.append(position)
             except (RecordError, DataError) as exc:
                 letters.append(_dead_letter(record, exc))
-        return self._finish_batch(pushed, letters)
+                positions.append(None)
+        if letters:
+            self._send_dead_letters(letters)
+        return self._finish(pushed, positions, arrival_s)
 
     def flush(self) -> list[WindowScore]:
         """End of input: emit what the streams hold back (audio end padding), as a last micro-batch."""
-        pushed = [self._flushed(name, state) for name, state in self._streams.items()]
-        return self._finish_batch(pushed, [])
-
-    def _flushed(self, stream: str, state: _StreamState) -> _Pushed:
-        vectors = state.features.flush()
-        return _Pushed(
-            stream, vectors, self._times(state, vectors.first_sample), self._times(state, vectors.end_sample)
-        )
+        pushed = [_Pushed(name, state.features.flush()) for name, state in self._streams.items()]
+        return self._finish(pushed, [], None).windows
 
     def run(self, source: Source, *, max_records: int = 256) -> int:
         """Consume `source` until it is exhausted; returns the number of windows scored."""
@@ -140,63 +214,118 @@ class Pipeline:
             scored += len(self.process(source.poll(max_records=max_records)))
         return scored + len(self.flush())
 
-    def _finish_batch(self, pushed: list[_Pushed], letters: list[DeadLetter]) -> list[WindowScore]:
+    def _finish(self, pushed: list[_Pushed], positions: list[RecordPosition | None],
+                arrival_s: float | None) -> BatchResult:  # fmt: skip
         windows = self._score(pushed)
+        for state in self._streams.values():
+            self._trim_times(state)
+        if arrival_s is not None and windows:
+            self._metrics.record_latency.observe(max(0.0, self._clock() - arrival_s))
         alerts = self._decide(windows)
-        if letters:
-            self._dead.send(letters)
-            for letter in letters:
-                self._metrics.dead_letters.labels(letter.reason).inc()
         if alerts:
             self._alerts.send(alerts)
         self._update_gauges(windows, alerts)
-        return windows
+        return BatchResult(windows, alerts, positions)
+
+    # -- progress, lifecycle of streams ------------------------------------------------------------------------
+
+    def is_done(self, position: RecordPosition) -> bool:
+        """True once every window containing the record's samples was scored, or never will be."""
+        state = self._streams.get(position.stream)
+        if state is None or state.generation != position.generation:
+            return True
+        return state.last_window_start > position.last_sample
+
+    def drop_streams(self, names: Sequence[str], *, reason: str = "revoked") -> None:
+        """Forget streams (their partitions moved to another process); their new owner warms up."""
+        for name in names:
+            if self._streams.pop(name, None) is not None:
+                self._metrics.evicted.labels(reason).inc()
+        self._update_gauges([], [])
+
+    def evict_idle(self, now_wall_s: float) -> list[str]:
+        """Drop streams that sent nothing for `streams.idle_eviction_s`; returns their names."""
+        idle = [n for n, s in self._streams.items() if now_wall_s - s.seen_wall_s > self._limits.idle_eviction_s]
+        self.drop_streams(idle, reason="idle")
+        return idle
+
+    def swap_bundle(self, name: str, bundle: Bundle) -> None:
+        """Replace bundle `name` atomically between micro-batches. Streams keep their buffers when the features are
+        unchanged (else they restart); alert episodes continue, new episodes carry the new version."""
+        old = self._slots[name]
+        self._slots[name] = Slot(bundle, alerting=self._alerting, batch_size=self._batch_size)
+        self._metrics.bundle_info.labels(old.bundle.name, old.bundle.version).set(0)
+        self._publish_bundle(bundle)
+        if bundle.features != old.bundle.features:
+            for stream, state in list(self._streams.items()):
+                if state.slot == name:
+                    self._restart(stream, state)
+
+    def restore_alert_states(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Alert states read back after a restart; applied when each stream is next seen."""
+        self._restored.update(states)
+
+    def take_changed_alert_states(self) -> dict[str, dict[str, Any]]:
+        """Alert states that changed since the last call (to persist them), keyed by stream."""
+        changed = {}
+        for name, state in self._streams.items():
+            if state.alert_changed:
+                changed[name] = state.alert.to_dict()
+                state.alert_changed = False
+        return changed
+
+    # -- per record --------------------------------------------------------------------------------------------
 
     def _prepare(self, record: Record) -> _Prepared:
+        slot_name = self._router.slot_for(record.stream)
+        if slot_name is None:
+            raise RecordError(f"no route matches stream {record.stream!r}", reason="no_route")
+        bundle = self._slots[slot_name].bundle
         if isinstance(record, AudioRecord):
-            samples = prepare_audio(record.samples, record.sample_rate_hz, self._bundle.features.logmel)
-            return _Prepared(record.stream, samples, record.ts_s)
-        return _Prepared(record.stream, self._ordered_channels(record), np.asarray(record.ts_s, dtype=np.float64))
+            if bundle.features.kind != "logmel":
+                raise RecordError("audio record for a sensor bundle", reason="wrong_kind")
+            samples = prepare_audio(record.samples, record.sample_rate_hz, bundle.features.logmel)
+            return _Prepared(record.stream, slot_name, samples, record.ts_s)
+        if bundle.features.kind != "sensor":
+            raise RecordError("sensor record for an audio bundle", reason="wrong_kind")
+        values = _ordered_channels(record, bundle.extractor.group_names)
+        return _Prepared(record.stream, slot_name, values, np.asarray(record.ts_s, dtype=np.float64))
 
-    def _ordered_channels(self, record: SensorRecord) -> npt.NDArray[np.floating]:
-        expected = self._bundle.extractor.group_names
-        if tuple(record.channels) == expected:
-            return record.values
-        if set(record.channels) != set(expected):
-            missing = sorted(set(expected) - set(record.channels))
-            extra = sorted(set(record.channels) - set(expected))
-            raise RecordError(
-                f"channels do not match the bundle's: missing {missing}, unexpected {extra}", reason="channel_mismatch"
-            )
-        order = [record.channels.index(name) for name in expected]
-        return record.values[:, order]
-
-    def _push(self, item: _Prepared) -> _Pushed:
-        state = self._streams.get(item.stream) or self._new_state(item.stream)
-        first_ts, last_ts = self._record_span(item)
-        if first_ts < state.last_ts_s - 1e-9:
-            raise RecordError(
-                f"record starts at {first_ts} but stream {item.stream!r} has reached {state.last_ts_s}",
-                reason="out_of_order",
-            )
+    def _push(self, item: _Prepared) -> tuple[_Pushed, RecordPosition | None]:
+        state = self._streams.get(item.stream) or self._new_state(item.stream, item.slot)
+        state.seen_wall_s = self._clock()
+        item = self._drop_late(state, item)
+        if len(item.samples) == 0:
+            return _Pushed(item.stream, Vectors.empty(1)), None
+        first_ts, last_ts = self._span(item)
         if state.samples and first_ts - state.last_ts_s > self._max_gap_s:
             log.info("stream %s: gap of %.1f s, restarting its windows", item.stream, first_ts - state.last_ts_s)
             state = self._restart(item.stream, state)
         vectors = state.features.push(item.samples)
         self._note_times(state, item, last_ts)
-        pushed = _Pushed(item.stream, vectors, self._times(state, vectors.first_sample),
-                         self._times(state, vectors.end_sample))  # fmt: skip
-        self._trim_times(state)
         self._metrics.samples.inc(len(item.samples))
-        return pushed
+        return _Pushed(item.stream, vectors), RecordPosition(item.stream, state.generation, state.samples - 1)
 
-    def _record_span(self, item: _Prepared) -> tuple[float, float]:
+    def _drop_late(self, state: StreamState, item: _Prepared) -> _Prepared:
         if isinstance(item.ts_s, float):
-            rate = self._bundle.features.logmel.sample_rate_hz
+            expected = state.origin_s + state.samples / self._rate(state)
+            if state.samples and item.ts_s < expected - max(self._limits.late_tolerance_s, 1 / self._rate(state)):
+                self._metrics.late_samples.inc(len(item.samples))
+                return _Prepared(item.stream, item.slot, item.samples[:0], item.ts_s)
+            return item
+        fresh = item.ts_s > state.last_ts_s
+        if fresh.all():
+            return item
+        self._metrics.late_samples.inc(int((~fresh).sum()))
+        return _Prepared(item.stream, item.slot, item.samples[fresh], item.ts_s[fresh])
+
+    def _span(self, item: _Prepared) -> tuple[float, float]:
+        if isinstance(item.ts_s, float):
+            rate = self._slots[item.slot].bundle.features.logmel.sample_rate_hz
             return item.ts_s, item.ts_s + len(item.samples) / rate
         return float(item.ts_s[0]), float(item.ts_s[-1])
 
-    def _note_times(self, state: _StreamState, item: _Prepared, last_ts: float) -> None:
+    def _note_times(self, state: StreamState, item: _Prepared, last_ts: float) -> None:
         if state.samples == 0 and isinstance(item.ts_s, float):
             state.origin_s = item.ts_s
         state.samples += len(item.samples)
@@ -204,83 +333,122 @@ class Pipeline:
         if not isinstance(item.ts_s, float):
             state.ts = np.concatenate([state.ts, item.ts_s])
 
-    def _trim_times(self, state: _StreamState) -> None:
+    def _trim_times(self, state: StreamState) -> None:
         # Keep only the timestamps a future window can still start at.
-        sensor = self._bundle.features.sensor
+        sensor = self._slots[state.slot].bundle.features.sensor
         drop = max(0, len(state.ts) - (sensor.window_samples + sensor.hop_samples + 2))
         state.ts, state.ts_base = state.ts[drop:], state.ts_base + drop
 
-    def _times(self, state: _StreamState, samples: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-        """Epoch seconds of stream sample indices; an index one past the last known sample extrapolates."""
-        if self._bundle.features.kind == "logmel":
-            return state.origin_s + samples / self._bundle.features.logmel.sample_rate_hz
-        index = samples - state.ts_base
-        known = np.minimum(index, len(state.ts) - 1)
-        beyond = index - known
-        return state.ts[known] + beyond * self._bundle.features.sensor.sample_period_s
+    def _rate(self, state: StreamState) -> float:
+        return float(self._slots[state.slot].bundle.features.logmel.sample_rate_hz)
 
-    def _new_state(self, stream: str) -> _StreamState:
-        state = _StreamState(
-            features=self._bundle.extractor.stream(),
-            windows=WindowAggregator(*self._plan),
-            alert=self._policy.new_state(),
-        )
+    def _new_state(self, stream: str, slot_name: str) -> StreamState:
+        if len(self._streams) >= self._limits.max_streams:
+            oldest = min(self._streams, key=lambda n: self._streams[n].seen_wall_s)
+            self.drop_streams([oldest], reason="capacity")
+        slot = self._slots[slot_name]
+        alert = slot.policy.new_state()
+        if stream in self._restored:
+            alert = StreamAlertState.from_dict(self._restored.pop(stream))
+        state = StreamState(slot_name, slot.bundle.extractor.stream(), WindowAggregator(*slot.plan), alert)
         self._streams[stream] = state
         return state
 
-    def _restart(self, stream: str, old: _StreamState) -> _StreamState:
-        state = self._new_state(stream)
-        state.alert = old.alert  # alert episodes span gaps; only the windows restart
+    def _restart(self, stream: str, old: StreamState) -> StreamState:
+        slot = self._slots[old.slot]
+        state = StreamState(old.slot, slot.bundle.extractor.stream(), WindowAggregator(*slot.plan), old.alert,
+                            generation=old.generation + 1, seen_wall_s=old.seen_wall_s)  # fmt: skip
+        self._streams[stream] = state  # alert episodes span restarts; only the windows start again
         return state
 
+    # -- scoring and decisions ---------------------------------------------------------------------------------
+
     def _score(self, pushed: list[_Pushed]) -> list[WindowScore]:
-        pushed = [p for p in pushed if len(p.vectors)]
-        if not pushed:
-            return []
+        by_slot: dict[str, list[_Pushed]] = {}
+        for item in pushed:
+            if len(item.vectors) and item.stream in self._streams:
+                by_slot.setdefault(self._streams[item.stream].slot, []).append(item)
+        windows: list[WindowScore] = []
+        for slot_name, items in by_slot.items():
+            windows += self._score_slot(self._slots[slot_name], items)
+        return windows
+
+    def _score_slot(self, slot: Slot, items: list[_Pushed]) -> list[WindowScore]:
         started = time.perf_counter()
-        scores = self._scorer.score(np.concatenate([p.vectors.data for p in pushed]))
+        scores = slot.scorer.score(np.concatenate([item.vectors.data for item in items]))
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         windows: list[WindowScore] = []
         offset = 0
-        for item in pushed:
+        for item in items:
             state = self._streams[item.stream]
             part = scores.slice(offset, offset + len(item.vectors))
             offset += len(item.vectors)
-            for window in state.windows.push(part, item.start_s, item.end_s):
-                state.warming = False
-                windows.append(self._window_score(item.stream, window))
+            for window in state.windows.push(part, item.vectors.first_sample, item.vectors.end_sample):
+                windows.append(self._window_score(item.stream, state, slot.bundle, window))
         return windows
 
-    def _window_score(self, stream: str, window: ScoredWindow) -> WindowScore:
-        return WindowScore(
-            stream, self._bundle.name, window.start, window.end, window.score, self._bundle.threshold,
-            window.contributions,
-        )  # fmt: skip
+    def _window_score(self, stream: str, state: StreamState, bundle: Bundle, window: ScoredWindow) -> WindowScore:
+        state.warming = False
+        state.last_window_start = int(window.start)
+        start_s, end_s = self._time_of(state, bundle, int(window.start)), self._time_of(state, bundle, int(window.end))
+        return WindowScore(stream, bundle.name, start_s, end_s, window.score, bundle.threshold, window.contributions)
+
+    def _time_of(self, state: StreamState, bundle: Bundle, sample: int) -> float:
+        """Epoch seconds of a stream sample index; an index past the last known sample extrapolates."""
+        if bundle.features.kind == "logmel":
+            return state.origin_s + sample / bundle.features.logmel.sample_rate_hz
+        index = sample - state.ts_base
+        known = min(index, len(state.ts) - 1)
+        return float(state.ts[known]) + (index - known) * bundle.features.sensor.sample_period_s
 
     def _decide(self, windows: list[WindowScore]) -> list[Alert]:
         alerts: list[Alert] = []
         now = self._clock()
         for window in windows:
-            alerts.extend(self._policy.update(self._streams[window.stream].alert, window, now_s=now))
+            state = self._streams[window.stream]
+            new = self._slots[state.slot].policy.update(state.alert, window, now_s=now)
+            state.alert_changed = True
+            for _ in new:
+                self._metrics.alert_latency.observe(max(0.0, now - window.end_s))
+            alerts.extend(new)
         return alerts
 
+    # -- metrics -----------------------------------------------------------------------------------------------
+
+    def _publish_bundle(self, bundle: Bundle) -> None:
+        self._metrics.threshold.labels(bundle.name).set(bundle.threshold)
+        self._metrics.bundle_info.labels(bundle.name, bundle.version).set(1)
+
+    def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        self._dead.send(letters)
+        for letter in letters:
+            self._metrics.dead_letters.labels(letter.reason).inc()
+
     def _update_gauges(self, windows: list[WindowScore], alerts: list[Alert]) -> None:
-        name = self._bundle.name
-        if windows:
-            self._metrics.windows.labels(name).inc(len(windows))
+        counts: dict[str, int] = {}
         for window in windows:
-            self._metrics.score.labels(window.stream, name).set(window.score)
+            counts[window.bundle] = counts.get(window.bundle, 0) + 1
+            self._metrics.score.labels(window.stream, window.bundle).set(window.score)
+            self._metrics.score_hist.labels(window.bundle).observe(window.score / window.threshold)
+        for bundle, count in counts.items():
+            self._metrics.windows.labels(bundle).inc(count)
         for alert in alerts:
-            self._metrics.alerts.labels(name, alert.status).inc()
+            self._metrics.alerts.labels(alert.bundle_name, alert.status).inc()
             self._metrics.firing.labels(alert.stream).set(1 if alert.status == "firing" else 0)
         self._metrics.streams_active.set(len(self._streams))
         self._metrics.streams_warming.set(sum(s.warming for s in self._streams.values()))
 
 
-def _require_calibration(bundle: Bundle) -> Calibration:
-    if bundle.calibration is None:
-        raise BundleError("the bundle has no calibrated threshold; run `ae-monitor calibrate`", field="calibration")
-    return bundle.calibration
+def _ordered_channels(record: SensorRecord, expected: tuple[str, ...]) -> npt.NDArray[np.floating]:
+    if tuple(record.channels) == expected:
+        return record.values
+    if set(record.channels) != set(expected):
+        missing = sorted(set(expected) - set(record.channels))
+        extra = sorted(set(record.channels) - set(expected))
+        raise RecordError(
+            f"channels do not match the bundle's: missing {missing}, unexpected {extra}", reason="channel_mismatch"
+        )
+    return record.values[:, [record.channels.index(name) for name in expected]]
 
 
 def _dead_letter(record: Record, exc: RecordError | DataError) -> DeadLetter:

@@ -121,10 +121,12 @@ def test_channels_in_another_order_are_reordered(bundle: Bundle) -> None:
     assert [w.score for w in a.pipeline.process([record])] == [w.score for w in b.pipeline.process([shuffled])]
 
 
-def test_out_of_order_record_is_a_dead_letter(bundle: Bundle) -> None:
+def test_samples_older_than_the_stream_are_dropped_and_counted(bundle: Bundle) -> None:
     harness = Harness(bundle)
-    harness.pipeline.process([_record("s", 100, 40), _record("s", 50, 10)])
-    assert [d.reason for d in harness.dead.items] == ["out_of_order"]
+    harness.pipeline.process([_record("s", 100, 40), _record("s", 130, 20)])
+    assert harness.metric("ae_monitor_late_samples_total") == 10
+    assert harness.metric("ae_monitor_samples_total") == 50
+    assert harness.dead.items == []
 
 
 def test_a_long_gap_restarts_the_streams_windows(bundle: Bundle) -> None:
