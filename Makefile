@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit install install-dev bench clean
+.PHONY: demo test lint typecheck unit kafka-jars install install-dev bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -17,8 +17,12 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev
+unit: $(VENV)/.installed-dev kafka-jars
 	$(BIN)/pytest
+
+# The Kafka broker jars for the integration tests (Maven; instant once scripts/kafka/libs is there).
+kafka-jars:
+	$(PYTHON) scripts/kafka_broker.py fetch
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_offline.py

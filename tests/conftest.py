@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The real Kafka broker fixtures (tests/ is on sys.path: it is not a package).
+pytest_plugins = ["kafka_fixture"]
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
