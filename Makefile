@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit kafka-jars install install-dev bench clean
+.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -17,8 +17,13 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev kafka-jars
+unit: $(VENV)/.installed-dev kafka-jars ops-tools
 	$(BIN)/pytest
+
+# Prometheus, promtool, Alertmanager, amtool (Debian packages) and systemd-analyze for tests/test_deploy_*.py
+# (apt-get as root or with passwordless sudo; instant once installed; without them those tests skip, saying why).
+ops-tools:
+	sh scripts/install_ops_tools.sh
 
 # The Kafka broker jars for the integration tests (Maven; instant once scripts/kafka/libs is there).
 kafka-jars:

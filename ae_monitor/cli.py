@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ae_monitor.config import CalibrationConfig, dump_config, load_config
 from ae_monitor.errors import AeMonitorError, ConfigError
+from ae_monitor.logs import configure as configure_logging
 
 log = logging.getLogger("ae_monitor")
 
@@ -18,11 +19,7 @@ log = logging.getLogger("ae_monitor")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(level=logging.WARNING if args.quiet else logging.INFO, json_format=args.log_json)
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
@@ -36,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ae-monitor", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    parser.add_argument("--log-json", action="store_true", help="structured JSON log lines (serve uses them always)")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     _add_config(sub)
     _add_train(sub)
@@ -44,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_replay(sub)
     _add_demo(sub)
+    _add_benchmark(sub)
+    _add_encode(sub)
+    _add_decode(sub)
+    _add_denoise(sub)
+    _add_sample(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -145,6 +149,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                       plots=not args.no_plots)  # fmt: skip
     overall = report["overall"]
     print(" ".join(f"{k}={_fmt(overall[k])}" for k in ("auc", "pauc", "f1", "far", "mar", "precision", "recall")))
+    if report.get("dcase"):
+        from ae_monitor.jobs.dcase import format_table
+
+        print(format_table(report["dcase"]))
     return 0
 
 
@@ -155,7 +163,7 @@ def _fmt(value: float | None) -> str:
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replay", help="stream files through the pipeline; alerts as JSON lines")
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--input", nargs="+", required=True)
+    p.add_argument("--input", nargs="+", required=True, help="files or folders; '-' reads JSON lines from stdin")
     p.add_argument("--bundle", type=Path, help="bundle directory (default: replay.bundle_path)")
     p.set_defaults(handler=_replay)
 
@@ -168,6 +176,25 @@ def _replay(args: argparse.Namespace) -> int:
     if bundle is None:
         raise ConfigError("no bundle given: pass --bundle or set it", key="replay.bundle_path")
     replay(config, Path(bundle), args.input)
+    return 0
+
+
+def _add_benchmark(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("benchmark", help="run a public benchmark protocol (SKAB) through train, calibrate, alert")
+    p.add_argument("suite", choices=["skab"])
+    p.add_argument("--data", type=Path, required=True, help="the SKAB data folder (valve1/, valve2/, other/)")
+    p.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, results.json/.md, plots")
+    p.add_argument("--config", type=Path, default=Path("configs/sensor-skab.toml"))
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(handler=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from ae_monitor.jobs.benchmark import run_skab
+
+    results = run_skab(load_config(args.config), args.data, args.out, plots=not args.no_plots)
+    print(f"f1={results['f1']:.4f} far={results['far']:.4f} mar={results['mar']:.4f} ({results['n_files']} files)")
+    print(f"wrote {args.out / 'results.md'}")
     return 0
 
 
@@ -186,6 +213,113 @@ def _demo(args: argparse.Namespace) -> int:
         return demo(args.out, duration_s=args.duration, metrics_port=args.metrics_port)
     with tempfile.TemporaryDirectory(prefix="ae-monitor-demo-") as tmp:
         return demo(Path(tmp), duration_s=args.duration, metrics_port=args.metrics_port)
+
+
+def _add_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("encode", help="store each window's latent code (compression); prints the ratio and cost")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--out", type=Path, required=True, help="codes file to write (safetensors)")
+    p.add_argument("--dtype", choices=["float32", "float16", "int8"], default="float32")
+    p.set_defaults(handler=_encode)
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import json
+
+    from ae_monitor.jobs.codec import encode_files
+    from ae_monitor.model.bundle import load_bundle
+
+    report = encode_files(load_bundle(args.bundle), args.paths, args.out, dtype=args.dtype)
+    print(json.dumps(report.to_dict()))
+    return 0
+
+
+def _add_decode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("decode", help="rebuild windows from a codes file, as vectors and/or signals")
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle that encoded the codes")
+    p.add_argument("--codes", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="vectors file to write (safetensors)")
+    p.add_argument("--signals", type=Path, help="folder for one CSV (sensors) or approximate WAV (audio) per stream")
+    p.set_defaults(handler=_decode)
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from ae_monitor.jobs.codec import decode_codes, write_decoded_signals, write_decoded_vectors
+    from ae_monitor.model.bundle import load_bundle
+
+    if args.out is None and args.signals is None:
+        raise ConfigError("nothing to write: pass --out FILE, --signals DIR or both")
+    bundle = load_bundle(args.bundle)
+    decoded = decode_codes(bundle, args.codes)
+    if args.out is not None:
+        log.info("wrote %s", write_decoded_vectors(bundle, decoded, args.out))
+    if args.signals is not None:
+        log.info("wrote %d signal file(s) under %s", len(write_decoded_signals(bundle, decoded, args.signals)),
+                 args.signals)  # fmt: skip
+    return 0
+
+
+def _add_denoise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("denoise", help="clean signals with a denoising bundle, or measure its PSNR/SSIM gain")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--input", type=Path, required=True, help="a file or folder of audio clips or sensor CSVs")
+    p.add_argument("--out", type=Path, help="cleaned file (one input file) or folder")
+    p.add_argument("--gain-snr-db", type=float, help="instead: add white noise at this SNR and print the gain")
+    p.add_argument("--rows", help="START:END rows of each file (held-back normal data for --gain-snr-db)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed for --gain-snr-db")
+    p.set_defaults(handler=_denoise)
+
+
+def _denoise(args: argparse.Namespace) -> int:
+    import json
+
+    from ae_monitor.jobs.data import parse_rows
+    from ae_monitor.jobs.denoise import denoise_files, measure_gain
+    from ae_monitor.model.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    if args.gain_snr_db is not None:
+        gain = measure_gain(bundle, args.input, snr_db=args.gain_snr_db, seed=args.seed, rows=parse_rows(args.rows))
+        print(json.dumps(gain.to_dict()))
+        return 0
+    if args.out is None:
+        raise ConfigError("pass --out (where the cleaned signal goes) or --gain-snr-db")
+    log.info("wrote %d cleaned file(s)", len(denoise_files(bundle, args.input, args.out)))
+    return 0
+
+
+def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sample", help="synthetic normal windows from a variational (VAE) bundle")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("-n", type=int, required=True, help="how many windows")
+    p.add_argument("--out", type=Path, required=True, help=".safetensors (vectors) or .csv (sensor bundles, raw units)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_sample)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from ae_monitor.jobs.sample import sample_vectors, write_samples
+    from ae_monitor.model.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    log.info("wrote %s", write_samples(bundle, sample_vectors(bundle, args.n, seed=args.seed), args.out))
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="the daemon: consume Kafka, score, alert, serve /metrics /healthz /readyz")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ae_monitor.service import serve
+
+    config = load_config(args.config)
+    configure_logging(level=logging.WARNING if args.quiet else logging.INFO,
+                      json_format=config.service.log_format == "json")  # fmt: skip
+    return serve(config)
 
 
 if __name__ == "__main__":

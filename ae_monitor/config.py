@@ -128,6 +128,13 @@ class CalibrationConfig(_Section):
     pot_risk: float = Field(1e-3, gt=0, lt=1)
     pot_initial_quantile: float = Field(0.98, gt=0, lt=1)
     false_alarms_per_hour: float = Field(1.0, gt=0)
+    # Calibrating on the training windows themselves (in-sample) underestimates how new normal data scores: the
+    # threshold is the method's value times `margin` (SKAB's published Conv-AE used 4/3). 1.0 = no margin.
+    margin: float = Field(1.0, gt=0)
+    # Live thresholds: "dspot" gives each stream its own StreamingPot (pot_risk, pot_initial_quantile), started from
+    # the calibration scores, moving with that stream's normal scores; "none" keeps the bundle's fixed threshold.
+    online: Literal["none", "dspot"] = "none"
+    dspot_depth: int = Field(0, ge=0)  # normal scores in DSPOT's moving level; 0 = plain SPOT (no drift term)
 
 
 class ScoringConfig(_Section):
@@ -150,6 +157,21 @@ class AlertingConfig(_Section):
     def _check(self) -> AlertingConfig:
         if self.k > self.n:
             raise ValueError("k must not exceed n")
+        return self
+
+
+class DriftConfig(_Section):
+    """Score-drift watch: live window scores of a bundle against its calibration scores (two-sample KS)."""
+
+    enabled: bool = True
+    window_scores: int = Field(500, ge=10)  # live scores in the sliding window
+    min_scores: int = Field(100, ge=10)  # no verdict before this many live scores
+    ks_limit: float = Field(0.3, gt=0, lt=1)  # KS statistic above which the threshold is reported stale
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftConfig:
+        if self.min_scores > self.window_scores:
+            raise ValueError("min_scores must not exceed window_scores")
         return self
 
 
@@ -191,6 +213,7 @@ class KafkaSourceConfig(_Section):
     max_poll_records: int = Field(2000, gt=0)
     session_timeout_ms: int = Field(10000, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
+    rebalance_stall_s: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSourceConfig:
@@ -260,6 +283,7 @@ class Config(_Section):
     calibration: CalibrationConfig = CalibrationConfig()
     scoring: ScoringConfig = ScoringConfig()
     alerting: AlertingConfig = AlertingConfig()
+    drift: DriftConfig = DriftConfig()
     replay: ReplayConfig = ReplayConfig()
     metrics: MetricsConfig = MetricsConfig()
     kafka: KafkaConnectionConfig = KafkaConnectionConfig()

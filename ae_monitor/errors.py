@@ -5,7 +5,8 @@
     ├── BundleError            missing, tampered, pickled or incompatible model bundle; stops startup
     ├── DataError              a training/evaluation input that cannot be used (file, column, row)
     │   └── SampleRateError    audio at a rate the features were not built for
-    └── RecordError            one bad streaming record: dead-lettered with `reason`, never fatal
+    ├── RecordError            one bad streaming record: dead-lettered with `reason`, never fatal
+    └── SinkError              a sink did not accept items (`sink` names it); retriable unless the sink refused them
 
 `retriable` says whether trying the same thing again later may succeed.
 """
@@ -49,3 +50,15 @@ class RecordError(AeMonitorError):
     def __init__(self, message: str, *, reason: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+class SinkError(AeMonitorError):
+    """A sink did not accept what it was sent. `sink` names it; `retriable` is False when a retry cannot help
+    (say an HTTP 400: the receiver rejects the payload itself)."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, sink: str, retriable: bool = True) -> None:
+        self.sink = sink
+        self.retriable = retriable
+        super().__init__(f"sink {sink}: {message}")

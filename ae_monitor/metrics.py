@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Label values known in advance are exported at 0 from the start, so rate() and increase() see the first event
+# and dashboards show 0 rather than "no data" on a healthy daemon.
+DEAD_LETTER_REASONS = (
+    "invalid_json", "missing_field", "invalid_field", "length_mismatch", "empty_value", "invalid_audio",
+    "no_stream", "channel_mismatch", "sample_rate", "nan_value", "no_route", "wrong_kind", "shape", "invalid_record",
+)  # fmt: skip
+EVICTION_REASONS = ("idle", "capacity", "revoked", "lost")
 
 
 class Metrics:
@@ -32,6 +42,18 @@ class Metrics:
             "ae_monitor_scoring_batch_seconds",
             "Time to score one micro-batch.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.sink_failures = Counter(
+            "ae_monitor_sink_failures",
+            "Failed deliveries to a sink (the alerts stay queued).",
+            ["sink"],
+            registry=registry,
+        )
+        self.alerts_pending = Gauge(
+            "ae_monitor_alerts_pending",
+            "Alert events queued for a sink, not yet delivered.",
+            ["sink"],
             registry=registry,
         )
         self.bundle_info = Gauge(
@@ -72,7 +94,42 @@ class Metrics:
             registry=registry,
         )
         self.ready = Gauge("ae_monitor_ready", "1 when bundles are loaded and partitions assigned.", registry=registry)
+        self.score_drift = Gauge(
+            "ae_monitor_score_drift_ks",
+            "KS statistic between live window scores and the bundle's calibration scores.",
+            ["bundle"],
+            registry=registry,
+        )
         self.reloads = Counter("ae_monitor_bundle_reloads", "Bundle reload attempts.", ["result"], registry=registry)
+        self.stream_last_sample = Gauge(
+            "ae_monitor_stream_last_sample_timestamp_seconds",
+            "Event time of the newest sample of each stream.",
+            ["stream"],
+            registry=registry,
+        )
         self.partitions = Gauge(
             "ae_monitor_partitions_assigned", "Partitions owned by this process.", registry=registry
         )
+
+    def start_at_zero(self, bundles: tuple[str, ...] = ()) -> None:
+        """Export every known label value at 0 (see DEAD_LETTER_REASONS)."""
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for reason in EVICTION_REASONS:
+            self.evicted.labels(reason)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        for bundle in bundles:
+            self.bundle_started(bundle)
+
+    def bundle_started(self, bundle: str) -> None:
+        for status in ("firing", "resolved"):
+            self.alerts.labels(bundle, status)
+        self.windows.labels(bundle)
+
+    def forget_stream(self, stream: str, bundle: str) -> None:
+        """Drop a stream's series when its state is dropped (no stale per-stream gauges)."""
+        for gauge, labels in ((self.score, (stream, bundle)), (self.firing, (stream,)),
+                              (self.stream_last_sample, (stream,))):  # fmt: skip
+            with contextlib.suppress(KeyError):  # never set for this stream
+                gauge.remove(*labels)

@@ -85,3 +85,39 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def benchmark_timeline(path: Path, scored: ScoredSignal, threshold: float, rows: np.ndarray, alert: np.ndarray) -> Path:
+    """One benchmark file: score (log scale) with the threshold, alert state per test row, labelled rows shaded."""
+    fig, ax = plt.subplots(figsize=(11, 3.5))
+    ends = np.asarray([int(w.end) - 1 for w in scored.windows], dtype=np.int64)
+    scores = np.maximum(np.asarray([w.score for w in scored.windows]), 1e-12)
+    _shade(ax, scored.signal.row_labels)
+    ax.plot(ends, scores, lw=0.8, label="score")
+    ax.axhline(threshold, color="black", linestyle="--", lw=0.8, label="threshold")
+    if len(rows):
+        ax.axvline(rows[0], color="grey", lw=0.8, linestyle=":", label="train | test")
+    firing = rows[alert == 1]
+    ax.scatter(firing, np.full(len(firing), threshold), s=6, marker="|", color="tab:red", label="alert", zorder=3)
+    ax.set_yscale("log")
+    ax.set(xlabel="row", ylabel="score (log)", title=f"{scored.signal.name}  (shaded: labelled anomaly)")
+    ax.legend(loc="upper left", fontsize="small", ncol=4)
+    return _save(fig, path)
+
+
+def leaderboard(path: Path, rows: Sequence[tuple[str, float, float, float]]) -> Path:
+    """F1, FAR and MAR of every algorithm side by side; this run's rows in colour, the published ones in grey."""
+    names = [row[0] for row in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(rows) + 1.4), sharey=True)
+    colors = ["tab:blue" if "ae_monitor" in n else "tab:orange" if "this run" in n else "lightgrey" for n in names]
+    for ax, column, title in zip(axes, (1, 2, 3), ("F1 (higher is better)", "FAR % (lower)", "MAR % (lower)"),
+                                 strict=True):  # fmt: skip
+        values = [float(row[column]) for row in rows]
+        ax.barh(names, values, color=colors)
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {value:.2f}", va="center", fontsize="small")
+        ax.set_title(title)
+        ax.set_xlim(0, max(values) * 1.25)
+    axes[0].invert_yaxis()
+    fig.suptitle("SKAB outlier detection (grey: published; colour: computed in this run)")
+    return _save(fig, path)

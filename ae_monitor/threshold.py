@@ -9,6 +9,10 @@ The threshold wraps any scorer: it only sees a 1-D array of scores (higher = mor
   above the `pot_initial_quantile` gives the score exceeded with probability `pot_risk`.
 - ``false_alarm_rate``: the same tail model, aimed at `false_alarms_per_hour` per stream given the window hop.
 
+Every method's value is multiplied by `margin` (1.0 by default): a safety factor for thresholds calibrated on the
+training windows themselves. `StreamingPot` is the online variant (DSPOT): a per-stream threshold that follows the
+live scores, learning only from windows it does not flag.
+
 `Calibration.tail_probability(score)` estimates P(normal score >= score) with the method's own model, and the
 101 `reference_quantiles` let later stages watch the live score distribution drift away from the calibration set.
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +37,7 @@ from scipy import stats
 
 from ae_monitor.config import CalibrationConfig
 from ae_monitor.errors import BundleError, ConfigError, DataError
+from ae_monitor.records import WindowScore
 
 METHODS = ("quantile", "gamma", "pot", "false_alarm_rate")
 N_REFERENCE_QUANTILES = 101
@@ -151,8 +156,10 @@ def calibrate(
         raise ValueError(f"window_hop_s must be > 0, got {window_hop_s}")
     x = _checked_scores(scores)
     threshold, parameters = _METHOD_FUNCTIONS[cfg.method](x, cfg, window_hop_s)
+    if cfg.margin != 1.0:
+        parameters = {**parameters, "margin": cfg.margin}
     return Calibration(
-        threshold=threshold,
+        threshold=threshold * cfg.margin,
         method=cfg.method,
         parameters=parameters,
         n_samples=int(x.size),
@@ -266,3 +273,101 @@ _METHOD_FUNCTIONS: dict[str, Callable[[Scores, CalibrationConfig, float], tuple[
     "pot": _pot,
     "false_alarm_rate": _false_alarm_rate,
 }
+
+
+class StreamingPot:
+    """DSPOT (Siffer et al., KDD 2017): a peaks-over-threshold threshold that follows one stream's live scores.
+
+    Built from normal calibration scores. With `depth` > 0 it models the scores minus the mean of the last `depth`
+    normal scores (the drift-aware variant); `depth` = 0 is plain SPOT. Each `update(score)`:
+    - above the current threshold: flagged, and the model does NOT learn from it (anomalies never move the tail);
+    - above the initial threshold t: a new peak; the GPD tail is refitted and the threshold follows it;
+    - otherwise only the sample count (and the drift window) moves on.
+
+        >>> rng = np.random.default_rng(0)
+        >>> pot = StreamingPot(rng.exponential(1.0, 2000), risk=1e-3, initial_quantile=0.98)
+        >>> pot.update(50.0), pot.update(0.5)
+        (True, False)
+    """
+
+    def __init__(
+        self, calibration_scores: npt.ArrayLike, *, risk: float, initial_quantile: float, depth: int = 0
+    ) -> None:
+        x = _checked_scores(calibration_scores)
+        if depth < 0 or depth >= x.size:
+            raise ValueError(f"depth must be in [0, {x.size}) for {x.size} calibration scores, got {depth}")
+        self._risk, self._depth = risk, depth
+        self._recent = list(x[x.size - depth :]) if depth else []
+        residuals = x[depth:] - self._drift_means(x) if depth else x
+        self._t, excesses = _peaks(residuals, initial_quantile)
+        if excesses.size < MIN_PEAKS:
+            raise DataError(_too_few_peaks_message(residuals.size, excesses.size, initial_quantile))
+        if risk >= excesses.size / residuals.size:
+            raise ConfigError(f"risk {risk:g} is not inside the fitted tail", key="calibration.pot_risk")
+        self._peaks, self._n = list(excesses), int(residuals.size)
+        self._refit()
+
+    def _drift_means(self, x: Scores) -> Scores:
+        # Mean of the `depth` scores before each one: the local level DSPOT subtracts.
+        cumulative = np.concatenate([[0.0], np.cumsum(x)])
+        means: Scores = (cumulative[self._depth : -1] - cumulative[: x.size - self._depth]) / self._depth
+        return means
+
+    def _refit(self) -> None:
+        fit = _fit_gpd(self._t, np.asarray(self._peaks))
+        self._z = _gpd_quantile(fit, self._risk, self._n)
+
+    @property
+    def level(self) -> float:
+        """The local mean added back to the tail model's quantile (0 without drift)."""
+        return float(np.mean(self._recent)) if self._recent else 0.0
+
+    @property
+    def threshold(self) -> float:
+        """The current threshold in score units."""
+        return self._z + self.level
+
+    def update(self, score: float) -> bool:
+        """Feed one live score; True when it is flagged (it then leaves the model untouched)."""
+        residual = score - self.level
+        if residual > self._z:
+            return True
+        if residual > self._t:
+            self._peaks.append(residual - self._t)
+            self._n += 1
+            self._refit()
+        else:
+            self._n += 1
+        if self._depth:
+            self._recent = [*self._recent[1:], score]
+        return False
+
+
+class OnlineThresholds:
+    """One `StreamingPot` per stream of a bundle, started from its calibration scores (`calibration.online = "dspot"`).
+
+    Call it on each WindowScore before the alert decision: it returns the window with the stream's live threshold,
+    and only windows under that threshold teach the stream's tail model.
+    """
+
+    def __init__(self, calibration_scores: npt.ArrayLike, cfg: CalibrationConfig) -> None:
+        self._scores = _checked_scores(calibration_scores)
+        self._cfg = cfg
+        self._streams: dict[str, StreamingPot] = {}
+
+    def threshold(self, stream: str) -> float:
+        return self._pot(stream).threshold
+
+    def _pot(self, stream: str) -> StreamingPot:
+        pot = self._streams.get(stream)
+        if pot is None:
+            pot = StreamingPot(self._scores, risk=self._cfg.pot_risk, initial_quantile=self._cfg.pot_initial_quantile,
+                               depth=self._cfg.dspot_depth)  # fmt: skip
+            self._streams[stream] = pot
+        return pot
+
+    def __call__(self, window: WindowScore) -> WindowScore:
+        pot = self._pot(window.stream)
+        judged = replace(window, threshold=pot.threshold * self._cfg.margin)
+        pot.update(window.score / self._cfg.margin)
+        return judged

@@ -11,7 +11,7 @@ import torch
 
 from ae_monitor.config import FeaturesConfig
 from ae_monitor.errors import BundleError
-from ae_monitor.model.bundle import MANIFEST, SCHEMA_VERSION, WEIGHTS, load_bundle, save_bundle
+from ae_monitor.model.bundle import CALIBRATION_SCORES, MANIFEST, SCHEMA_VERSION, WEIGHTS, load_bundle, save_bundle
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_round_trip_keeps_weights_features_and_calibration(sensor_bundle: Path, 
 def test_manifest_records_provenance(sensor_bundle: Path) -> None:
     manifest = json.loads((sensor_bundle / MANIFEST).read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION
-    assert set(manifest["files"]) == {WEIGHTS}
+    assert set(manifest["files"]) == {WEIGHTS, CALIBRATION_SCORES}
     assert manifest["torch_version"] == torch.__version__
     calibration = manifest["calibration"]
     for key in ("threshold", "method", "parameters", "n_samples", "data_sha256", "created_at"):
@@ -64,7 +64,7 @@ def test_pickled_weights_are_refused(bundle_copy: Path) -> None:
 
 def test_extra_files_in_the_bundle_are_refused(bundle_copy: Path) -> None:
     (bundle_copy / "thresholds.pkl").write_bytes(b"\x80\x04K\x01.")
-    with pytest.raises(BundleError, match="unexpected files"):
+    with pytest.raises(BundleError, match="unexpected or missing files"):
         load_bundle(bundle_copy)
 
 
@@ -98,6 +98,16 @@ def test_saving_over_an_existing_bundle_replaces_it_whole(sensor_bundle: Path, t
     target = Path(shutil.copytree(sensor_bundle, tmp_path / "b"))
     bundle = load_bundle(target)
     save_bundle(bundle, target)
-    assert sorted(p.name for p in target.iterdir()) == sorted([MANIFEST, WEIGHTS])
+    assert sorted(p.name for p in target.iterdir()) == sorted([MANIFEST, WEIGHTS, CALIBRATION_SCORES])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert load_bundle(target).version == bundle.version
+
+
+def test_calibration_scores_travel_with_the_bundle(sensor_bundle: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(sensor_bundle)
+    assert bundle.calibration is not None
+    assert bundle.calibration_scores is not None
+    assert len(bundle.calibration_scores) == bundle.calibration.n_samples
+    again = load_bundle(save_bundle(bundle, tmp_path / "again"))
+    assert again.calibration_scores is not None
+    assert (again.calibration_scores == bundle.calibration_scores).all()

@@ -124,3 +124,27 @@ def test_a_bad_bundle_stops_with_one_clear_line(tmp_path: Path, capsys: pytest.C
 def test_replay_without_a_bundle_names_the_key(sensor_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", "--config", str(sensor_config), "--input", "x.csv"]) == 2
     assert "replay.bundle_path" in capsys.readouterr().err
+
+
+def test_replay_reads_json_lines_from_stdin(
+    sensor_config: Path, sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import io
+
+    from ae_monitor.config import load_config
+    from ae_monitor.sources.files import read_sensor_csv
+
+    table = read_sensor_csv(sensor_data[1] / "pump-2.csv", load_config(sensor_config, environ={}).features.sensor)
+    lines = [
+        json.dumps(
+            {"stream": "pump-2", "ts": float(ts), "values": dict(zip(table.channels, map(float, row), strict=True))}
+        )
+        for ts, row in zip(table.ts_s, table.values, strict=True)
+    ]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join([*lines[:500], "oops", *lines[500:]]) + "\n"))
+    assert main(["-q", "replay", "--config", str(sensor_config), "--bundle", str(sensor_bundle), "--input", "-"]) == 0
+    captured = capsys.readouterr()
+    alerts = [json.loads(line) for line in captured.out.splitlines()]
+    assert {a["stream"] for a in alerts if a["status"] == "firing"} == {"pump-2"}
+    assert '"reason":"invalid_json"' in captured.err

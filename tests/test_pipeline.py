@@ -141,3 +141,37 @@ def test_memory_source_runs_to_exhaustion(bundle: Bundle) -> None:
     harness = Harness(bundle)
     scored = harness.pipeline.run(MemorySource([_record("s", 0, 40), _record("s", 40, 40)]), max_records=1)
     assert scored == 80 - 30 + 1
+
+
+def _single_samples(record: SensorRecord) -> list[SensorRecord]:
+    return [
+        SensorRecord(record.stream, record.ts_s[i : i + 1], record.values[i : i + 1], record.channels)
+        for i in range(len(record.ts_s))
+    ]
+
+
+def test_single_sample_records_give_the_windows_of_one_block(bundle: Bundle) -> None:
+    block, singles = Harness(bundle), Harness(bundle)
+    record = _record("s", 0, 45)
+    expected = [w.score for w in block.pipeline.process([record])]
+    result = singles.pipeline.process_batch(_single_samples(record))
+    assert [w.score for w in result.windows] == expected
+    assert [p.last_sample for p in result.positions if p is not None] == list(range(45))
+
+
+def test_a_record_is_done_once_every_window_containing_it_was_scored(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    positions = harness.pipeline.process_batch(_single_samples(_record("s", 0, 45))).positions
+    done = [harness.pipeline.is_done(p) for p in positions if p is not None]
+    # windows of 30 samples, hop 1: 16 windows start at samples 0..15, so samples 0..14 are in no future window
+    assert done == [True] * 15 + [False] * 30
+
+
+def test_a_bad_record_inside_a_block_is_the_only_dead_letter(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    records = _single_samples(_record("s", 0, 40))
+    bad = records[10]
+    records[10] = SensorRecord(bad.stream, bad.ts_s, bad.values[:, :3], bad.channels[:3])
+    harness.pipeline.process_batch(records)
+    assert [d.reason for d in harness.dead.items] == ["channel_mismatch"]
+    assert harness.metric("ae_monitor_samples_total") == 39

@@ -12,7 +12,8 @@ from scipy import stats
 
 from ae_monitor.config import CalibrationConfig
 from ae_monitor.errors import BundleError, ConfigError, DataError
-from ae_monitor.threshold import Calibration, calibrate, scores_sha256
+from ae_monitor.records import WindowScore
+from ae_monitor.threshold import Calibration, OnlineThresholds, StreamingPot, calibrate, scores_sha256
 
 HOP_S = 0.5
 
@@ -192,3 +193,45 @@ def test_gamma_on_constant_scores_is_rejected() -> None:
 def test_a_non_positive_hop_is_rejected() -> None:
     with pytest.raises(ValueError, match="window_hop_s"):
         calibrate([1.0, 2.0], CalibrationConfig(), window_hop_s=0.0)
+
+
+def test_margin_multiplies_the_calibrated_threshold() -> None:
+    scores = _rng().uniform(0.0, 1.0, 10_000)
+    plain = calibrate(scores, CalibrationConfig(method="quantile", quantile=0.9), window_hop_s=HOP_S)
+    wide = calibrate(scores, CalibrationConfig(method="quantile", quantile=0.9, margin=1.5), window_hop_s=HOP_S)
+    assert wide.threshold == pytest.approx(1.5 * plain.threshold)
+    assert wide.parameters["margin"] == 1.5
+
+
+def test_streaming_pot_starts_at_the_batch_pot_threshold() -> None:
+    scores = _rng().exponential(1.0, 20_000)
+    batch = calibrate(scores, CalibrationConfig(method="pot", pot_risk=1e-3), window_hop_s=HOP_S)
+    assert StreamingPot(scores, risk=1e-3, initial_quantile=0.98).threshold == pytest.approx(batch.threshold)
+
+
+def test_streaming_pot_never_learns_from_flagged_scores() -> None:
+    pot = StreamingPot(_rng().exponential(1.0, 5000), risk=1e-3, initial_quantile=0.98)
+    before = pot.threshold
+    assert all(pot.update(100.0) for _ in range(200))
+    assert pot.threshold == before
+
+
+def test_drift_aware_streaming_pot_follows_a_level_shift() -> None:
+    rng = _rng(2)
+    pot = StreamingPot(rng.exponential(1.0, 5000), risk=1e-3, initial_quantile=0.98, depth=50)
+    before = pot.threshold
+    shifted = rng.exponential(1.0, 3000) + 3.0
+    flags = [pot.update(float(s)) for s in shifted]
+    assert pot.threshold == pytest.approx(before + 3.0, abs=1.0)  # the level is a 50-score mean
+    assert np.mean(flags[-1000:]) < 0.01  # after adapting, the shifted normal scores are not flagged
+
+
+def test_online_thresholds_keep_one_tail_model_per_stream() -> None:
+    scores = _rng().exponential(1.0, 5000)
+    online = OnlineThresholds(scores, CalibrationConfig(method="pot", online="dspot", dspot_depth=20))
+    window = WindowScore("a", "b", 0.0, 1.0, 0.5, 0.0, ())
+    judged = online(window)
+    assert judged.threshold == pytest.approx(online.threshold("b-stream-unseen"), rel=0.2)
+    for i in range(500):
+        online(WindowScore("a", "b", float(i), i + 1.0, 4.0 + _rng(i).exponential(), 0.0, ()))
+    assert online.threshold("a") > online.threshold("other") + 2.0

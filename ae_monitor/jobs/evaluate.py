@@ -19,6 +19,7 @@ import numpy.typing as npt
 from sklearn.metrics import roc_auc_score
 
 from ae_monitor.errors import DataError
+from ae_monitor.jobs import dcase
 from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal, scorer_for
 from ae_monitor.model.bundle import Bundle
 
@@ -138,6 +139,7 @@ def evaluate(
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     scorer = scorer_for(bundle)
+    paths = dcase.test_folders(paths) if bundle.features.kind == "logmel" else paths
     scored = [score_signal(bundle, scorer, s) for s in load_signals(paths, bundle.features, rows=rows)]
     pred = predictions_for(bundle, scored)
     report: dict[str, Any] = {
@@ -146,12 +148,19 @@ def evaluate(
         "overall": detection_metrics(pred, bundle.threshold),
         "files": {s.signal.name: _file_metrics(bundle, s) for s in scored},
     }
+    from ae_monitor.jobs import reconstruction  # scikit-image is only needed here
+
+    reconstruction.add_reconstruction_metrics(report, bundle, scored)
+    if bundle.features.kind == "logmel":
+        report["dcase"] = dcase.result_rows(dcase.clip_keys(paths, bundle.features), pred.label, pred.score)
+        _write_rows(out / "dcase_result.csv", report["dcase"])
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _write_predictions(out / "predictions.csv", pred, bundle.threshold)
     if plots:
         from ae_monitor import plots as plotting  # matplotlib is only needed when plotting
 
         figures = plotting.evaluation_plots(out, pred, scored, bundle)
+        figures += reconstruction.reconstruction_plots(out / "reconstruction", bundle, scored)
         report["plots"] = {p.stem: str(p) for p in figures}
     return report
 
@@ -171,3 +180,8 @@ def _write_predictions(path: Path, pred: Predictions, threshold: float) -> None:
             writer.writerow(
                 [row[0], int(row[1]), "" if np.isnan(row[2]) else f"{row[2]:.6g}", int(row[3]), int(row[4])]
             )
+
+
+def _write_rows(path: Path, rows: Sequence[Sequence[str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)

@@ -74,12 +74,19 @@ def train_bundle(
         calibration=None,
         extra={"training_result": _result_summary(result), "training_files": [s.name for s in signals]},
     )
-    bundle = bundle.with_calibration(calibrate_on(bundle, calibration or validation, config.calibration))
+    bundle = bundle.with_calibration(*calibrate_scores(bundle, calibration or validation, config.calibration))
     return TrainReport(bundle, save_bundle(bundle, out), result, len(x_train), len(x_val))
 
 
 def calibrate_on(bundle: Bundle, signals: Sequence[Signal], cfg: CalibrationConfig) -> Calibration:
     """Calibrate `bundle`'s threshold on the window scores of the normal `signals`."""
+    return calibrate_scores(bundle, signals, cfg)[0]
+
+
+def calibrate_scores(
+    bundle: Bundle, signals: Sequence[Signal], cfg: CalibrationConfig
+) -> tuple[Calibration, npt.NDArray[np.float64]]:
+    """The calibration and the window scores it was fitted on (kept in the bundle for live thresholds)."""
     scores = window_scores(bundle, signals)
     if len(scores) < 2:
         raise DataError(
@@ -87,7 +94,7 @@ def calibrate_on(bundle: Bundle, signals: Sequence[Signal], cfg: CalibrationConf
             "or raise training.calibration_fraction"
         )
     log.info("calibrating with %s on %d window scores", cfg.method, len(scores))
-    return calibrate(scores, cfg, window_hop_s=window_hop_s(bundle.features))
+    return calibrate(scores, cfg, window_hop_s=window_hop_s(bundle.features)), scores
 
 
 def window_scores(bundle: Bundle, signals: Sequence[Signal]) -> npt.NDArray[np.float64]:
@@ -101,8 +108,8 @@ def calibrate_bundle(
 ) -> Calibration:
     """`ae-monitor calibrate`: recalibrate the bundle at `path` on normal data and rewrite it in place."""
     bundle = load_bundle(path)
-    calibration = calibrate_on(bundle, load_signals(data, bundle.features, rows=rows), cfg)
-    save_bundle(bundle.with_calibration(calibration), path)
+    calibration, scores = calibrate_scores(bundle, load_signals(data, bundle.features, rows=rows), cfg)
+    save_bundle(bundle.with_calibration(calibration, scores), path)
     return calibration
 
 

@@ -6,6 +6,7 @@ Layout::
       manifest.json          schema version, name, version, configs, fitted feature statistics, calibration,
                              sha256 of every other file, package and torch versions
       weights.safetensors    the network's state_dict (safetensors: no pickle anywhere)
+      calibration.safetensors  (optional) the calibration window scores, for live thresholds (DSPOT) and audits
 
 Bundles are written atomically (a temporary sibling directory, then a rename) and verified on load: unknown schema
 versions, checksum mismatches, unexpected files and feature configs that differ from the caller's are refused
@@ -25,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
@@ -41,6 +44,8 @@ _S = TypeVar("_S", FeaturesConfig, ModelConfig, TrainingConfig)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+CALIBRATION_SCORES = "calibration.safetensors"
+ALLOWED_FILES = {WEIGHTS, CALIBRATION_SCORES}
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Bundle:
     model: Autoencoder
     calibration: Calibration | None
     extra: Mapping[str, Any]
+    calibration_scores: npt.NDArray[np.float64] | None = None
 
     @property
     def threshold(self) -> float:
@@ -63,8 +69,9 @@ class Bundle:
             raise BundleError("the bundle has no calibrated threshold; run `ae-monitor calibrate`", field="calibration")
         return self.calibration.threshold
 
-    def with_calibration(self, calibration: Calibration) -> Bundle:
-        return replace(self, calibration=calibration)
+    def with_calibration(self, calibration: Calibration, scores: npt.ArrayLike | None = None) -> Bundle:
+        kept = None if scores is None else np.asarray(scores, dtype=np.float64)
+        return replace(self, calibration=calibration, calibration_scores=kept)
 
 
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
@@ -75,7 +82,10 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS))
-        manifest = _manifest(bundle, {WEIGHTS: _sha256(staging / WEIGHTS)})
+        if bundle.calibration_scores is not None:
+            save_file({"scores": torch.from_numpy(bundle.calibration_scores.copy())}, str(staging / CALIBRATION_SCORES))
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+        manifest = _manifest(bundle, files)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _replace_dir(staging, target)
     except BaseException:
@@ -115,6 +125,7 @@ def load_bundle(path: str | Path, *, expected_features: FeaturesConfig | None = 
         model=model,
         calibration=_calibration(manifest),
         extra=manifest.get("extra", {}),
+        calibration_scores=_calibration_scores(root, manifest),
     )
 
 
@@ -163,19 +174,30 @@ def _read_manifest(root: Path) -> dict[str, Any]:
 
 def _verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
     files = manifest["files"]
-    if set(files) != {WEIGHTS}:
+    if not isinstance(files, dict) or WEIGHTS not in files or not set(files) <= ALLOWED_FILES:
         raise BundleError(
-            f"the manifest lists {sorted(files)}; only {WEIGHTS} is accepted (no pickled weights)", field="files"
+            f"the manifest lists {sorted(files)}; only {sorted(ALLOWED_FILES)} are accepted (no pickled weights)",
+            field="files",
         )
     present = {p.name for p in root.iterdir()} - {MANIFEST}
-    if present != {WEIGHTS}:
-        raise BundleError(f"unexpected files in the bundle: {sorted(present - {WEIGHTS})}", field="files")
-    actual = _sha256(root / WEIGHTS)
-    if actual != files[WEIGHTS]:
-        raise BundleError(
-            f"sha256 mismatch: manifest says {files[WEIGHTS]}, file has {actual}; the bundle was modified",
-            field=f"files.{WEIGHTS}",
-        )
+    if present != set(files):
+        raise BundleError(f"unexpected or missing files in the bundle: {sorted(present ^ set(files))}", field="files")
+    for name, expected in files.items():
+        actual = _sha256(root / name)
+        if actual != expected:
+            raise BundleError(
+                f"sha256 mismatch: manifest says {expected}, file has {actual}; the bundle was modified",
+                field=f"files.{name}",
+            )
+
+
+def _calibration_scores(root: Path, manifest: Mapping[str, Any]) -> npt.NDArray[np.float64] | None:
+    if CALIBRATION_SCORES not in manifest["files"]:
+        return None
+    try:
+        return load_file(str(root / CALIBRATION_SCORES))["scores"].numpy().astype(np.float64)
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise BundleError(f"cannot read calibration scores: {exc}", field=CALIBRATION_SCORES) from exc
 
 
 def _section(manifest: Mapping[str, Any], key: str, cls: type[_S]) -> _S:

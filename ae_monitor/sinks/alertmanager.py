@@ -1,0 +1,182 @@
+"""Stage 7, sink: alert events to Prometheus Alertmanager (API v2, `POST {url}/api/v2/alerts`).
+
+Mapping (docs/alerts.md): labels `alertname="AeMonitorAnomaly"`, `stream`, `bundle`, `severity` (`critical` when
+score/threshold >= 2, else `warning`) plus the configured static labels (which cannot override those four);
+annotations carry the details (alert_id, scores, contributors). `startsAt` is the event time.
+
+Alertmanager semantics (prometheus.io/docs/alerting/clients): `endsAt` is set only when the end is known; a firing
+alert without it ends `resolve_timeout` (default 5 min) after it was last received, and clients are expected to
+re-send active alerts. So firing alerts omit `endsAt` and `tick(now_s)` re-sends them every `resend_interval_s`;
+resolved alerts carry `endsAt` = the end of the window that resolved them, which resolves them at once.
+
+Alertmanager identifies an alert by its labels, so a resolution must repeat the labels of the firing event. The
+severity label is fixed by the firing event; the resolved event reuses it when this process sent the firing one,
+and otherwise (after a restart) resolves both severities, which Alertmanager ignores for one that never fired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from ae_monitor.config import HttpSinkConfig
+from ae_monitor.errors import ConfigError, SinkError
+from ae_monitor.records import Alert
+from ae_monitor.sinks.http import DEFAULT_POLICY, NO_RETRY, RetryPolicy, post_json
+
+log = logging.getLogger(__name__)
+
+ALERTNAME = "AeMonitorAnomaly"
+CRITICAL_SEVERITY = 2.0  # score/threshold at which an alert is critical rather than a warning
+RESERVED_LABELS = ("alertname", "stream", "bundle", "severity")
+
+
+class AlertmanagerSink:
+    """POSTs alert events to one Alertmanager; `send` returns once it answered 2xx (or raises SinkError)."""
+
+    name = "alertmanager"
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        url: str,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        timeout_s: float = 5.0,
+        labels: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        generator_url: str | None = None,
+        resend_interval_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client, self._url = client, url.rstrip("/") + "/api/v2/alerts"
+        self._policy, self._timeout_s, self._sleep = policy, timeout_s, sleep
+        self._labels = dict(labels or {})
+        self._headers = dict(headers or {})
+        self._generator_url = generator_url
+        self._resend_interval_s = resend_interval_s
+        self._active: dict[str, dict[str, Any]] = {}  # alert id -> the firing payload item, for re-sends
+        self._last_resend_s: float | None = None
+
+    @staticmethod
+    def from_config(cfg: HttpSinkConfig, client: httpx.Client, **kwargs: Any) -> AlertmanagerSink:
+        if cfg.url is None:
+            raise ConfigError("the Alertmanager sink needs a url", key="sinks.alertmanager.url")
+        return AlertmanagerSink(
+            client,
+            cfg.url,
+            policy=RetryPolicy.from_config(cfg),
+            timeout_s=cfg.timeout_s,
+            labels=cfg.labels,
+            headers=cfg.headers,
+            **kwargs,
+        )
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        """POST all `alerts` in one request (an array, as the API takes it)."""
+        if not alerts:
+            return
+        per_alert = [(alert, self._items(alert)) for alert in alerts]
+        self._post([item for _, items in per_alert for item in items], self._policy)
+        for alert, items in per_alert:
+            self._remember(alert, items[0])
+
+    def tick(self, now_s: float) -> None:
+        """Re-send the firing alerts once `resend_interval_s` passed (monotonic seconds); failures only log."""
+        if self._last_resend_s is not None and now_s - self._last_resend_s < self._resend_interval_s:
+            return
+        self._last_resend_s = now_s
+        if not self._active:
+            return
+        try:  # one try: a re-send refreshes alerts Alertmanager already has, the next tick tries again
+            self._post(list(self._active.values()), NO_RETRY)
+        except SinkError as exc:
+            log.warning("re-sending %d firing alerts failed: %s", len(self._active), exc)
+
+    def _post(self, items: list[dict[str, Any]], policy: RetryPolicy) -> None:
+        body = json.dumps(items, separators=(",", ":")).encode("utf-8")
+        post_json(
+            self._client,
+            self._url,
+            body,
+            sink=self.name,
+            policy=policy,
+            timeout_s=self._timeout_s,
+            headers=self._headers,
+            sleep=self._sleep,
+        )
+
+    def _items(self, alert: Alert) -> list[dict[str, Any]]:
+        if alert.status == "firing":
+            return [self._item(alert, severity_label(alert.severity))]
+        remembered = self._active.get(alert.id)
+        labels = [remembered["labels"]["severity"]] if remembered else ["warning", "critical"]
+        return [self._item(alert, label) for label in labels]
+
+    def _remember(self, alert: Alert, item: dict[str, Any]) -> None:
+        if alert.status == "firing":
+            self._active[alert.id] = item
+        else:
+            self._active.pop(alert.id, None)
+
+    def _item(self, alert: Alert, severity: str) -> dict[str, Any]:
+        labels = {**self._labels, "alertname": ALERTNAME, "stream": alert.stream, "bundle": alert.bundle_name}
+        labels["severity"] = severity
+        item: dict[str, Any] = {
+            "labels": labels,
+            "annotations": alert_annotations(alert),
+            "startsAt": rfc3339(alert.event_time_s),
+        }
+        if alert.status == "resolved":
+            item["endsAt"] = rfc3339(alert.detection_time_s if alert.ends_at_s is None else alert.ends_at_s)
+        if self._generator_url:
+            item["generatorURL"] = self._generator_url
+        return item
+
+
+def severity_label(severity: float) -> str:
+    """`critical` from twice the threshold up, else `warning`.
+
+    >>> severity_label(1.3), severity_label(2.0)
+    ('warning', 'critical')
+    """
+    return "critical" if severity >= CRITICAL_SEVERITY else "warning"
+
+
+def alert_annotations(alert: Alert) -> dict[str, str]:
+    """The alert's details as Alertmanager annotations (all values are text)."""
+    contributors = ", ".join(f"{name} {share:.0%}" for name, share in alert.top_contributors)
+    return {
+        "summary": f"Anomaly on {alert.stream}: score {_num(alert.peak_score)} over threshold {_num(alert.threshold)}",
+        "description": (
+            f"Model {alert.bundle_name} (version {alert.bundle_version}) found {alert.stream} anomalous from "
+            f"{rfc3339(alert.event_time_s)}: peak score {_num(alert.peak_score)}, mean {_num(alert.mean_score)}, "
+            f"{_num(alert.severity)}x the threshold; probability of a score this high on normal data "
+            f"{_num(alert.tail_probability)}." + (f" Main contributors: {contributors}." if contributors else "")
+        ),
+        "alert_id": alert.id,
+        "peak_score": _num(alert.peak_score),
+        "threshold": _num(alert.threshold),
+        "tail_probability": _num(alert.tail_probability),
+        "top_contributors": contributors,
+    }
+
+
+def rfc3339(epoch_s: float) -> str:
+    """UTC, millisecond precision, `Z` suffix.
+
+    >>> rfc3339(1732600000.25)
+    '2024-11-26T05:46:40.250Z'
+    """
+    return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _num(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.4g}"

@@ -1,0 +1,183 @@
+"""Stage 7, sink: the delivery queue that makes a sink outage lose no alert.
+
+`DeliveryQueue` fans alert events out to every sink. Each sink has its own FIFO lane: what a sink failed to take
+waits there, in order, and is tried again by `retry(now_s)` with exponential backoff, while the other sinks go on
+receiving. Nothing is ever dropped: a sink that keeps failing (even one that rejects a payload outright, HTTP 4xx)
+keeps its alerts, logs every failure and counts it in `ae_monitor_sink_failures_total{sink}`.
+
+Contract with the daemon (at-least-once):
+
+- commit Kafka offsets only while `idle` is true, so no offset is committed past an alert that is still queued;
+- `offer` keeps the alerts it is given even when it raises; it raises SinkError once a lane holds more than
+  `max_pending` alerts, which tells the daemon to stop consuming (pause) and call `retry` until `full` is false;
+- on shutdown, `drain(timeout_s)` tries every lane until it is empty or the time is up.
+
+A retried batch may reach a sink twice (say a webhook that failed after its first alerts); receivers deduplicate
+by the alert id, which is deterministic. Single-threaded: call it from the main loop only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import Counter, Gauge
+
+from ae_monitor.errors import SinkError
+from ae_monitor.records import Alert
+from ae_monitor.sinks import AlertSink
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryMetrics(Protocol):
+    """What the queue updates; `ae_monitor.metrics.Metrics` has both (passed in, so sinks do not import it)."""
+
+    sink_failures: Counter
+    alerts_pending: Gauge
+
+
+@runtime_checkable
+class Refreshing(Protocol):
+    """A sink that must re-send active alerts now and then (Alertmanager); `retry` calls its `tick`."""
+
+    def tick(self, now_s: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before retrying a lane after `failures` consecutive failures: exponential, capped, half jittered
+    (at least half the step, so a busy main loop does not hammer a receiver that is down)."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay_s(self, failures: int, rng: Callable[[], float] = random.random) -> float:
+        step = min(self.max_s, self.initial_s * 2.0 ** max(failures - 1, 0))
+        return step * (0.5 + 0.5 * rng())
+
+
+@dataclass
+class _Lane:
+    sink: AlertSink
+    queue: deque[Alert] = field(default_factory=deque)
+    failures: int = 0
+    next_attempt_s: float = -math.inf
+
+
+class DeliveryQueue:
+    """Per-sink FIFO retry lanes in front of `sinks` (name -> sink)."""
+
+    def __init__(
+        self,
+        sinks: Mapping[str, AlertSink],
+        *,
+        max_pending: int,
+        backoff: Backoff = Backoff(),
+        batch_size: int = 500,
+        metrics: DeliveryMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._lanes = {name: _Lane(sink) for name, sink in sinks.items()}
+        self._max_pending, self._backoff, self._batch_size = max_pending, backoff, batch_size
+        self._metrics, self._clock, self._rng = metrics, clock, rng
+
+    @property
+    def pending(self) -> int:
+        """Alert deliveries waiting, summed over sinks (an alert two sinks missed counts twice)."""
+        return sum(len(lane.queue) for lane in self._lanes.values())
+
+    def pending_by_sink(self) -> dict[str, int]:
+        return {name: len(lane.queue) for name, lane in self._lanes.items()}
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits for any sink: offsets may be committed."""
+        return all(not lane.queue for lane in self._lanes.values())
+
+    @property
+    def full(self) -> bool:
+        return any(len(lane.queue) > self._max_pending for lane in self._lanes.values())
+
+    def offer(self, alerts: Sequence[Alert]) -> None:
+        """Queue `alerts` for every sink and deliver them now where the lane is not backing off.
+
+        The alerts are kept even when this raises SinkError (a lane over `max_pending`): do not offer them again.
+        """
+        if alerts:
+            now_s = self._clock()
+            for name, lane in self._lanes.items():
+                lane.queue.extend(alerts)
+                if now_s >= lane.next_attempt_s:
+                    self._deliver(name, lane, now_s)
+            self._update_gauges()
+        self._raise_if_full()
+
+    def retry(self, now_s: float | None = None) -> None:
+        """Re-attempt every lane whose backoff has passed; let refreshing sinks re-send. Never raises."""
+        now_s = self._clock() if now_s is None else now_s
+        for name, lane in self._lanes.items():
+            if lane.queue and now_s >= lane.next_attempt_s:
+                self._deliver(name, lane, now_s)
+            if isinstance(lane.sink, Refreshing) and not lane.queue:
+                lane.sink.tick(now_s)
+        self._update_gauges()
+
+    def drain(self, timeout_s: float, *, sleep: Callable[[float], None] = time.sleep) -> bool:
+        """Try every lane, backoff ignored, until all are empty or `timeout_s` passed; True when idle."""
+        deadline_s = self._clock() + timeout_s
+        while not self.idle:
+            for name, lane in self._lanes.items():
+                if lane.queue:
+                    self._deliver(name, lane, self._clock())
+            remaining_s = deadline_s - self._clock()
+            if self.idle or remaining_s <= 0:
+                break
+            sleep(min(remaining_s, self._backoff.delay_s(1, self._rng)))
+        self._update_gauges()
+        return self.idle
+
+    def _deliver(self, name: str, lane: _Lane, now_s: float) -> None:
+        while lane.queue:
+            batch = list(islice(lane.queue, self._batch_size))
+            try:
+                lane.sink.send(batch)
+            except SinkError as exc:
+                self._failed(name, lane, now_s, exc)
+                return
+            for _ in batch:
+                lane.queue.popleft()
+        if lane.failures:
+            log.info("sink %s delivers again after %d failed attempts", name, lane.failures)
+        lane.failures, lane.next_attempt_s = 0, -math.inf
+
+    def _failed(self, name: str, lane: _Lane, now_s: float, exc: SinkError) -> None:
+        lane.failures += 1
+        delay_s = self._backoff.delay_s(lane.failures, self._rng)
+        lane.next_attempt_s = now_s + delay_s
+        if self._metrics is not None:
+            self._metrics.sink_failures.labels(sink=name).inc()
+        level = logging.WARNING if exc.retriable else logging.ERROR
+        log.log(level, "%s; %d alerts wait for it, next try in %.1f s", exc, len(lane.queue), delay_s)
+
+    def _update_gauges(self) -> None:
+        if self._metrics is not None:
+            for name, lane in self._lanes.items():
+                self._metrics.alerts_pending.labels(sink=name).set(len(lane.queue))
+
+    def _raise_if_full(self) -> None:
+        full = [name for name, lane in self._lanes.items() if len(lane.queue) > self._max_pending]
+        if full:
+            raise SinkError(
+                f"more than {self._max_pending} alerts wait for delivery; they are kept, stop consuming and call "
+                "retry() until the sink recovers",
+                sink=",".join(full),
+            )

@@ -1,0 +1,284 @@
+"""Stage 7, sink: Kafka topics for alerts, per-window scores, dead letters and the per-stream alert state.
+
+Every sink waits for the broker's acknowledgement of each message (`future.get`) before `send` returns, so the
+caller may commit the input the items came from; a failure or a timeout raises SinkError (retriable). Producers are
+built by an injected factory (`producer_factory(conn)` makes real ones: idempotent, acks=all), so the daemon shares
+one producer between the sinks and tests can use the real local broker. The sinks never close the producer:
+whoever built it does, after the last send.
+
+The alert state lives in a compacted topic keyed by stream: `KafkaStateStore.save` publishes a stream's state
+(`StreamAlertState.to_dict()` JSON, passed here as a plain dict), `delete` writes a tombstone, and `load_state`
+reads the topic from the beginning to its end offsets at startup, the last value per key winning.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from ae_monitor.config import KafkaConnectionConfig
+from ae_monitor.errors import SinkError
+from ae_monitor.records import Alert, DeadLetter, WindowScore
+from ae_monitor.sinks.jsonl import to_json
+
+log = logging.getLogger(__name__)
+
+# What a factory returns: kafka-python's KafkaProducer, KafkaConsumer, KafkaAdminClient (or test doubles).
+Producer = Any
+ProducerFactory = Callable[[], Producer]
+ConsumerFactory = Callable[[], Any]
+AdminFactory = Callable[[], Any]
+
+BASE64_PREFIX = "base64:"  # a DeadLetter.payload of bytes that are not UTF-8 (sources/decode.py, docs/records.md)
+
+
+# --- clients ------------------------------------------------------------------------------------------------------
+
+
+def client_configs(conn: KafkaConnectionConfig) -> dict[str, Any]:
+    """kafka-python settings shared by every client built from `conn` (`extra` passes through unchanged)."""
+    return {
+        "bootstrap_servers": list(conn.bootstrap_servers),
+        "security_protocol": conn.security_protocol,
+        "client_id": conn.client_id,
+        "bootstrap_timeout_ms": int(conn.connect_timeout_s * 1000),
+        **conn.extra,
+    }
+
+
+def connect(build: Callable[[], Any], *, what: str, attempts: int = 5, first_delay_s: float = 1.0) -> Any:
+    """`build()`, retried with backoff: kafka-python 3 clients block until a broker answers, then raise."""
+    delay_s = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return build()
+        except KafkaError as exc:
+            if attempt == attempts:
+                raise SinkError(f"no Kafka broker answered after {attempts} attempts: {exc!r}", sink=what) from exc
+            log.warning("Kafka %s: %r; attempt %d of %d again in %.1f s", what, exc, attempt + 1, attempts, delay_s)
+            time.sleep(delay_s)
+            delay_s *= 2
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def producer_factory(conn: KafkaConnectionConfig, *, send_timeout_s: float = 10.0) -> ProducerFactory:
+    """A factory of idempotent acks=all producers; `send()` blocks at most `send_timeout_s` on metadata."""
+    configs = {
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 5,  # a few ms of batching: alerts come in bursts, and send waits for acks anyway
+        "max_block_ms": int(send_timeout_s * 1000),
+        **client_configs(conn),
+    }
+    return lambda: connect(lambda: KafkaProducer(**configs), what="producer")
+
+
+def admin_factory(conn: KafkaConnectionConfig) -> AdminFactory:
+    configs = client_configs(conn)
+    return lambda: connect(lambda: KafkaAdminClient(**configs), what="admin")
+
+
+def state_consumer_factory(conn: KafkaConnectionConfig) -> ConsumerFactory:
+    """Consumers for `load_state`: no group, no commits (the state topic is always read whole)."""
+    configs = {"group_id": None, "enable_auto_commit": False, **client_configs(conn)}
+    return lambda: connect(lambda: KafkaConsumer(**configs), what="state consumer")
+
+
+def ensure_topics(admin_factory: AdminFactory, topics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Create the missing `topics` (name -> {num_partitions, replication_factor, configs}); returns those created.
+
+    Existing topics are left as they are (their settings are not checked or changed).
+    """
+    admin = admin_factory()
+    try:
+        existing = set(admin.list_topics())
+        missing = {name: dict(spec) for name, spec in topics.items() if name not in existing}
+        if missing:
+            # Errors are not raised here: another process may have created a topic since the listing. Waiting
+            # for every topic to have leaders then tells whether they all exist.
+            admin.create_topics(missing, raise_errors=False)
+            admin.wait_for_topics(sorted(missing))
+            log.info("created Kafka topics %s", sorted(missing))
+        return sorted(missing)
+    except KafkaError as exc:
+        raise SinkError(f"could not create topics {sorted(topics)}: {exc!r}", sink="kafka-admin") from exc
+    finally:
+        admin.close()
+
+
+def compacted(partitions: int = 1, replication_factor: int = 1) -> dict[str, Any]:
+    """The topic spec of a state topic: compacted, so the latest value per stream is kept forever."""
+    configs = {"cleanup.policy": "compact"}
+    return {"num_partitions": partitions, "replication_factor": replication_factor, "configs": configs}
+
+
+# --- sending ------------------------------------------------------------------------------------------------------
+
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
+
+
+def send_all(producer: Producer, topic: str, messages: Iterable[Message], *, sink: str, timeout_s: float) -> None:
+    """Send every message, then wait until the broker acknowledged all of them (or raise SinkError)."""
+    deadline_s = time.monotonic() + timeout_s
+    try:
+        futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in messages]
+        for future in futures:
+            future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
+    except KafkaError as exc:
+        # kafka-python says which errors a retry can fix (timeouts, leader changes; not an oversized message).
+        raise SinkError(f"topic {topic}: not acknowledged: {exc!r}", sink=sink, retriable=exc.retriable) from exc
+
+
+class KafkaAlertSink:
+    """Alert events as JSON (docs/alerts.md), key = stream, header `alert_id`."""
+
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self.name = f"kafka:{topic}"
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        messages = [(a.stream.encode(), to_json(a).encode(), [("alert_id", a.id.encode())]) for a in alerts]
+        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+
+def score_to_json(score: WindowScore) -> str:
+    """One window's score as compact JSON (the scores topic's value)."""
+    data = {
+        "stream": score.stream,
+        "bundle": score.bundle,
+        "start_s": score.start_s,
+        "end_s": score.end_s,
+        "score": score.score,
+        "threshold": score.threshold,
+        "contributions": list(score.contributions),
+    }
+    return json.dumps(data, separators=(",", ":"))
+
+
+class KafkaScoresSink:
+    """Every window's score as JSON, key = stream (an optional topic for dashboards and offline study)."""
+
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self.name = f"kafka:{topic}"
+
+    def send(self, scores: Sequence[WindowScore]) -> None:
+        messages: list[Message] = [(s.stream.encode(), score_to_json(s).encode(), []) for s in scores]
+        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+
+class KafkaDeadLetterSink:
+    """Records that could not be used: value = the original payload, headers `reason`, `message`, `source` and,
+    when `source` is a Kafka position (`kafka:<topic>:<partition>:<offset>`, see `sources.decode.kafka_source`),
+    `source_topic`, `source_partition`, `source_offset`."""
+
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self.name = f"kafka:{topic}"
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        messages = [(None, payload_bytes(d.payload), dead_letter_headers(d)) for d in letters]
+        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+
+def payload_bytes(payload: str | None) -> bytes | None:
+    """The original bytes of a `DeadLetter.payload` (the inverse of `sources.decode.payload_text`).
+
+    >>> payload_bytes("base64:/wA="), payload_bytes('{"ts": 1}')
+    (b'\\xff\\x00', b'{"ts": 1}')
+    """
+    if payload is None:
+        return None
+    if payload.startswith(BASE64_PREFIX):
+        return base64.b64decode(payload[len(BASE64_PREFIX) :])
+    return payload.encode("utf-8")
+
+
+def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    headers = [("reason", letter.reason), ("message", letter.message[:1000]), ("source", letter.source)]
+    parts = letter.source.split(":")
+    if len(parts) == 4 and parts[0] == "kafka":
+        headers += [("source_topic", parts[1]), ("source_partition", parts[2]), ("source_offset", parts[3])]
+    return [(name, value.encode("utf-8")) for name, value in headers]
+
+
+# --- alert state --------------------------------------------------------------------------------------------------
+
+
+class KafkaStateStore:
+    """Publishes per-stream alert state to a compacted topic, keyed by stream; `send`-like calls wait for acks."""
+
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self.name = f"kafka:{topic}"
+
+    def save(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Publish each stream's state (stream -> `StreamAlertState.to_dict()`)."""
+        messages: list[Message] = [
+            (stream.encode(), json.dumps(state, separators=(",", ":")).encode(), []) for stream, state in states.items()
+        ]
+        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+    def delete(self, streams: Iterable[str]) -> None:
+        """Tombstones: compaction forgets these streams' state."""
+        messages: list[Message] = [(stream.encode(), None, []) for stream in streams]
+        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+
+def load_state(consumer_factory: ConsumerFactory, topic: str, *, timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
+    """Read `topic` whole (beginning to the end offsets at the call): stream -> its latest state dict.
+
+    Tombstones delete; a value that is not a JSON object is logged and skipped (that stream starts fresh).
+    Raises SinkError when the end is not reached within `timeout_s`.
+    """
+    consumer = consumer_factory()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            log.info("state topic %s does not exist yet: every stream starts fresh", topic)
+            return {}
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        return _read_to_end(consumer, topic, partitions, consumer.end_offsets(partitions), timeout_s)
+    finally:
+        consumer.close()
+
+
+def _read_to_end(
+    consumer: Any, topic: str, partitions: list[TopicPartition], end: Mapping[TopicPartition, int], timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    state: dict[str, dict[str, Any]] = {}
+    deadline_s = time.monotonic() + timeout_s
+    while any(consumer.position(tp) < end[tp] for tp in partitions):
+        if time.monotonic() > deadline_s:
+            raise SinkError(f"could not read state topic {topic} to its end in {timeout_s} s", sink=f"kafka:{topic}")
+        for records in consumer.poll(timeout_ms=200).values():
+            for record in records:
+                _apply(state, record.key, record.value)
+    log.info("loaded alert state of %d streams", len(state))
+    return state
+
+
+def _apply(state: dict[str, dict[str, Any]], key: bytes | None, value: bytes | None) -> None:
+    if key is None:
+        return
+    stream = key.decode("utf-8", errors="replace")
+    if value is None:
+        state.pop(stream, None)
+        return
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        state[stream] = parsed
+    else:
+        log.warning("state of stream %s is not a JSON object; it starts fresh", stream)
+        state.pop(stream, None)

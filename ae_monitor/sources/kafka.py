@@ -1,0 +1,252 @@
+"""Kafka source: a consumer group over topics or a pattern, decoding messages into records, manual commits only.
+
+Offsets are committed by the caller through `commit`, never automatically (`enable_auto_commit=False`): the daemon
+commits a record only after every window containing it was scored and its alerts were delivered. Rebalance
+callbacks run on kafka-python's network thread, so they only queue the change; the main loop applies it through
+`take_rebalance_events` (dropping the state of revoked streams, forgetting their offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
+from ae_monitor.errors import AeMonitorError, RecordError
+from ae_monitor.records import Record
+from ae_monitor.sources.decode import decode_message
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Message:
+    """Where a consumed message came from, and what it decoded to (or why it did not)."""
+
+    topic: str
+    partition: int
+    offset: int
+    record: Record | None
+    error: RecordError | None
+    raw: bytes | None
+
+
+@dataclass(frozen=True)
+class RebalanceEvent:
+    kind: str  # "assigned" | "revoked" | "lost"
+    partitions: frozenset[Partition]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, events: queue.SimpleQueue[RebalanceEvent]) -> None:
+        self._events = events
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._events.put(RebalanceEvent("revoked", _names(revoked)))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._events.put(RebalanceEvent("assigned", _names(assigned)))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self._events.put(RebalanceEvent("lost", _names(lost)))
+
+
+def _names(partitions: Any) -> frozenset[Partition]:
+    return frozenset((tp.topic, tp.partition) for tp in partitions)
+
+
+ConsumerFactory = Callable[[], Any]
+
+
+def consumer_factory(conn: KafkaConnectionConfig, cfg: KafkaSourceConfig) -> ConsumerFactory:
+    """A factory for the real consumer; the daemon's tests and users inject their own for other setups."""
+
+    def build() -> Any:
+        return KafkaConsumer(
+            bootstrap_servers=list(conn.bootstrap_servers),
+            security_protocol=conn.security_protocol,
+            client_id=conn.client_id,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.start_from,
+            max_poll_records=cfg.max_poll_records,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+            # Cooperative rebalancing (KIP-429): a rebalance that leaves a partition where it is keeps its stream
+            # state and fetch position, instead of revoking everything and warming every stream up again.
+            partition_assignment_strategy=(CooperativeStickyAssignor,),
+            **conn.extra,
+        )
+
+    return build
+
+
+def connect(factory: ConsumerFactory, *, timeout_s: float, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Build the consumer, retrying with backoff while the brokers do not answer (kafka-python 3 blocks, then
+    raises). Gives up after `timeout_s` with an error naming the bootstrap servers' setting."""
+    deadline, delay = time.monotonic() + timeout_s, 0.5
+    while True:
+        try:
+            return factory()
+        except KafkaError as exc:
+            if time.monotonic() + delay > deadline:
+                raise AeMonitorError(f"cannot reach Kafka (kafka.bootstrap_servers): {exc}") from exc
+            log.warning("Kafka not reachable yet (%s); retrying in %.1f s", exc, delay)
+            sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class KafkaSource:
+    """Consumes and decodes messages; commits only what the caller says is complete.
+
+    kafka-python 3.0.12 was seen to stall in a group rebalance (the leader's second join never completes; commits
+    then fail with RebalanceInProgress). When commits keep failing that way for `stall_after_s`, `recover` builds
+    a new consumer: the old one's partitions are revoked (their streams dropped) and records since the last
+    commit are read again, which at-least-once delivery allows.
+    """
+
+    def __init__(self, connect: Callable[[], Any], cfg: KafkaSourceConfig, *, stall_after_s: float = 15.0) -> None:
+        self._connect, self._cfg, self._stall_after_s = connect, cfg, stall_after_s
+        self._events: queue.SimpleQueue[RebalanceEvent] = queue.SimpleQueue()
+        self._max_records = cfg.max_poll_records
+        self._next: dict[Partition, int] = {}
+        self._failing_since: float | None = None
+        self.last_commit_s: float | None = None  # wall time of the last acknowledged commit
+        self._consumer = self._subscribe(connect())
+
+    def _subscribe(self, consumer: Any) -> Any:
+        listener = _Listener(self._events)
+        if self._cfg.topic_pattern:
+            consumer.subscribe(pattern=self._cfg.topic_pattern, listener=listener)
+        else:
+            for topic in self._cfg.topics:
+                # Fetch the topic's metadata before joining: a leader that assigns without it hands out nothing
+                # and forces a second rebalance at once.
+                consumer.partitions_for_topic(topic)
+            consumer.subscribe(topics=list(self._cfg.topics), listener=listener)
+        return consumer
+
+    @property
+    def stalled(self) -> bool:
+        """Commits kept failing, or the group has not answered a heartbeat, for `stall_after_s`."""
+        since = self._failing_since
+        if since is not None and time.monotonic() - since > self._stall_after_s:
+            return True
+        silent = _heartbeat_silence_s(self._consumer)
+        return silent is not None and silent > self._stall_after_s
+
+    def recover(self) -> None:
+        """Replace a stalled consumer with a new member of the group."""
+        log.warning("the consumer group has been rebalancing for %.0f s; reconnecting", self._stall_after_s)
+        self._consumer.close(autocommit=False)
+        self._failing_since = None
+        self._next.clear()
+        self._consumer = self._subscribe(self._connect())
+
+    def poll(self, *, timeout_ms: int) -> list[Message]:
+        """Up to `max_poll_records` messages, decoded; waits at most `timeout_ms` when none are available."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
+        for tp, records in batches.items():
+            if records:
+                self._next[(tp.topic, tp.partition)] = records[-1].offset + 1
+        return [_decode(m) for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)) for m in batches[tp]]
+
+    def take_rebalance_events(self) -> list[RebalanceEvent]:
+        events = []
+        while not self._events.empty():
+            events.append(self._events.get_nowait())
+        return events
+
+    def assignment(self) -> frozenset[Partition]:
+        return _names(self._consumer.assignment())
+
+    def commit(self, offsets: dict[Partition, int], *, wait: bool = False) -> None:
+        """Commit `offsets` (the next offset to read, per partition); partitions no longer owned are skipped.
+
+        The main loop commits without waiting: a blocking commit issued while the group rebalances was seen to
+        stall kafka-python 3.0.12's rebalance. A failed async commit is simply superseded by the next one (the
+        offsets only grow). Shutdown waits (`wait=True`), when no rebalance can be in progress."""
+        owned = self.assignment()
+        mine = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items() if (t, p) in owned}
+        if not mine:
+            return
+        if wait:
+            self._commit_now(mine)
+            self._committed()
+        else:
+            self._consumer.commit_async(offsets=mine, callback=self._on_commit)
+
+    def _on_commit(self, offsets: Any, response: Any) -> None:
+        """Runs on kafka-python's network thread: only records the outcome."""
+        if isinstance(response, Exception):
+            log.warning("offset commit failed (the next commit supersedes it): %s", response)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+        else:
+            self._committed()
+
+    def _committed(self) -> None:
+        self._failing_since = None
+        self.last_commit_s = time.time()
+
+    def _commit_now(self, offsets: dict[Any, Any], *, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._consumer.commit(offsets=offsets)
+                return
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) and "Rebalance" not in type(exc).__name__:
+                    raise AeMonitorError(f"offset commit failed: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise AeMonitorError(f"offset commit failed until the deadline: {exc}") from exc
+                # A rebalance in progress completes only through poll(); what it returns is not processed, so
+                # those records stay uncommitted and are read again by the next owner.
+                self._consumer.poll(timeout_ms=100, max_records=1)
+
+    def lag(self) -> dict[Partition, int]:
+        """Records behind the end of each owned partition, from the high watermarks of the latest fetches.
+
+        No network call: blocking offset look-ups from the main thread were seen to hang kafka-python 3.0.12's
+        rebalance, so partitions not fetched from yet are left out."""
+        lags = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            consumed = self._next.get((tp.topic, tp.partition))
+            if high is not None and consumed is not None:
+                lags[(tp.topic, tp.partition)] = max(0, high - consumed)
+        return lags
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+def _heartbeat_silence_s(consumer: Any) -> float | None:
+    """Seconds since the group coordinator last answered a heartbeat (or since the last join completed).
+
+    Reads kafka-python 3.0.12's coordinator state (no public API exposes it); None if that state is not there."""
+    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
+    last_receive, last_reset = getattr(heartbeat, "last_receive", None), getattr(heartbeat, "last_reset", None)
+    if not isinstance(last_receive, float) or not isinstance(last_reset, float):
+        return None
+    return time.monotonic() - max(last_receive, last_reset)
+
+
+def _decode(message: Any) -> Message:
+    headers: Sequence[tuple[str, bytes]] = message.headers or ()
+    try:
+        record = decode_message(message.key, message.value, headers)
+        return Message(message.topic, message.partition, message.offset, record, None, None)
+    except RecordError as exc:
+        return Message(message.topic, message.partition, message.offset, None, exc, message.value)

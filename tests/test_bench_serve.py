@@ -1,0 +1,94 @@
+"""Smoke test of scripts/bench_serve.py: a --quick run against the session broker prints every row and exits 0."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_serve.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    # scripts/ is not a package: load the file under a private name (registered first, dataclasses need it).
+    spec = importlib.util.spec_from_file_location("_bench_serve", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_prints_every_row_and_exits_0(
+    bench: ModuleType, kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "figures.json"
+    started = time.monotonic()
+    code = bench.main(["--quick", "--bootstrap", kafka_bootstrap, "--json", str(out)])
+    seconds = time.monotonic() - started
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    lines = printed.splitlines()
+    for name in bench.ROWS:
+        assert any(line.startswith(name) for line in lines), f"row {name!r} missing:\n{printed}"
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert [row["name"] for row in figures["rows"]] == list(bench.ROWS)
+    assert {row["name"]: row["value"] for row in figures["rows"]}[bench.ROW_CEILING] > 0
+    assert seconds < 60
+
+
+def _plan(bench: ModuleType) -> Any:
+    """Two streams of 20 rows sent 10 ms apart, appended 5 ms after; stream 0 has a fault onset at row 8.
+
+    With k = 3, the onset's alert is fired by row 10 (the 3rd window containing the fault)."""
+    plan = bench.LatencyPlan([b"pump-0000", b"pump-0001"], [[b"{}"] * 20] * 2, [{8}, set()], k=3)
+    for row in range(20):
+        for stream in (0, 1):
+            plan.sent_ts[stream].append(1000.0 + row * 0.02 + stream * 0.01)
+    plan.appended[(0, 10)] = plan.sent_ts[0][10] + 0.005
+    return plan
+
+
+def test_alerts_are_paired_with_the_record_that_fired_them(bench: ModuleType) -> None:
+    plan = _plan(bench)
+    window = 4  # the window ending at the onset (row 8) starts at row 5
+    sent = plan.sent_ts[0][10]
+    alert = {"id": "a", "stream": "pump-0000", "status": "firing", "event_time_s": plan.sent_ts[0][5]}
+    false_alarm = {"id": "b", "stream": "pump-0001", "status": "firing", "event_time_s": plan.sent_ts[1][3]}
+    alerts = [(sent + 0.050, {**alert, "detection_time_s": sent + 0.020}), (sent, false_alarm)]
+    result = bench.match_alerts(plan, alerts, window=window, waited_until=sent + 5)
+    assert result.expected == result.received == 1
+    assert result.append_to_alert_ms == pytest.approx([45.0])
+    assert result.send_to_alert_ms == pytest.approx([50.0])
+    assert result.append_to_detection_ms == pytest.approx([15.0])
+    assert (result.masked, result.unmatched_faulty, result.unmatched_normal) == (0, 0, 1)
+
+
+def test_an_alert_that_never_came_counts_as_a_lower_bound(bench: ModuleType) -> None:
+    plan = _plan(bench)
+    result = bench.match_alerts(plan, [], window=4, waited_until=plan.sent_ts[0][10] + 2.0)
+    assert (result.expected, result.received) == (1, 0)
+    assert result.send_to_alert_ms == pytest.approx([2000.0])
+    assert result.append_to_alert_ms == pytest.approx([1995.0])
+    assert result.append_to_detection_ms == []
+
+
+def test_an_onset_inside_an_episode_already_firing_is_masked_not_expected(bench: ModuleType) -> None:
+    plan = _plan(bench)
+    early = {"id": "c", "stream": "pump-0000", "status": "firing", "event_time_s": plan.sent_ts[0][2]}
+    resolved = {"id": "c", "stream": "pump-0000", "status": "resolved", "ends_at_s": plan.sent_ts[0][12]}
+    alerts = [(plan.sent_ts[0][5], early), (plan.sent_ts[0][12], resolved)]
+    result = bench.match_alerts(plan, alerts, window=4, waited_until=plan.sent_ts[0][19])
+    assert (result.expected, result.received, result.masked, result.unmatched_faulty) == (0, 0, 1, 1)
+    assert result.append_to_alert_ms == []
+    resolved_before = {**resolved, "ends_at_s": plan.sent_ts[0][7]}  # resolved before the onset: it fires again
+    result = bench.match_alerts(plan, [alerts[0], (0.0, resolved_before)], window=4, waited_until=1.0e4)
+    assert (result.expected, result.received, result.masked) == (1, 0, 0)

@@ -1,0 +1,328 @@
+"""Alertmanager and webhook sinks against a real local HTTP server that can be told to fail."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ae_monitor.config import HttpSinkConfig
+from ae_monitor.errors import ConfigError, SinkError
+from ae_monitor.records import Alert
+from ae_monitor.sinks.alertmanager import AlertmanagerSink
+from ae_monitor.sinks.delivery import Backoff, DeliveryQueue
+from ae_monitor.sinks.http import RetryPolicy
+from ae_monitor.sinks.jsonl import to_json
+from ae_monitor.sinks.webhook import WebhookSink
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    status: int = 0  # what the server answered
+
+
+@dataclass
+class Receiver:
+    """What the test server got, and how it should answer the next requests."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    fail_next: int = 0
+    fail_status: int = 503
+    retry_after: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, received: Received) -> tuple[int, dict[str, str]]:
+        with self.lock:
+            self.requests.append(received)
+            received.status = 200
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                received.status = self.fail_status
+                return self.fail_status, ({"Retry-After": self.retry_after} if self.retry_after else {})
+            return 200, {}
+
+    def bodies(self) -> list[Any]:
+        return [r.body for r in self.requests]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(body))
+            status, headers = state.answer(received)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep the test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client() as c:
+        yield c
+
+
+class FakeSleep:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def _alert(stream: str = "pump-1", status: str = "firing", **fields: Any) -> Alert:
+    values: dict[str, Any] = {
+        "id": f"id-{stream}",
+        "status": status,
+        "stream": stream,
+        "bundle_name": "pump",
+        "bundle_version": "abc123",
+        "event_time_s": 1732600000.25,
+        "detection_time_s": 1732600012.5,
+        "peak_score": 3.0,
+        "mean_score": 2.5,
+        "threshold": 2.0,
+        "severity": 1.5,
+        "tail_probability": 1e-4,
+        "top_contributors": (("vibration", 0.7), ("current", 0.2)),
+    }
+    return Alert(**{**values, **fields})
+
+
+def _am(client: httpx.Client, receiver: Receiver, sleep: FakeSleep, **kwargs: Any) -> AlertmanagerSink:
+    return AlertmanagerSink(client, receiver.url, sleep=sleep, labels={"site": "plant-2"}, **kwargs)
+
+
+def test_the_alert_json_in_docs_alerts_md_is_what_to_json_writes_with_a_real_id() -> None:
+    from ae_monitor.alerting import alert_id
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "alerts.md").read_text()
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    fields = {k: v for k, v in example.items() if k != "top_contributors"}
+    contributors = tuple((c["name"], c["share"]) for c in example["top_contributors"])
+    assert json.loads(to_json(Alert(**fields, top_contributors=contributors))) == example
+    assert example["id"] == alert_id(example["stream"], example["event_time_s"], example["bundle_version"])
+
+
+# --- Alertmanager payload ------------------------------------------------------------------------------------------
+
+
+def test_a_firing_alert_posts_labels_annotations_and_starts_at_without_ends_at(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    _am(client, receiver, FakeSleep(), generator_url="http://ae-monitor:9108/").send([_alert()])
+    (request,) = receiver.requests
+    assert request.path == "/api/v2/alerts"
+    assert request.headers["content-type"] == "application/json"
+    (item,) = request.body
+    assert item["labels"] == {
+        "alertname": "AeMonitorAnomaly",
+        "stream": "pump-1",
+        "bundle": "pump",
+        "severity": "warning",
+        "site": "plant-2",
+    }
+    assert item["startsAt"] == "2024-11-26T05:46:40.250Z"
+    assert "endsAt" not in item  # Alertmanager keeps it firing for resolve_timeout after each (re-)send
+    assert item["generatorURL"] == "http://ae-monitor:9108/"
+    notes = item["annotations"]
+    assert notes["alert_id"] == "id-pump-1"
+    assert (notes["peak_score"], notes["threshold"], notes["tail_probability"]) == ("3", "2", "0.0001")
+    assert notes["top_contributors"] == "vibration 70%, current 20%"
+    assert "pump-1" in notes["summary"]
+    assert "abc123" in notes["description"]
+
+
+def test_severity_is_critical_from_twice_the_threshold(client: httpx.Client, receiver: Receiver) -> None:
+    _am(client, receiver, FakeSleep()).send([_alert(severity=2.0)])
+    assert receiver.requests[0].body[0]["labels"]["severity"] == "critical"
+
+
+def test_a_resolved_alert_carries_ends_at_and_the_labels_it_fired_with(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    sink = _am(client, receiver, FakeSleep())
+    sink.send([_alert(severity=1.5)])
+    # The peak grew past twice the threshold before resolving: the label must still be the firing one.
+    sink.send([_alert(status="resolved", severity=2.5, ends_at_s=1732600060.0)])
+    (item,) = receiver.requests[1].body
+    assert item["labels"]["severity"] == "warning"
+    assert item["startsAt"] == "2024-11-26T05:46:40.250Z"
+    assert item["endsAt"] == "2024-11-26T05:47:40.000Z"
+
+
+def test_a_resolution_whose_firing_this_process_never_sent_resolves_both_severities(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    _am(client, receiver, FakeSleep()).send([_alert(status="resolved", ends_at_s=1732600060.0)])
+    assert sorted(item["labels"]["severity"] for item in receiver.requests[0].body) == ["critical", "warning"]
+    assert all("endsAt" in item for item in receiver.requests[0].body)
+
+
+def test_static_labels_cannot_override_the_identifying_labels(client: httpx.Client, receiver: Receiver) -> None:
+    AlertmanagerSink(client, receiver.url, labels={"stream": "x", "team": "ops"}).send([_alert()])
+    labels = receiver.requests[0].body[0]["labels"]
+    assert (labels["stream"], labels["team"]) == ("pump-1", "ops")
+
+
+def test_tick_re_sends_firing_alerts_each_interval_and_forgets_resolved_ones(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    sink = _am(client, receiver, FakeSleep(), resend_interval_s=60)
+    sink.send([_alert("pump-1"), _alert("pump-2")])
+    sink.tick(1000.0)
+    sink.tick(1030.0)  # too early: nothing
+    assert len(receiver.requests) == 2
+    assert {i["labels"]["stream"] for i in receiver.requests[1].body} == {"pump-1", "pump-2"}
+    sink.send([_alert("pump-1", status="resolved", ends_at_s=1732600060.0)])
+    sink.tick(1060.0)
+    assert [i["labels"]["stream"] for i in receiver.requests[3].body] == ["pump-2"]
+
+
+def test_a_failed_re_send_only_logs(client: httpx.Client, receiver: Receiver) -> None:
+    sink = _am(client, receiver, FakeSleep())
+    sink.send([_alert()])
+    receiver.fail_next = 5
+    sink.tick(0.0)  # one try, no retries, no exception
+    assert len(receiver.requests) == 2
+
+
+def test_from_config_needs_a_url(client: httpx.Client) -> None:
+    with pytest.raises(ConfigError, match=r"sinks\.alertmanager\.url"):
+        AlertmanagerSink.from_config(HttpSinkConfig(), client)
+
+
+# --- retries --------------------------------------------------------------------------------------------------------
+
+
+def test_5xx_is_retried_with_exponential_backoff_until_it_succeeds(client: httpx.Client, receiver: Receiver) -> None:
+    receiver.fail_next = 3
+    sleep = FakeSleep()
+    policy = RetryPolicy(max_retries=5, backoff_initial_s=0.5, backoff_max_s=1.5)
+    _am(client, receiver, sleep, policy=policy).send([_alert()])
+    assert len(receiver.requests) == 4
+    assert len(sleep.delays) == 3
+    for attempt, delay in enumerate(sleep.delays):  # full jitter: anywhere below the capped exponential
+        assert 0 <= delay < policy.cap_s(attempt)
+    assert [policy.cap_s(a) for a in range(3)] == [0.5, 1.0, 1.5]
+
+
+def test_429_waits_as_long_as_retry_after_says(client: httpx.Client, receiver: Receiver) -> None:
+    receiver.fail_next, receiver.fail_status, receiver.retry_after = 1, 429, "7"
+    sleep = FakeSleep()
+    _am(client, receiver, sleep).send([_alert()])
+    assert sleep.delays == [7.0]
+
+
+def test_giving_up_after_max_retries_raises_a_retriable_sink_error(client: httpx.Client, receiver: Receiver) -> None:
+    receiver.fail_next = 10
+    sleep = FakeSleep()
+    with pytest.raises(SinkError, match="HTTP 503") as info:
+        _am(client, receiver, sleep, policy=RetryPolicy(max_retries=2)).send([_alert()])
+    assert info.value.retriable
+    assert info.value.sink == "alertmanager"
+    assert len(receiver.requests) == 3
+    assert len(sleep.delays) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_other_4xx_are_not_retried(client: httpx.Client, receiver: Receiver, status: int) -> None:
+    receiver.fail_next, receiver.fail_status = 1, status
+    sleep = FakeSleep()
+    with pytest.raises(SinkError, match=f"HTTP {status}") as info:
+        _am(client, receiver, sleep).send([_alert()])
+    assert not info.value.retriable
+    assert len(receiver.requests) == 1
+    assert sleep.delays == []
+
+
+def test_connection_refused_is_retried_then_raises(client: httpx.Client) -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    sleep = FakeSleep()
+    with pytest.raises(SinkError, match="failed") as info:
+        AlertmanagerSink(client, url, policy=RetryPolicy(max_retries=2), sleep=sleep).send([_alert()])
+    assert info.value.retriable
+    assert len(sleep.delays) == 2
+
+
+# --- webhook --------------------------------------------------------------------------------------------------------
+
+
+def test_the_webhook_posts_each_alert_as_its_json_with_the_configured_headers(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    cfg = HttpSinkConfig(url=receiver.url + "/hook", headers={"Authorization": "Bearer t0ken"})
+    alerts = [_alert("pump-1"), _alert("pump-2")]
+    WebhookSink.from_config(cfg, client, sleep=FakeSleep()).send(alerts)
+    assert [r.path for r in receiver.requests] == ["/hook", "/hook"]
+    assert receiver.bodies() == [json.loads(to_json(a)) for a in alerts]
+    assert receiver.requests[0].headers["authorization"] == "Bearer t0ken"
+
+
+def test_the_webhook_retries_5xx_and_does_not_retry_400(client: httpx.Client, receiver: Receiver) -> None:
+    sleep = FakeSleep()
+    sink = WebhookSink(client, receiver.url, policy=RetryPolicy(max_retries=3), sleep=sleep)
+    receiver.fail_next = 2
+    sink.send([_alert()])
+    assert len(receiver.requests) == 3
+    receiver.fail_next, receiver.fail_status = 1, 400
+    with pytest.raises(SinkError) as info:
+        sink.send([_alert()])
+    assert not info.value.retriable
+
+
+# --- an outage end to end -----------------------------------------------------------------------------------------
+
+
+def test_alerts_queued_during_an_outage_reach_the_webhook_in_order_once_it_recovers(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    now = [0.0]
+    queue = DeliveryQueue(
+        {"webhook": WebhookSink(client, receiver.url, policy=RetryPolicy(max_retries=0))},
+        max_pending=100,
+        backoff=Backoff(initial_s=1.0, max_s=4.0),
+        clock=lambda: now[0],
+    )
+    receiver.fail_next = 1000  # down
+    queue.offer([_alert("a")])
+    queue.offer([_alert("b"), _alert("c")])
+    now[0] = 10.0
+    queue.retry()
+    assert not queue.idle
+    assert queue.pending == 3
+    receiver.fail_next = 0  # back
+    now[0] = 20.0
+    queue.retry()
+    assert queue.idle
+    assert [r.body["stream"] for r in receiver.requests if r.status == 200] == ["a", "b", "c"]
