@@ -9,14 +9,19 @@ Four measurements, side by side on the same machine and broker (compare the rati
    from the earliest offset with a fresh consumer group, production sinks (alerts, dead-letter and state topics; no
    scores topic). Rate = N / (first record counted by `ae_monitor_records_total` -> last window counted by
    `ae_monitor_windows_scored_total`), both counters read in-process every few ms. Goal: >= 75 % of the ceiling.
-3. latency: `ae-monitor serve` as a subprocess on a fresh topic while this process produces at half the ceiling
-   rate (paced), each record's `ts` = wall time at its send, with a strong fault (pressure +20 bar) switched on and
-   off in every 4th stream. record -> alert = (when this process's consumer of the alerts topic receives the firing
-   alert) - (send time of the record that completed the window which fired it). That record is identified without
-   trusting serve: the alert's `event_time_s` is the start of its first anomalous window, which must be the window
-   ending at a fault onset (else the alert counts as unmatched); with hop 1 and every window containing a fault
-   sample anomalous, the k-th such window (k of n) fires. Were one not anomalous, the real trigger would be later,
-   so the figure is an upper bound. Goal: p99 < 250 ms.
+3. latency: `ae-monitor serve` as a subprocess, on a fresh topic stamped with the broker's append time
+   (LogAppendTime), while this process produces paced single-sample records, each `ts` = wall time at its send(),
+   with a strong fault (pressure +20 bar, 40 rows) switched on every 120 rows in every 4th stream. Run A at half the
+   ceiling (the goal), run B at half serve's rate from 2. (how fast the path is when serve keeps up).
+   append -> alert = (when this process's consumer of the alerts topic receives the firing alert) - (broker append
+   time of the record that completed the window which fired it; from its produce ack, ms resolution). That record
+   is found without trusting serve: the alert's `event_time_s` must be the start of the window ending at a fault
+   onset (else the alert counts as a false alarm or "other"); with hop 1 every window containing a fault row is
+   anomalous, so the k-th of them (k of n) fires: were one not, the real trigger would be later and the figure an
+   upper bound. An onset inside an episode already firing (a false alarm just before) is "masked", not expected;
+   an expected alert that never came counts with the lower bound (end of waiting - append). send -> alert starts at
+   the send() call instead (adds this process's producer queueing); append -> detection ends at the alert's
+   `detection_time_s` (serve's clock; same host). Goal: run A p99 append -> alert < 250 ms.
 4. audio: 1 s chunks of 16 kHz mono s16le PCM for several streams, pre-produced, through serve in a thread with the
    default DCASE dense model (untrained weights, gamma-calibrated: speed needs no training). x real time per core =
    audio seconds / wall seconds / cores, cores = max(1, CPU seconds of this whole process / wall seconds) over the
@@ -70,6 +75,7 @@ from ae_monitor.config import (
     CalibrationConfig,
     Config,
     FeaturesConfig,
+    KafkaSourceConfig,
     ModelConfig,
     TrainingConfig,
     config_from_dict,
@@ -171,7 +177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, help=f"sensor records for ceiling and serve ({DEFAULTS.records})")
     parser.add_argument("--streams", type=int, help=f"sensor streams, round-robin ({DEFAULTS.streams})")
     parser.add_argument("--latency-seconds", type=float, help=f"paced latency run ({DEFAULTS.latency_s:g} s)")
-    parser.add_argument("--latency-rate", type=float, help="records/s of the latency run (half the ceiling)")
+    parser.add_argument("--latency-rate", type=float, help="records/s of latency run A (half the ceiling)")
     parser.add_argument("--audio-streams", type=int, help=f"audio streams ({DEFAULTS.audio_streams})")
     parser.add_argument("--audio-seconds", type=int, help=f"1 s chunks per audio stream ({DEFAULTS.audio_seconds})")
     parser.add_argument("--bootstrap", help="use this broker (host:port) instead of starting one")
@@ -201,8 +207,12 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def environment() -> dict[str, Any]:
+    from kafka.record import util as kafka_record_util
+
     load1, load5, _ = os.getloadavg()
     return {
+        # Pure-Python CRC32C (no `crc32c` package) costs kafka-python ~2.7 ms per 32 KB record batch it checks.
+        "kafka_crc32c": "C (crc32c package)" if kafka_record_util.crc32c_c is not None else "pure Python",
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical cores",
         "torch": torch.__version__,
@@ -260,8 +270,8 @@ class Topics:
         self._created.extend(names)
 
     def close(self) -> None:
-        existing = set(self._admin.list_topics())
         with contextlib.suppress(Exception):  # tidiness only: a throwaway broker goes away anyway
+            existing = set(self._admin.list_topics())
             self._admin.delete_topics([t for t in self._created if t in existing])
         self._admin.close()
 
@@ -524,8 +534,6 @@ def run_throughput(bootstrap: str, topics: Topics, bundle: Path, settings: Setti
 
 def config_source_max_poll() -> int:
     """serve's `source.max_poll_records` default: the ceiling consumer polls in batches of the same size."""
-    from ae_monitor.config import KafkaSourceConfig
-
     return KafkaSourceConfig(topics=("x",)).max_poll_records
 
 
@@ -736,6 +744,7 @@ class LatencyRun:
     sent: int
     backlog: float  # records sent but not yet counted by serve when sending ended
     serve_cores: float  # CPU seconds of the serve process per second while sending
+    bench_cores: float  # the same for this process (producer, alert consumer)
     latencies: Latencies
 
 
@@ -807,16 +816,16 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
         with ServeProcess(config, workdir / f"latency-{label.lower()}") as daemon:
             daemon.wait_ready()
             with AlertCollector(bootstrap, f"{topic}-alerts") as collector:
-                cpu = daemon.cpu_s()
+                cpu, own = daemon.cpu_s(), process_cpu_s()
                 sent = paced_send(producer, topic, plan, rate, settings.latency_s)
-                serve_cores = (daemon.cpu_s() - cpu) / settings.latency_s
+                cores = ((daemon.cpu_s() - cpu) / settings.latency_s, (process_cpu_s() - own) / settings.latency_s)
                 backlog = sent - daemon.metric("ae_monitor_records_total")
                 waited_until = wait_for_alerts(collector, plan, daemon, sent, settings.wait_s)
     finally:
         producer.close()
     window = loaded.features.sensor.window_samples
     latencies = match_alerts(plan, list(collector.received), window=window, waited_until=waited_until)
-    return LatencyRun(label, rate, sent / settings.latency_s, sent, backlog, serve_cores, latencies)
+    return LatencyRun(label, rate, sent / settings.latency_s, sent, backlog, *cores, latencies)
 
 
 def wait_for_alerts(collector: AlertCollector, plan: LatencyPlan, daemon: ServeProcess, sent: int,
@@ -844,9 +853,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 def report_latency(figures: Figures, run: LatencyRun, *, goal: bool) -> None:
     result, name = run.latencies, f"latency {run.label}"
     figures.add(Row(f"{name}: send rate", run.send_rate, "msg/s", note=f"target {run.target_rate:,.0f}; serve "
-                    f"{max(0.0, run.backlog):,.0f} behind when sending ended, {run.serve_cores:.2f} cores busy"),
+                    f"{max(0.0, run.backlog):,.0f} behind at the end; cores busy: serve {run.serve_cores:.2f}, "
+                    f"this process {run.bench_cores:.2f}"),
                 msg_per_s=run.send_rate, target_msg_per_s=run.target_rate, records=run.sent,
-                backlog_at_end=run.backlog, serve_cores=run.serve_cores)  # fmt: skip
+                backlog_at_end=run.backlog, serve_cores=run.serve_cores, bench_cores=run.bench_cores)  # fmt: skip
     missing = result.expected - result.received
     bound = f", {missing} never came (lower bounds)" if missing else ""
     p50, p99 = percentile(result.append_to_alert_ms, 50), percentile(result.append_to_alert_ms, 99)
@@ -979,7 +989,7 @@ def bench(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     env = environment()
     print(f"python {env['python']} on {env['machine']}; torch {env['torch']} ({env['torch_threads']} thread); "
-          f"load average {env['load_average_1m_5m']}")  # fmt: skip
+          f"kafka-python CRC32C {env['kafka_crc32c']}; load average {env['load_average_1m_5m']}")  # fmt: skip
     print(f"settings: {settings}")
     figures = Figures()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
