@@ -460,6 +460,16 @@ class Span:
         return self.cpu_s / self.wall_s
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all processes of this machine have used so far (every core, from /proc/stat); NaN elsewhere."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -745,6 +755,7 @@ class LatencyRun:
     backlog: float  # records sent but not yet counted by serve when sending ended
     serve_cores: float  # CPU seconds of the serve process per second while sending
     bench_cores: float  # the same for this process (producer, alert consumer)
+    machine_cores: float  # the same for the whole machine (these two, the broker, anything else running)
     latencies: Latencies
 
 
@@ -816,16 +827,17 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
         with ServeProcess(config, workdir / f"latency-{label.lower()}") as daemon:
             daemon.wait_ready()
             with AlertCollector(bootstrap, f"{topic}-alerts") as collector:
-                cpu, own = daemon.cpu_s(), process_cpu_s()
+                before = (daemon.cpu_s(), process_cpu_s(), machine_busy_s())
                 sent = paced_send(producer, topic, plan, rate, settings.latency_s)
-                cores = ((daemon.cpu_s() - cpu) / settings.latency_s, (process_cpu_s() - own) / settings.latency_s)
+                after = (daemon.cpu_s(), process_cpu_s(), machine_busy_s())
+                serve_c, own_c, machine_c = ((b - a) / settings.latency_s for a, b in zip(before, after, strict=True))
                 backlog = sent - daemon.metric("ae_monitor_records_total")
                 waited_until = wait_for_alerts(collector, plan, daemon, sent, settings.wait_s)
     finally:
         producer.close()
     window = loaded.features.sensor.window_samples
     latencies = match_alerts(plan, list(collector.received), window=window, waited_until=waited_until)
-    return LatencyRun(label, rate, sent / settings.latency_s, sent, backlog, *cores, latencies)
+    return LatencyRun(label, rate, sent / settings.latency_s, sent, backlog, serve_c, own_c, machine_c, latencies)
 
 
 def wait_for_alerts(collector: AlertCollector, plan: LatencyPlan, daemon: ServeProcess, sent: int,
@@ -854,9 +866,10 @@ def report_latency(figures: Figures, run: LatencyRun, *, goal: bool) -> None:
     result, name = run.latencies, f"latency {run.label}"
     figures.add(Row(f"{name}: send rate", run.send_rate, "msg/s", note=f"target {run.target_rate:,.0f}; serve "
                     f"{max(0.0, run.backlog):,.0f} behind at the end; cores busy: serve {run.serve_cores:.2f}, "
-                    f"this process {run.bench_cores:.2f}"),
+                    f"this process {run.bench_cores:.2f}, machine {run.machine_cores:.2f} of {os.cpu_count()}"),
                 msg_per_s=run.send_rate, target_msg_per_s=run.target_rate, records=run.sent,
-                backlog_at_end=run.backlog, serve_cores=run.serve_cores, bench_cores=run.bench_cores)  # fmt: skip
+                backlog_at_end=run.backlog, serve_cores=run.serve_cores, bench_cores=run.bench_cores,
+                machine_cores=run.machine_cores)  # fmt: skip
     missing = result.expected - result.received
     bound = f", {missing} never came (lower bounds)" if missing else ""
     p50, p99 = percentile(result.append_to_alert_ms, 50), percentile(result.append_to_alert_ms, 99)
@@ -953,6 +966,29 @@ def print_table(rows: Sequence[Row]) -> None:
         print(f"{row.name:<32} {format_value(row):>14}  {row.goal:<20} {row.ratio:>12}  {verdict(row):4}  {row.note}")
 
 
+LEGEND = """\
+latency A runs at half the ceiling (the goal), B at half serve's rate above; one fresh `ae-monitor serve` process
+  each. append->alert: broker append time (LogAppendTime) of the record that completed the firing window -> the
+  alert received by this process's consumer of the alerts topic; send->alert: from this process's send() call
+  instead; append->detection: to the alert's detection_time_s. Expected alerts that never came count as lower
+  bounds; "masked": fault onsets inside an episode already firing; "other": firing alerts on faulty streams that
+  start at no fault onset.
+audio: x real time per core = audio s / wall s / max(1, CPU s of this process / wall s), serve in a thread here,
+  torch 1 thread.
+"""
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None (strict JSON)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(out: Path, figures: Figures, env: dict[str, Any], settings: Settings) -> None:
     data = {
         "environment": env,
@@ -962,7 +998,7 @@ def write_json(out: Path, figures: Figures, env: dict[str, Any], settings: Setti
         "details": figures.details,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(_finite(data), indent=2, default=str) + "\n", encoding="utf-8")
     print(f"\nfigures written to {out}")
 
 
@@ -998,6 +1034,7 @@ def bench(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(figures.rows)
+    print("\n" + LEGEND, end="")
     if args.json is not None:
         write_json(args.json, figures, env, settings)
     failed = any(row.passed is False for row in figures.rows)

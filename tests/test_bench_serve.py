@@ -39,7 +39,7 @@ def test_quick_run_prints_every_row_and_exits_0(
     lines = printed.splitlines()
     for name in bench.ROWS:
         assert any(line.startswith(name) for line in lines), f"row {name!r} missing:\n{printed}"
-    figures = json.loads(out.read_text(encoding="utf-8"))
+    figures = json.loads(out.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert [row["name"] for row in figures["rows"]] == list(bench.ROWS)
     assert {row["name"]: row["value"] for row in figures["rows"]}[bench.ROW_CEILING] > 0
     assert seconds < 60
