@@ -75,7 +75,8 @@ class DriftWatch:
         publish: Callable[[float], None] = lambda statistic: None,
     ) -> DriftWatch:
         return cls(reference_quantiles, bundle=bundle, publish=publish, window_scores=cfg.window_scores,
-                   min_scores=cfg.min_scores, ks_limit=cfg.ks_limit)  # fmt: skip
+                   min_scores=cfg.min_scores, ks_limit=cfg.ks_limit,
+                   check_every=max(10, cfg.window_scores // 5))  # fmt: skip
 
     def observe(self, score: float) -> float | None:
         """Add one live window score; every `check_every` scores (once `min_scores` are in) recompute the KS."""

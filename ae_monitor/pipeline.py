@@ -494,8 +494,15 @@ class Pipeline:
     def _window_score(self, stream: str, state: StreamState, bundle: Bundle, window: ScoredWindow) -> WindowScore:
         state.warming = False
         state.last_window_start = int(window.start)
-        start_s, end_s = self._time_of(state, bundle, int(window.start)), self._time_of(state, bundle, int(window.end))
+        start_s, end_s = self._time_of(state, bundle, int(window.start)), self._end_of(state, bundle, int(window.end))
         return WindowScore(stream, bundle.name, start_s, end_s, window.score, bundle.threshold, window.contributions)
+
+    def _end_of(self, state: StreamState, bundle: Bundle, end_sample: int) -> float:
+        """A window's end: one sample period after its last sample (so ends grow with the samples' own times,
+        however fast they arrive)."""
+        if bundle.features.kind == "logmel":
+            return self._time_of(state, bundle, end_sample)
+        return self._time_of(state, bundle, end_sample - 1) + bundle.features.sensor.sample_period_s
 
     def _time_of(self, state: StreamState, bundle: Bundle, sample: int) -> float:
         """Epoch seconds of a stream sample index; an index past the last known sample extrapolates."""
@@ -513,7 +520,9 @@ class Pipeline:
             if state is None:
                 continue  # evicted for capacity later in the same batch; its next record starts it again
             new = self._slots[state.slot].policy.update(state.alert, window, now_s=now)
-            state.alert_changed = True
+            # Persist what a restart needs: episodes and the anomalous windows counting towards one. A quiet
+            # stream's state is not republished for every window.
+            state.alert_changed |= bool(new) or window.anomalous or state.alert.firing
             for _ in new:
                 self._metrics.alert_latency.observe(max(0.0, now - window.end_s))
             alerts.extend(new)
@@ -532,13 +541,18 @@ class Pipeline:
             self._metrics.dead_letters.labels(letter.reason).inc()
 
     def _update_gauges(self, windows: list[WindowScore], alerts: list[Alert]) -> None:
-        counts: dict[str, int] = {}
+        latest: dict[tuple[str, str], float] = {}
+        by_bundle: dict[str, list[float]] = {}
         for window in windows:
-            counts[window.bundle] = counts.get(window.bundle, 0) + 1
-            self._metrics.score.labels(window.stream, window.bundle).set(window.score)
-            self._metrics.score_hist.labels(window.bundle).observe(window.score / window.threshold)
-        for bundle, count in counts.items():
-            self._metrics.windows.labels(bundle).inc(count)
+            latest[(window.stream, window.bundle)] = window.score
+            by_bundle.setdefault(window.bundle, []).append(window.score / window.threshold)
+        for (stream, bundle), score in latest.items():
+            self._metrics.score.labels(stream, bundle).set(score)
+        for bundle, ratios in by_bundle.items():
+            self._metrics.windows.labels(bundle).inc(len(ratios))
+            histogram = self._metrics.score_hist.labels(bundle)
+            for ratio in ratios:
+                histogram.observe(ratio)
         for alert in alerts:
             self._metrics.alerts.labels(alert.bundle_name, alert.status).inc()
             self._metrics.firing.labels(alert.stream).set(1 if alert.status == "firing" else 0)

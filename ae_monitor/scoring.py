@@ -128,7 +128,7 @@ class WindowAggregator:
         if len(scores) == 0:
             return []
         if self._size == 1:
-            return [self._window(scores, first_sample, end_sample, i, i + 1) for i in range(len(scores))]
+            return _single_vector_windows(scores, first_sample, end_sample)
         self._pending.append((scores, first_sample, end_sample))
         merged, first, end = self._merge()
         windows = []
@@ -156,6 +156,22 @@ class WindowAggregator:
             start=float(first[lo]),
             end=float(end[hi - 1]),
         )
+
+
+def _single_vector_windows(scores: VectorScores, first: Positions, end: Positions) -> list[ScoredWindow]:
+    """Each vector is its own window (sensors): the shares of all of them in one vectorised step."""
+    totals = scores.group_errors.sum(axis=1, keepdims=True)
+    rows = np.divide(scores.group_errors, totals, out=np.zeros_like(scores.group_errors), where=totals > 0)
+    return [
+        ScoredWindow(score, tuple(share), start, stop)
+        for score, share, start, stop in zip(
+            scores.errors.tolist(),
+            rows.tolist(),
+            first.astype(float).tolist(),
+            end.astype(float).tolist(),
+            strict=True,
+        )
+    ]
 
 
 def aggregate(scores: VectorScores, first: Positions, end: Positions, *, size: int, hop: int) -> list[ScoredWindow]:

@@ -154,7 +154,7 @@ def alert_states(bundle: Bundle, config: Config, scored: ScoredSignal) -> tuple[
     for window in scored.windows:
         row = int(window.end) - 1
         live = WindowScore(scored.signal.name, bundle.name, scored.window_time_s(int(window.start)),
-                           scored.window_time_s(int(window.end)), window.score, bundle.threshold,
+                           scored.window_end_s(int(window.end)), window.score, bundle.threshold,
                            window.contributions)  # fmt: skip
         policy.update(state, live, now_s=live.end_s)
         score[row], alert[row] = window.score, int(state.firing)

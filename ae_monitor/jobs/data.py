@@ -119,6 +119,10 @@ class ScoredSignal:
         """Mean vector score over the whole file: the DCASE clip score."""
         return float(self.scores.errors.mean()) if len(self.scores) else float("nan")
 
+    def window_end_s(self, end_sample: int) -> float:
+        """One sample period after the window's last sample, as the streaming pipeline reports it."""
+        return self.window_time_s(end_sample - 1) + _period(self.signal.ts_s)
+
     def window_time_s(self, sample: int) -> float:
         ts = self.signal.ts_s
         return float(ts[sample]) if sample < len(ts) else float(ts[-1]) + (sample - len(ts) + 1) * _period(ts)

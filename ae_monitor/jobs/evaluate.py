@@ -50,7 +50,7 @@ def _window_rows(bundle: Bundle, scored: ScoredSignal) -> list[dict[str, Any]]:
         {
             "stream": scored.signal.name,
             "start_s": scored.window_time_s(int(w.start)),
-            "end_s": scored.window_time_s(int(w.end)),
+            "end_s": scored.window_end_s(int(w.end)),
             "score": w.score,
             "threshold": bundle.threshold,
             "anomaly": int(w.score > bundle.threshold),
