@@ -3,7 +3,7 @@
 One iteration: poll up to `max_poll_records` messages (waiting at most `scoring.max_batch_delay_ms`), apply
 rebalance events, dead-letter what did not decode, score the rest as one micro-batch, hand alerts to the delivery
 queue, persist changed alert states, and commit every partition up to its longest completed prefix — only while
-no alert is waiting for delivery. See docs/operations.md for restart and rebalance behaviour.
+no alert is waiting for delivery. See docs/serve.md for restart and rebalance behaviour.
 """
 
 from __future__ import annotations
