@@ -241,6 +241,8 @@ class RouteConfig(_Section):
 class KafkaSinkConfig(_Section):
     alerts_topic: str | None = "ae-monitor-alerts"
     scores_topic: str | None = None
+    codes_topic: str | None = None
+    cleaned_topic: str | None = None
     dead_letter_topic: str | None = "ae-monitor-dead-letters"
     state_topic: str | None = "ae-monitor-alert-state"
     send_timeout_s: float = Field(10.0, gt=0)

@@ -22,7 +22,7 @@ from ae_monitor.health import Health, SystemdNotifier
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.pipeline import Pipeline, RecordPosition
-from ae_monitor.records import Alert, DeadLetter, Record, WindowScore
+from ae_monitor.records import Alert, CleanedWindow, DeadLetter, Record, VectorCode, WindowScore
 from ae_monitor.sinks import DeadLetterSink
 from ae_monitor.sources.decode import kafka_source, payload_text
 from ae_monitor.sources.kafka import KafkaSource, Message, Partition
@@ -60,6 +60,8 @@ class Outputs:
     alerts: AlertQueue
     dead_letters: DeadLetterSink
     scores: Callable[[Sequence[WindowScore]], None] | None = None
+    codes: Callable[[Sequence[VectorCode]], None] | None = None
+    cleaned: Callable[[Sequence[CleanedWindow]], None] | None = None
     state: StateStore | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 

@@ -36,9 +36,20 @@ from ae_monitor.drift import DriftWatch
 from ae_monitor.errors import BundleError, DataError, RecordError, SampleRateError
 from ae_monitor.features import FeatureStream
 from ae_monitor.features.logmel import prepare_audio
+from ae_monitor.features.sensor import SensorExtractor
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
-from ae_monitor.records import Alert, AudioRecord, DeadLetter, Record, SensorRecord, Vectors, WindowScore
+from ae_monitor.records import (
+    Alert,
+    AudioRecord,
+    CleanedWindow,
+    DeadLetter,
+    Record,
+    SensorRecord,
+    VectorCode,
+    Vectors,
+    WindowScore,
+)
 from ae_monitor.scoring import ScoredWindow, Scorer, WindowAggregator, window_plan
 from ae_monitor.sinks import AlertSink, DeadLetterSink
 from ae_monitor.sources.base import Source
@@ -186,6 +197,8 @@ class Pipeline:
         streams: StreamsConfig | None = None,
         drift: DriftConfig | None = None,
         online: CalibrationConfig | None = None,
+        codes: Callable[[Sequence[VectorCode]], None] | None = None,
+        cleaned: Callable[[Sequence[CleanedWindow]], None] | None = None,
         max_gap_s: float = 10.0,
         batch_size: int = 1024,
         clock: Callable[[], float] = time.time,
@@ -193,6 +206,8 @@ class Pipeline:
         named = {bundles.name: bundles} if isinstance(bundles, Bundle) else dict(bundles)
         self._alerting, self._batch_size, self._drift = alerting, batch_size, drift or DriftConfig()
         self._online = online
+        self._codes = codes  # when set, every scored vector's latent code is sent there (compression)
+        self._cleaned = cleaned  # when set, every scored vector's reconstruction (denoised) is sent there
         self._metrics = metrics
         self._slots = {name: self._slot(bundle) for name, bundle in named.items()}
         self._router = Router(routes or [(RouteConfig(bundle_path=""), next(iter(named)))])
@@ -476,8 +491,13 @@ class Pipeline:
 
     def _score_slot(self, slot: Slot, items: list[_Pushed]) -> list[WindowScore]:
         started = time.perf_counter()
-        scores = slot.scorer.score(np.concatenate([item.vectors.data for item in items]))
+        data = np.concatenate([item.vectors.data for item in items])
+        scores = slot.scorer.score(data)
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        if self._codes is not None:
+            self._codes(self._vector_codes(slot, items, slot.scorer.encode(data)))
+        if self._cleaned is not None:
+            self._cleaned(self._cleaned_windows(slot, items, slot.scorer.reconstruct(data)))
         windows: list[WindowScore] = []
         offset = 0
         for item in items:
@@ -490,6 +510,37 @@ class Pipeline:
                 if slot.drift is not None:
                     slot.drift.observe(window.score)
         return windows
+
+    def _cleaned_windows(self, slot: Slot, items: list[_Pushed], recon: npt.NDArray[np.float32]) -> list[CleanedWindow]:
+        bundle = slot.bundle
+        unscale = _unscaler(bundle)
+        out: list[CleanedWindow] = []
+        offset = 0
+        for item in items:
+            vectors = item.vectors
+            for i in range(len(vectors)):
+                row = recon[offset + i]
+                start = self._time_of(item.state, bundle, int(vectors.first_sample[i]))
+                end = self._end_of(item.state, bundle, int(vectors.end_sample[i]))
+                values = unscale(row) if unscale is not None else {}
+                vector = () if values else tuple(row.tolist())
+                out.append(CleanedWindow(item.stream, bundle.name, bundle.version, start, end, values, vector))
+            offset += len(vectors)
+        return out
+
+    def _vector_codes(self, slot: Slot, items: list[_Pushed], codes: npt.NDArray[np.float32]) -> list[VectorCode]:
+        out: list[VectorCode] = []
+        offset = 0
+        bundle = slot.bundle
+        for item in items:
+            vectors = item.vectors
+            for i in range(len(vectors)):
+                start = self._time_of(item.state, bundle, int(vectors.first_sample[i]))
+                end = self._end_of(item.state, bundle, int(vectors.end_sample[i]))
+                out.append(VectorCode(item.stream, bundle.name, bundle.version, start, end,
+                                      tuple(codes[offset + i].tolist())))  # fmt: skip
+            offset += len(vectors)
+        return out
 
     def _window_score(self, stream: str, state: StreamState, bundle: Bundle, window: ScoredWindow) -> WindowScore:
         state.warming = False
@@ -558,6 +609,25 @@ class Pipeline:
             self._metrics.firing.labels(alert.stream).set(1 if alert.status == "firing" else 0)
         self._metrics.streams_active.set(len(self._streams))
         self._metrics.streams_warming.set(sum(s.warming for s in self._streams.values()))
+
+
+def _unscaler(bundle: Bundle) -> Callable[[npt.NDArray[np.float32]], dict[str, tuple[float, ...]]] | None:
+    """Turns a reconstructed sensor window back into raw units per channel (None where that is not possible)."""
+    extractor = bundle.extractor
+    if (
+        bundle.features.kind != "sensor"
+        or bundle.features.sensor.differences
+        or not isinstance(extractor, SensorExtractor)
+    ):
+        return None
+    offset, scale, _ = extractor.scaling_arrays()
+    shape = extractor.vector_shape
+
+    def unscale(row: npt.NDArray[np.float32]) -> dict[str, tuple[float, ...]]:
+        raw = row.reshape(shape) * scale + offset
+        return {name: tuple(raw[:, c].tolist()) for c, name in enumerate(extractor.group_names)}
+
+    return unscale
 
 
 def _continues(last: _Prepared, item: _Prepared, max_gap_s: float) -> bool:

@@ -104,3 +104,31 @@ class DeadLetter:
     reason: str
     message: str
     payload: str | None = None
+
+
+@dataclass(frozen=True)
+class VectorCode:
+    """The latent code of one feature vector (a sensor window, or one stacked log-mel vector of audio)."""
+
+    stream: str
+    bundle: str
+    bundle_version: str
+    start_s: float
+    end_s: float
+    code: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CleanedWindow:
+    """The model's reconstruction of one vector: denoised values (a denoising bundle's output).
+
+    `values` maps each channel to its samples in the original units (sensors without first differences); otherwise
+    `values` is empty and `vector` holds the reconstruction in feature units (scaled differences, or log-mel dB)."""
+
+    stream: str
+    bundle: str
+    bundle_version: str
+    start_s: float
+    end_s: float
+    values: dict[str, tuple[float, ...]]
+    vector: tuple[float, ...] = ()

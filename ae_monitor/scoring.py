@@ -62,6 +62,18 @@ class Scorer:
             return VectorScores(np.zeros(0), np.zeros((0, self._shape[1])))
         return VectorScores(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
+    def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Latent codes of `data` (N, T*G) -> (N, latent); a VAE gives its mean."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+            return self._model.encode(x).float().numpy()
+
+    def reconstruct(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The network's reconstruction of `data` (N, T*G), in feature units."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+            return self._activation(self._model(x).reconstruction).float().numpy()
+
     def _score_batch(self, batch: npt.NDArray[np.float32]) -> tuple[F64, F64]:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))

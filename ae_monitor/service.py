@@ -127,6 +127,7 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         pipeline = Pipeline(bundles, alerting=config.alerting, alerts=QueueSink(queue),
                             dead_letters=outputs.dead_letters, metrics=metrics, routes=routes,
                             streams=config.streams, drift=config.drift, online=config.calibration,
+                            codes=outputs.codes, cleaned=outputs.cleaned,
                             max_gap_s=config.replay.max_gap_s,
                             batch_size=config.scoring.batch_size)  # fmt: skip
         pipeline.restore_alert_states(states)
@@ -153,8 +154,8 @@ def _install_signals(stop: threading.Event, reload: threading.Event) -> None:
 def load_alert_states(config: Config) -> dict[str, dict[str, Any]]:
     """Create the output topics that are missing, then read back the per-stream alert state."""
     cfg = config.sinks.kafka
-    topics = {t: {"num_partitions": 1, "replication_factor": 1} for t in
-              (cfg.alerts_topic, cfg.scores_topic, cfg.dead_letter_topic) if t}  # fmt: skip
+    named = (cfg.alerts_topic, cfg.scores_topic, cfg.codes_topic, cfg.cleaned_topic, cfg.dead_letter_topic)
+    topics = {t: {"num_partitions": 1, "replication_factor": 1} for t in named if t}
     if cfg.state_topic is not None:
         from ae_monitor.sinks.kafka import compacted
 
@@ -193,13 +194,17 @@ def build_outputs(config: Config, metrics: Metrics) -> Outputs:
     queue = DeliveryQueue(sinks, max_pending=cfg.max_pending_alerts, metrics=metrics)
     # Without a dead-letter topic, unusable records are written to stderr as JSON lines: never dropped silently.
     dead: DeadLetterSink = kafka.get("dead") or JsonlSink(sys.stderr)
-    return Outputs(alerts=queue, dead_letters=dead, scores=kafka.get("scores"), state=kafka.get("state"),
+    return Outputs(alerts=queue, dead_letters=dead, scores=kafka.get("scores"), codes=kafka.get("codes"),
+                   cleaned=kafka.get("cleaned"),
+                   state=kafka.get("state"),
                    closers=closers)  # fmt: skip
 
 
 def _kafka_outputs(config: Config, sinks: dict[str, AlertSink], closers: list[Callable[[], None]]) -> dict[str, Any]:
     cfg = config.sinks.kafka
-    if not any((cfg.alerts_topic, cfg.scores_topic, cfg.dead_letter_topic, cfg.state_topic)):
+    if not any(
+        (cfg.alerts_topic, cfg.scores_topic, cfg.codes_topic, cfg.cleaned_topic, cfg.dead_letter_topic, cfg.state_topic)
+    ):
         return {}
     from ae_monitor.sinks import kafka as ks
 
@@ -210,6 +215,10 @@ def _kafka_outputs(config: Config, sinks: dict[str, AlertSink], closers: list[Ca
         sinks["kafka"] = ks.KafkaAlertSink(producer, cfg.alerts_topic, timeout_s=cfg.send_timeout_s)
     if cfg.scores_topic:
         found["scores"] = ks.KafkaScoresSink(producer, cfg.scores_topic, timeout_s=cfg.send_timeout_s).send
+    if cfg.codes_topic:
+        found["codes"] = ks.KafkaCodesSink(producer, cfg.codes_topic, timeout_s=cfg.send_timeout_s).send
+    if cfg.cleaned_topic:
+        found["cleaned"] = ks.KafkaCleanedSink(producer, cfg.cleaned_topic, timeout_s=cfg.send_timeout_s).send
     if cfg.dead_letter_topic:
         found["dead"] = ks.KafkaDeadLetterSink(producer, cfg.dead_letter_topic, timeout_s=cfg.send_timeout_s)
     if cfg.state_topic:

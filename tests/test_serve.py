@@ -19,7 +19,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from ae_monitor.config import Config, config_from_dict, dump_config
-from ae_monitor.jobs.demo import DEMO_CONFIG
+from ae_monitor.jobs.demo import CHANNELS, DEMO_CONFIG
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
 from ae_monitor.pipeline import Pipeline
@@ -51,7 +51,8 @@ def _serve_config(bootstrap: str, topic: str, bundle: Path, **sections: dict[str
                    "session_timeout_ms": 6000},
         "routes": [{"match": "*", "bundle_path": str(bundle)}],
         "sinks": {"kafka": {"alerts_topic": f"alerts-{tag}", "dead_letter_topic": f"dead-{tag}",
-                            "state_topic": f"state-{tag}", "scores_topic": f"scores-{tag}"}},
+                            "state_topic": f"state-{tag}", "scores_topic": f"scores-{tag}",
+                            "codes_topic": f"codes-{tag}", "cleaned_topic": f"cleaned-{tag}"}},
         "service": {"http_port": 0, "log_format": "text", "shutdown_grace_s": 10},
         "scoring": {"max_batch_delay_ms": 20},
     }  # fmt: skip
@@ -160,6 +161,33 @@ def test_faulty_streams_raise_exactly_the_expected_alerts_on_the_alerts_topic(
     assert {m.value for m in dead} == {b"{not json", b'{"ts": 1, "values": {}}'}
     assert (registry.get_sample_value("ae_monitor_dead_letters_total", {"reason": reasons[0]}) or 0) >= 1
     assert registry.get_sample_value("ae_monitor_partitions_assigned") == 3
+
+
+def test_the_codes_and_cleaned_topics_carry_one_message_per_scored_window(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    tag = topic.rsplit("-", 1)[-1]
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    running(config)
+    _produce(kafka_bootstrap, topic, _messages(sensor_data[1] / "pump-2.csv", "pump-2", config, slice(0, 200)))
+    windows = 200 - config.features.sensor.window_samples + 1
+    scores = _read(kafka_bootstrap, f"scores-{tag}", lambda seen: len(seen) >= windows)
+    codes = _read(kafka_bootstrap, f"codes-{tag}", lambda seen: len(seen) >= windows)
+    assert len(scores) == len(codes) == windows
+    by_window = {(json.loads(m.value)["start_s"], json.loads(m.value)["end_s"]) for m in codes}
+    assert by_window == {(json.loads(m.value)["start_s"], json.loads(m.value)["end_s"]) for m in scores}
+    first = json.loads(codes[0].value)
+    assert len(first["code"]) == config.model.latent_dim
+    assert first["bundle_version"] == load_bundle(sensor_bundle).version
+    cleaned = _read(kafka_bootstrap, f"cleaned-{tag}", lambda seen: len(seen) >= windows)
+    assert len(cleaned) == windows
+    window = json.loads(cleaned[-1].value)
+    # Raw units per channel: the reconstruction of a normal pump stays near its measured values.
+    assert set(window["values"]) == set(CHANNELS)
+    assert all(len(v) == config.features.sensor.window_samples for v in window["values"].values())
+    assert 35 < sum(window["values"]["temperature_c"]) / config.features.sensor.window_samples < 65
 
 
 def _http(url: str) -> tuple[int, str]:

@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 
 from ae_monitor.config import KafkaConnectionConfig
 from ae_monitor.errors import SinkError
-from ae_monitor.records import Alert, DeadLetter, WindowScore
+from ae_monitor.records import Alert, CleanedWindow, DeadLetter, VectorCode, WindowScore
 from ae_monitor.sinks.jsonl import to_json
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,58 @@ class KafkaScoresSink:
     def send(self, scores: Sequence[WindowScore]) -> None:
         messages: list[Message] = [(s.stream.encode(), score_to_json(s).encode(), []) for s in scores]
         send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+
+class KafkaCodesSink:
+    """Latent codes per scored vector as JSON, key = stream: a downstream store can keep these instead of the raw
+    data and rebuild windows with `ae-monitor decode` and the same bundle version."""
+
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self.name = f"kafka:{topic}"
+
+    def send(self, codes: Sequence[VectorCode]) -> None:
+        messages: list[Message] = [(c.stream.encode(), code_to_json(c).encode(), []) for c in codes]
+        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+
+def code_to_json(code: VectorCode) -> str:
+    data = {
+        "stream": code.stream,
+        "bundle": code.bundle,
+        "bundle_version": code.bundle_version,
+        "start_s": code.start_s,
+        "end_s": code.end_s,
+        "code": [round(v, 7) for v in code.code],
+    }
+    return json.dumps(data, separators=(",", ":"))
+
+
+class KafkaCleanedSink:
+    """Reconstructed (denoised) windows as JSON, key = stream."""
+
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self.name = f"kafka:{topic}"
+
+    def send(self, windows: Sequence[CleanedWindow]) -> None:
+        messages: list[Message] = [(w.stream.encode(), cleaned_to_json(w).encode(), []) for w in windows]
+        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+
+
+def cleaned_to_json(window: CleanedWindow) -> str:
+    data: dict[str, Any] = {
+        "stream": window.stream,
+        "bundle": window.bundle,
+        "bundle_version": window.bundle_version,
+        "start_s": window.start_s,
+        "end_s": window.end_s,
+    }
+    if window.values:
+        data["values"] = {k: [round(v, 7) for v in vs] for k, vs in window.values.items()}
+    else:
+        data["vector"] = [round(v, 5) for v in window.vector]
+    return json.dumps(data, separators=(",", ":"))
 
 
 class KafkaDeadLetterSink:
