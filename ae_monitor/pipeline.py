@@ -50,7 +50,7 @@ from ae_monitor.records import (
     Vectors,
     WindowScore,
 )
-from ae_monitor.scoring import ScoredWindow, Scorer, WindowAggregator, window_plan
+from ae_monitor.scoring import ScoredWindow, WindowAggregator, scorer_for, window_plan
 from ae_monitor.sinks import AlertSink, DeadLetterSink
 from ae_monitor.sources.base import Source
 from ae_monitor.threshold import OnlineThresholds
@@ -92,13 +92,7 @@ class Slot:
         if bundle.calibration is None:
             raise BundleError("the bundle has no calibrated threshold; run `ae-monitor calibrate`", field="calibration")
         self.bundle = bundle
-        self.scorer = Scorer(
-            bundle.model,
-            vector_shape=bundle.extractor.vector_shape,
-            model_config=bundle.model_config,
-            loss=bundle.training.loss,
-            batch_size=batch_size,
-        )
+        self.scorer = scorer_for(bundle, batch_size=batch_size)
         self.policy = AlertPolicy(
             alerting,
             bundle_name=bundle.name,
@@ -511,36 +505,31 @@ class Pipeline:
                     slot.drift.observe(window.score)
         return windows
 
-    def _cleaned_windows(self, slot: Slot, items: list[_Pushed], recon: npt.NDArray[np.float32]) -> list[CleanedWindow]:
-        bundle = slot.bundle
-        unscale = _unscaler(bundle)
-        out: list[CleanedWindow] = []
-        offset = 0
+    def _vector_spans(self, slot: Slot, items: list[_Pushed]) -> list[tuple[str, float, float]]:
+        """(stream, start_s, end_s) of every vector of `items`, in batch order."""
+        spans = []
         for item in items:
             vectors = item.vectors
-            for i in range(len(vectors)):
-                row = recon[offset + i]
-                start = self._time_of(item.state, bundle, int(vectors.first_sample[i]))
-                end = self._end_of(item.state, bundle, int(vectors.end_sample[i]))
-                values = unscale(row) if unscale is not None else {}
-                vector = () if values else tuple(row.tolist())
-                out.append(CleanedWindow(item.stream, bundle.name, bundle.version, start, end, values, vector))
-            offset += len(vectors)
+            for first, end in zip(vectors.first_sample.tolist(), vectors.end_sample.tolist(), strict=True):
+                spans.append((item.stream, self._time_of(item.state, slot.bundle, first),
+                              self._end_of(item.state, slot.bundle, end)))  # fmt: skip
+        return spans
+
+    def _cleaned_windows(self, slot: Slot, items: list[_Pushed], recon: npt.NDArray[np.float32]) -> list[CleanedWindow]:
+        bundle, unscale = slot.bundle, _unscaler(slot.bundle)
+        out = []
+        for (stream, start, end), row in zip(self._vector_spans(slot, items), recon, strict=True):
+            values = unscale(row) if unscale is not None else {}
+            vector = () if values else tuple(row.tolist())
+            out.append(CleanedWindow(stream, bundle.name, bundle.version, start, end, values, vector))
         return out
 
     def _vector_codes(self, slot: Slot, items: list[_Pushed], codes: npt.NDArray[np.float32]) -> list[VectorCode]:
-        out: list[VectorCode] = []
-        offset = 0
         bundle = slot.bundle
-        for item in items:
-            vectors = item.vectors
-            for i in range(len(vectors)):
-                start = self._time_of(item.state, bundle, int(vectors.first_sample[i]))
-                end = self._end_of(item.state, bundle, int(vectors.end_sample[i]))
-                out.append(VectorCode(item.stream, bundle.name, bundle.version, start, end,
-                                      tuple(codes[offset + i].tolist())))  # fmt: skip
-            offset += len(vectors)
-        return out
+        return [
+            VectorCode(stream, bundle.name, bundle.version, start, end, tuple(code))
+            for (stream, start, end), code in zip(self._vector_spans(slot, items), codes.tolist(), strict=True)
+        ]
 
     def _window_score(self, stream: str, state: StreamState, bundle: Bundle, window: ScoredWindow) -> WindowScore:
         state.warming = False

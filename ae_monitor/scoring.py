@@ -15,6 +15,7 @@ import numpy.typing as npt
 import torch
 
 from ae_monitor.config import FeaturesConfig, ModelConfig
+from ae_monitor.model.bundle import Bundle
 from ae_monitor.model.networks import Autoencoder
 from ae_monitor.model.training import LossKind, output_activation
 
@@ -86,6 +87,17 @@ class Scorer:
                 errors = errors + self._beta * kl / x.shape[1]
             groups = squared.reshape(-1, *self._shape).sum(dim=1)
         return errors.double().numpy(), groups.double().numpy()
+
+
+def scorer_for(bundle: Bundle, *, batch_size: int = 1024) -> Scorer:
+    """The scorer of a loaded bundle: its network, vector shape, loss and score kind."""
+    return Scorer(
+        bundle.model,
+        vector_shape=bundle.extractor.vector_shape,
+        model_config=bundle.model_config,
+        loss=bundle.training.loss,
+        batch_size=batch_size,
+    )
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,11 @@ from threadpoolctl import threadpool_info, threadpool_limits  # type: ignore[imp
 
 from ae_monitor.config import FeaturesConfig, ModelConfig, ScoringConfig, TrainingConfig, load_config
 from ae_monitor.features import build_extractor
-from ae_monitor.jobs.data import Signal, score_signal, scorer_for
+from ae_monitor.jobs.data import Signal, score_signal
 from ae_monitor.jobs.train import train_bundle
 from ae_monitor.model.bundle import Bundle, weights_version
 from ae_monitor.model.networks import Autoencoder, build_model
-from ae_monitor.scoring import Scorer, aggregate, window_plan
+from ae_monitor.scoring import Scorer, aggregate, scorer_for, window_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SKAB = REPO_ROOT.parent / "shared" / "data" / "skab" / "anomaly-free" / "anomaly-free.csv"

@@ -8,8 +8,9 @@ import pytest
 from ae_monitor.alerting import AlertPolicy
 from ae_monitor.config import config_from_dict
 from ae_monitor.jobs.benchmark import fit_file_bundle
-from ae_monitor.jobs.data import Signal, score_signal, scorer_for
+from ae_monitor.jobs.data import Signal, score_signal
 from ae_monitor.records import WindowScore
+from ae_monitor.scoring import scorer_for
 
 CHANNELS = ("vibration", "current", "pressure", "temperature", "flow")
 CONFIG = config_from_dict({

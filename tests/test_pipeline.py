@@ -9,12 +9,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ae_monitor.config import AlertingConfig
-from ae_monitor.jobs.data import load_signals, score_signal, scorer_for
+from ae_monitor.jobs.data import load_signals, score_signal
 from ae_monitor.jobs.demo import CHANNELS, START_S
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.pipeline import Pipeline
 from ae_monitor.records import Alert, DeadLetter, SensorRecord
+from ae_monitor.scoring import scorer_for
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.memory import MemorySource
 from ae_monitor.sources.replay import ReplaySource

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ae_monitor.config import config_from_dict, load_config
-from ae_monitor.jobs.data import load_signals, score_signal, scorer_for
+from ae_monitor.jobs.data import load_signals, score_signal
 from ae_monitor.jobs.train import train_bundle
+from ae_monitor.scoring import scorer_for
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SR = 16000

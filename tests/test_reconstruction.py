@@ -12,11 +12,12 @@ import soundfile as sf
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ae_monitor.config import config_from_dict
-from ae_monitor.jobs.data import load_signals, score_signal, scorer_for
+from ae_monitor.jobs.data import load_signals, score_signal
 from ae_monitor.jobs.evaluate import evaluate
 from ae_monitor.jobs.reconstruction import psnr, quality, reconstruction_plots, ssim
 from ae_monitor.jobs.train import train_bundle
 from ae_monitor.model.bundle import load_bundle
+from ae_monitor.scoring import scorer_for
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,13 @@ from sklearn.decomposition import PCA
 from ae_monitor.alerting import AlertPolicy
 from ae_monitor.config import Config, dump_config
 from ae_monitor.errors import DataError
-from ae_monitor.jobs.data import ScoredSignal, Signal, fit_extractor, load_signals, score_signal, scorer_for, vectors_of
+from ae_monitor.jobs.data import ScoredSignal, Signal, fit_extractor, load_signals, score_signal, vectors_of
 from ae_monitor.jobs.train import calibrate_on
 from ae_monitor.model.bundle import Bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import seed_everything, train_model
 from ae_monitor.records import WindowScore
+from ae_monitor.scoring import scorer_for
 from ae_monitor.sources.files import read_sensor_csv
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ae_monitor.errors import DataError
-from ae_monitor.jobs.data import Signal, _checked_channels, load_signals
+from ae_monitor.jobs.data import Signal, checked_channels, load_signals
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.model.networks import Autoencoder
 from ae_monitor.model.training import output_activation
@@ -168,7 +168,7 @@ def encode_files(bundle: Bundle, paths: Sequence[str | Path], out: str | Path, *
 
 def feature_vectors(bundle: Bundle, signal: Signal) -> Vectors:
     """The bundle's feature vectors of `signal`, its channels put in the bundle's order first."""
-    return bundle.extractor.transform(_checked_channels(bundle, signal))
+    return bundle.extractor.transform(checked_channels(bundle, signal))
 
 
 def _encode_signal(bundle: Bundle, index: int, signal: Signal) -> dict[str, npt.NDArray[Any]]:

@@ -128,20 +128,10 @@ class ScoredSignal:
         return float(ts[sample]) if sample < len(ts) else float(ts[-1]) + (sample - len(ts) + 1) * _period(ts)
 
 
-def scorer_for(bundle: Bundle, *, batch_size: int = 1024) -> Scorer:
-    return Scorer(
-        bundle.model,
-        vector_shape=bundle.extractor.vector_shape,
-        model_config=bundle.model_config,
-        loss=bundle.training.loss,
-        batch_size=batch_size,
-    )
-
-
 def score_signal(bundle: Bundle, scorer: Scorer, signal: Signal, *, every_vector: bool = False) -> ScoredSignal:
     """Score `signal` as the pipeline would. `every_vector` starts a window at every vector instead of every hop:
     the same distribution of window scores, more (overlapping) samples, which calibration on short data needs."""
-    vectors = bundle.extractor.transform(_checked_channels(bundle, signal))
+    vectors = bundle.extractor.transform(checked_channels(bundle, signal))
     scores = scorer.score(vectors.data)
     size, hop = window_plan(bundle.features)
     hop = 1 if every_vector else hop
@@ -149,7 +139,7 @@ def score_signal(bundle: Bundle, scorer: Scorer, signal: Signal, *, every_vector
     return ScoredSignal(signal, vectors, scores, windows)
 
 
-def _checked_channels(bundle: Bundle, signal: Signal) -> npt.NDArray[np.floating]:
+def checked_channels(bundle: Bundle, signal: Signal) -> npt.NDArray[np.floating]:
     if bundle.features.kind != "sensor" or signal.channels == bundle.extractor.group_names:
         return signal.samples
     missing = set(bundle.extractor.group_names) - set(signal.channels)

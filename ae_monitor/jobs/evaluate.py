@@ -20,8 +20,9 @@ from sklearn.metrics import roc_auc_score
 
 from ae_monitor.errors import DataError
 from ae_monitor.jobs import dcase
-from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal, scorer_for
+from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal
 from ae_monitor.model.bundle import Bundle
+from ae_monitor.scoring import scorer_for
 
 F64 = npt.NDArray[np.float64]
 

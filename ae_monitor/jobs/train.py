@@ -12,19 +12,11 @@ import numpy.typing as npt
 
 from ae_monitor.config import CalibrationConfig, Config
 from ae_monitor.errors import DataError
-from ae_monitor.jobs.data import (
-    Signal,
-    fit_extractor,
-    load_signals,
-    score_signal,
-    scorer_for,
-    split_signals,
-    vectors_of,
-)
+from ae_monitor.jobs.data import Signal, fit_extractor, load_signals, score_signal, split_signals, vectors_of
 from ae_monitor.model.bundle import Bundle, load_bundle, save_bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import TrainResult, seed_everything, train_model
-from ae_monitor.scoring import window_hop_s
+from ae_monitor.scoring import scorer_for, window_hop_s
 from ae_monitor.threshold import Calibration, calibrate
 
 log = logging.getLogger(__name__)
