@@ -90,7 +90,9 @@ class DriftWatch:
         return self.statistic
 
     def _note_crossing(self, statistic: float) -> None:
-        stale = statistic > self._limit
+        # Hysteresis: once stale, the statistic must fall below 80 % of the limit to count as back in line, so a
+        # value hovering at the limit does not flood the log.
+        stale = statistic > (self._limit * 0.8 if self.stale else self._limit)
         if stale and not self.stale:
             log.warning("bundle %s: live scores drifted from calibration (KS %.3f > %.3f); the threshold may be stale",
                         self._bundle, statistic, self._limit)  # fmt: skip

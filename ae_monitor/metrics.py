@@ -27,6 +27,12 @@ class Metrics:
         self.windows = Counter("ae_monitor_windows_scored", "Windows scored.", ["bundle"], registry=registry)
         self.score = Gauge("ae_monitor_window_score", "Latest window score.", ["stream", "bundle"], registry=registry)
         self.threshold = Gauge("ae_monitor_threshold", "Calibrated alert threshold.", ["bundle"], registry=registry)
+        self.window_threshold = Gauge(
+            "ae_monitor_window_threshold",
+            "Threshold the latest window was judged against (differs per stream with live DSPOT thresholds).",
+            ["stream", "bundle"],
+            registry=registry,
+        )
         self.alerts = Counter("ae_monitor_alerts", "Alert events sent.", ["bundle", "status"], registry=registry)
         self.firing = Gauge(
             "ae_monitor_stream_firing", "1 while a stream's alert fires.", ["stream"], registry=registry
@@ -129,7 +135,8 @@ class Metrics:
 
     def forget_stream(self, stream: str, bundle: str) -> None:
         """Drop a stream's series when its state is dropped (no stale per-stream gauges)."""
-        for gauge, labels in ((self.score, (stream, bundle)), (self.firing, (stream,)),
+        for gauge, labels in ((self.score, (stream, bundle)), (self.window_threshold, (stream, bundle)),
+                              (self.firing, (stream,)),
                               (self.stream_last_sample, (stream,))):  # fmt: skip
             with contextlib.suppress(KeyError):  # never set for this stream
                 gauge.remove(*labels)

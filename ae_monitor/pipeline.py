@@ -581,13 +581,14 @@ class Pipeline:
             self._metrics.dead_letters.labels(letter.reason).inc()
 
     def _update_gauges(self, windows: list[WindowScore], alerts: list[Alert]) -> None:
-        latest: dict[tuple[str, str], float] = {}
+        latest: dict[tuple[str, str], WindowScore] = {}
         by_bundle: dict[str, list[float]] = {}
         for window in windows:
-            latest[(window.stream, window.bundle)] = window.score
+            latest[(window.stream, window.bundle)] = window
             by_bundle.setdefault(window.bundle, []).append(window.score / window.threshold)
-        for (stream, bundle), score in latest.items():
-            self._metrics.score.labels(stream, bundle).set(score)
+        for (stream, bundle), window in latest.items():
+            self._metrics.score.labels(stream, bundle).set(window.score)
+            self._metrics.window_threshold.labels(stream, bundle).set(window.threshold)
         for bundle, ratios in by_bundle.items():
             self._metrics.windows.labels(bundle).inc(len(ratios))
             histogram = self._metrics.score_hist.labels(bundle)
