@@ -13,21 +13,18 @@ out.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
+from script_loader import load_script
 
 EXISTING_BROKER_ENV = "AE_MONITOR_TEST_KAFKA"
 SKIP_ENV = "AE_MONITOR_SKIP_KAFKA"
-BROKER_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kafka_broker.py"
 
 T = TypeVar("T")
 
@@ -40,13 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _broker_script() -> ModuleType:
     """scripts/kafka_broker.py, imported by path (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("kafka_broker", BROKER_SCRIPT)
-    assert spec is not None, BROKER_SCRIPT
-    assert spec.loader is not None, BROKER_SCRIPT
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kafka_broker.py", name="kafka_broker")
 
 
 @pytest.fixture(scope="session")

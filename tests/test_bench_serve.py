@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_serve.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    # scripts/ is not a package: load the file under a private name (registered first, dataclasses need it).
-    spec = importlib.util.spec_from_file_location("_bench_serve", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_serve.py", name="_bench_serve")
 
 
 def test_quick_run_prints_every_row_and_exits_0(
