@@ -169,6 +169,18 @@ class AlertPolicy:
             return self._update_firing(state, window, now_s)
         return self._update_quiet(state, window, now_s)
 
+    def skip_quiet(self, state: StreamAlertState, count: int, *, first_end_s: float, last_end_s: float) -> bool:
+        """Feed `count` windows of a quiet stream at once, none of them anomalous and ending in increasing order
+        from `first_end_s` to `last_end_s`: the state afterwards is what `update` gives window by window (such
+        windows can neither fire nor extend a run). Returns False, leaving `state` alone, when that shortcut does
+        not apply: the stream fires, its look-back holds anomalous windows, or a window would be a replay."""
+        if state.firing or any(state.recent) or (state.last_end_s is not None and first_end_s <= state.last_end_s):
+            return False
+        state.recent = [False] * min(self._cfg.n, len(state.recent) + count)
+        state.episode = None
+        state.last_end_s = last_end_s
+        return True
+
     def _check_contributions(self, window: WindowScore) -> None:
         if window.contributions and len(window.contributions) != len(self._group_names):
             raise RecordError(

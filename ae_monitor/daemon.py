@@ -22,10 +22,10 @@ from ae_monitor.health import Health, SystemdNotifier
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.pipeline import Pipeline, RecordPosition
-from ae_monitor.records import Alert, CleanedWindow, DeadLetter, Record, VectorCode, WindowScore
+from ae_monitor.records import Alert, CleanedWindow, DeadLetter, VectorCode, WindowScore
 from ae_monitor.sinks import DeadLetterSink
 from ae_monitor.sources.decode import kafka_source, payload_text
-from ae_monitor.sources.kafka import KafkaSource, Message, Partition
+from ae_monitor.sources.kafka import KafkaSource, Partition, Polled, Rejected
 from ae_monitor.sources.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ class Daemon:
         if config.source is None:
             raise ConfigError("serve needs a [source] table (topics or topic_pattern)", key="source")
         self._commit_interval_s = config.source.commit_interval_s
-        self._tracker: OffsetTracker[RecordPosition] = OffsetTracker()
+        # One entry per partition and poll, marked with the newest position of each of its streams.
+        self._tracker: OffsetTracker[list[RecordPosition]] = OffsetTracker()
         self._partition_streams: dict[Partition, set[str]] = {}
         self._last_commit = self._last_housekeeping = self._last_reload_check = 0.0
         self._mtimes = {name: _mtime(path) for name, path in self._paths.items()}
@@ -151,14 +152,14 @@ class Daemon:
         """One iteration of the main loop (public so tests can drive the daemon deterministically)."""
         timeout_ms = int(self._config.scoring.max_batch_delay_ms)
         if self._out.alerts.full:
-            messages = []  # back-pressure: nothing more is consumed until the sinks take what is queued
+            polled = Polled.empty()  # back-pressure: nothing more is consumed until the sinks take what is queued
             time.sleep(timeout_ms / 1000)
         else:
-            messages = self._source.poll(timeout_ms=max(1, timeout_ms))
+            polled = self._source.poll(timeout_ms=max(1, timeout_ms))
         self._apply_rebalance()
         arrival = self._clock()
-        if messages:
-            self._process(messages, arrival)
+        if polled.chunks:
+            self._process(polled, arrival)
         self._out.alerts.retry()
         self._maybe_commit(force=False)
         self._housekeeping()
@@ -167,30 +168,25 @@ class Daemon:
         if self._config.service.watchdog:
             self._notifier.watchdog()
 
-    def _process(self, messages: list[Message], arrival: float) -> None:
-        bad = [m for m in messages if m.record is None]
-        if bad:
-            self._dead_letter_messages(bad)
-        good = [m for m in messages if m.record is not None]
-        records: list[Record] = [m.record for m in good if m.record is not None]
-        result = self._pipeline.process_batch(records, arrival_s=arrival)
-        for message, position in zip(good, result.positions, strict=True):
-            self._tracker.add((message.topic, message.partition), message.offset, position)
-            if message.record is not None:
-                self._partition_streams.setdefault((message.topic, message.partition), set()).add(message.record.stream)
-        for message in bad:
-            self._tracker.add((message.topic, message.partition), message.offset, None)
-        if self._out.scores is not None and result.windows:
+    def _process(self, polled: Polled, arrival: float) -> None:
+        if polled.rejected:
+            self._dead_letter_messages(polled.rejected)
+        result = self._pipeline.process_batch(polled.items, arrival_s=arrival)
+        for chunk in polled.chunks:
+            partition = (chunk.topic, chunk.partition)
+            newest = result.progress.latest(chunk.first_row, chunk.end_row)
+            self._tracker.add(partition, chunk.last_offset, newest or None)
+            self._partition_streams.setdefault(partition, set()).update(p.stream for p in newest)
+        if self._out.scores is not None and result.window_count:
             self._out.scores(result.windows)
         if self._out.state is not None:
             changed = self._pipeline.take_changed_alert_states()
             if changed:
                 self._out.state.save(changed)
 
-    def _dead_letter_messages(self, bad: list[Message]) -> None:
+    def _dead_letter_messages(self, bad: list[Rejected]) -> None:
         letters = []
         for message in bad:
-            assert message.error is not None
             letter = DeadLetter(
                 source=kafka_source(message.topic, message.partition, message.offset),
                 reason=message.error.reason,
@@ -221,12 +217,15 @@ class Daemon:
             return
         if not self._out.alerts.idle:
             return  # never commit past an alert that is still waiting for delivery
-        offsets = self._tracker.committable(self._pipeline.is_done, every=force or self._source.stalled)
+        offsets = self._tracker.committable(self._all_done, every=force or self._source.stalled)
         if offsets:
             self._source.commit(offsets, wait=force)
         if self._source.last_commit_s is not None:
             self._metrics.last_commit.set(self._source.last_commit_s)
         self._last_commit = now
+
+    def _all_done(self, positions: list[RecordPosition]) -> bool:
+        return all(self._pipeline.is_done(position) for position in positions)
 
     def _housekeeping(self) -> None:
         now = self._clock()

@@ -89,6 +89,21 @@ class DriftWatch:
         self._note_crossing(self.statistic)
         return self.statistic
 
+    def observe_many(self, scores: Sequence[float]) -> float | None:
+        """Add a micro-batch of window scores; the KS statistic is recomputed (once, over the newest scores) when
+        the batch crosses a multiple of `check_every` scores."""
+        if len(scores) == 0:
+            return None
+        before = self._seen
+        self._live.extend(scores)
+        self._seen += len(scores)
+        if len(self._live) < self._min or self._seen // self._every == before // self._every:
+            return None
+        self.statistic = ks_statistic(self._live, self._reference)
+        self._publish(self.statistic)
+        self._note_crossing(self.statistic)
+        return self.statistic
+
     def _note_crossing(self, statistic: float) -> None:
         # Hysteresis: once stale, the statistic must fall below 80 % of the limit to count as back in line, so a
         # value hovering at the limit does not flood the log.

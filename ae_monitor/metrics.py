@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
 
 # Label values known in advance are exported at 0 from the start, so rate() and increase() see the first event
 # and dashboards show 0 rather than "no data" on a healthy daemon.
@@ -13,6 +19,15 @@ DEAD_LETTER_REASONS = (
     "no_stream", "channel_mismatch", "sample_rate", "nan_value", "no_route", "wrong_kind", "shape", "invalid_record",
 )  # fmt: skip
 EVICTION_REASONS = ("idle", "capacity", "revoked", "lost")
+
+
+@dataclass(frozen=True)
+class StreamGauges:
+    """One stream's children of the per-stream gauges."""
+
+    score: Gauge
+    threshold: Gauge
+    last_sample: Gauge
 
 
 class Metrics:
@@ -65,7 +80,7 @@ class Metrics:
         self.bundle_info = Gauge(
             "ae_monitor_bundle_info", "Loaded model bundles (value 1).", ["bundle", "version"], registry=registry
         )
-        self.score_hist = Histogram(
+        self.score_hist = BulkHistogram(
             "ae_monitor_score_ratio",
             "Window score divided by the bundle's threshold (1 = at the threshold).",
             ["bundle"],
@@ -116,6 +131,7 @@ class Metrics:
         self.partitions = Gauge(
             "ae_monitor_partitions_assigned", "Partitions owned by this process.", registry=registry
         )
+        self._stream_gauges: dict[tuple[str, str], StreamGauges] = {}
 
     def start_at_zero(self, bundles: tuple[str, ...] = ()) -> None:
         """Export every known label value at 0 (see DEAD_LETTER_REASONS)."""
@@ -133,10 +149,81 @@ class Metrics:
             self.alerts.labels(bundle, status)
         self.windows.labels(bundle)
 
+    def stream_gauges(self, stream: str, bundle: str) -> StreamGauges:
+        """The per-stream series of a stream scored by `bundle` (cached: looking labels up costs more than setting
+        a value, and the daemon sets them for every stream in every micro-batch)."""
+        key = (stream, bundle)
+        found = self._stream_gauges.get(key)
+        if found is None:
+            found = self._stream_gauges[key] = StreamGauges(
+                self.score.labels(stream, bundle),
+                self.window_threshold.labels(stream, bundle),
+                self.stream_last_sample.labels(stream),
+            )
+        return found
+
     def forget_stream(self, stream: str, bundle: str) -> None:
         """Drop a stream's series when its state is dropped (no stale per-stream gauges)."""
+        self._stream_gauges.pop((stream, bundle), None)
         for gauge, labels in ((self.score, (stream, bundle)), (self.window_threshold, (stream, bundle)),
                               (self.firing, (stream,)),
                               (self.stream_last_sample, (stream,))):  # fmt: skip
             with contextlib.suppress(KeyError):  # never set for this stream
                 gauge.remove(*labels)
+
+
+class BulkHistogram:
+    """A labelled Prometheus histogram observed a whole array at a time.
+
+    prometheus-client's Histogram takes one value per call, which cost more than scoring the window itself at the
+    daemon's rates; this one bins a micro-batch with numpy and is exported through the documented custom-collector
+    interface (same series: `_bucket{le=...}`, `_count`, `_sum`)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
+        self._bounds = np.array([*buckets, float("inf")])
+        self._series: dict[tuple[str, ...], tuple[npt.NDArray[np.int64], list[float]]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> None:
+        """Export the series of these label values (at zero until observed)."""
+        with self._lock:
+            self._child(values)
+
+    def observe_many(self, values: npt.NDArray[np.float64], *labels: str) -> None:
+        if len(values) == 0:
+            return
+        bins = np.minimum(np.searchsorted(self._bounds, values, side="left"), len(self._bounds) - 1)
+        counts = np.bincount(bins, minlength=len(self._bounds))
+        total = float(values.sum())
+        with self._lock:
+            series, sums = self._child(labels)
+            series += counts
+            sums[0] += total
+
+    def _child(self, labels: tuple[str, ...]) -> tuple[npt.NDArray[np.int64], list[float]]:
+        if labels not in self._series:
+            self._series[labels] = (np.zeros(len(self._bounds), dtype=np.int64), [0.0])
+        return self._series[labels]
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        with self._lock:
+            series = [(labels, np.cumsum(counts).tolist(), sums[0]) for labels, (counts, sums) in self._series.items()]
+        for labels, cumulative, total in series:
+            bounds = ["+Inf" if le == float("inf") else repr(le) for le in self._bounds.tolist()]
+            buckets = list(zip(bounds, cumulative, strict=True))
+            family.add_metric(list(labels), buckets, total)
+        yield family

@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from ae_monitor.drift import DriftWatch
 from ae_monitor.errors import BundleError, DataError, RecordError, SampleRateError
 from ae_monitor.features import FeatureStream
 from ae_monitor.features.logmel import prepare_audio
-from ae_monitor.features.sensor import SensorExtractor
+from ae_monitor.features.sensor import SensorExtractor, SensorStream, push_many
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import (
@@ -44,13 +44,16 @@ from ae_monitor.records import (
     AudioRecord,
     CleanedWindow,
     DeadLetter,
+    IntArray,
     Record,
+    SampleRows,
     SensorRecord,
     VectorCode,
     Vectors,
     WindowScore,
+    WindowTable,
 )
-from ae_monitor.scoring import ScoredWindow, WindowAggregator, scorer_for, window_plan
+from ae_monitor.scoring import ScoredWindow, VectorScores, WindowAggregator, scorer_for, window_plan
 from ae_monitor.sinks import AlertSink, DeadLetterSink
 from ae_monitor.sources.base import Source
 from ae_monitor.threshold import OnlineThresholds
@@ -69,11 +72,73 @@ class RecordPosition:
     last_sample: int
 
 
+class Progress:
+    """Where each row of a micro-batch landed, columnar (a record is one row, a SampleRows block one row per
+    sample). A row with no position has nothing left to wait for (it was dead-lettered, or all late)."""
+
+    def __init__(self, rows: int) -> None:
+        self._names: list[str] = []
+        self._ids: dict[str, int] = {}
+        self.stream = np.full(rows, -1, dtype=np.int64)
+        self.generation = np.zeros(rows, dtype=np.int64)
+        self.last_sample = np.zeros(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def set(self, row: int, position: RecordPosition) -> None:
+        self.stream[row] = self._id(position.stream)
+        self.generation[row], self.last_sample[row] = position.generation, position.last_sample
+
+    def set_rows(self, rows: npt.NDArray[np.int64], streams: Sequence[str], counts: Sequence[int],
+                 generations: Sequence[int], last_samples: npt.NDArray[np.int64]) -> None:  # fmt: skip
+        """Rows of several streams at once: the first counts[0] of `rows` belong to streams[0], and so on."""
+        sizes = np.asarray(counts)
+        self.stream[rows] = np.repeat([self._id(name) for name in streams], sizes)
+        self.generation[rows] = np.repeat(np.asarray(generations, dtype=np.int64), sizes)
+        self.last_sample[rows] = last_samples
+
+    def position(self, row: int) -> RecordPosition | None:
+        stream = int(self.stream[row])
+        if stream < 0:
+            return None
+        return RecordPosition(self._names[stream], int(self.generation[row]), int(self.last_sample[row]))
+
+    def positions(self) -> list[RecordPosition | None]:
+        return [self.position(row) for row in range(len(self))]
+
+    def latest(self, start: int, stop: int) -> list[RecordPosition]:
+        """The newest position of each stream among rows [start, stop): once those are done, all the rows are."""
+        ids = self.stream[start:stop][::-1]
+        found, first = np.unique(ids, return_index=True)
+        rows = [stop - 1 - int(i) for stream, i in zip(found.tolist(), first.tolist(), strict=True) if stream >= 0]
+        return [p for p in (self.position(row) for row in rows) if p is not None]
+
+    def _id(self, name: str) -> int:
+        if name not in self._ids:
+            self._ids[name] = len(self._names)
+            self._names.append(name)
+        return self._ids[name]
+
+
 @dataclass(frozen=True)
 class BatchResult:
-    windows: list[WindowScore]
+    tables: list[WindowTable]
     alerts: list[Alert]
-    positions: list[RecordPosition | None]  # one per input record; None = nothing left to wait for
+    progress: Progress
+
+    @property
+    def windows(self) -> list[WindowScore]:
+        return [window for table in self.tables for window in table.rows()]
+
+    @property
+    def window_count(self) -> int:
+        return sum(len(table) for table in self.tables)
+
+    @property
+    def positions(self) -> list[RecordPosition | None]:
+        """One per input row (see Progress)."""
+        return self.progress.positions()
 
 
 class Slot:
@@ -170,10 +235,30 @@ class _Prepared:
 
 
 @dataclass(frozen=True)
-class _Pushed:
+class _Segment:
+    """`count` consecutive vectors of one stream, made by `state` (the stream's state when they were pushed)."""
+
     stream: str
-    vectors: Vectors
     state: StreamState
+    count: int
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    """Vectors one push made for one bundle: stream by stream, as `segments` say."""
+
+    slot: str
+    vectors: Vectors
+    segments: list[_Segment]
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """The windows of one bundle in a micro-batch and, per stream segment, its rows [start, stop) of `table`."""
+
+    slot: Slot
+    table: WindowTable
+    spans: list[tuple[str, int, int]]
 
 
 class Pipeline:
@@ -223,31 +308,52 @@ class Pipeline:
 
     # -- the micro-batch -------------------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record]) -> list[WindowScore]:
+    def process(self, records: Sequence[Record | SampleRows]) -> list[WindowScore]:
         """Run one micro-batch; returns the window scores it produced."""
         return self.process_batch(records).windows
 
-    def process_batch(self, records: Sequence[Record], *, arrival_s: float | None = None) -> BatchResult:
+    def process_batch(self, items: Sequence[Record | SampleRows], *, arrival_s: float | None = None) -> BatchResult:
         """Run one micro-batch: dead letters and alerts are sent (and acknowledged) before this returns.
 
-        Consecutive in-order sensor records of one stream are pushed as one block (the common case of one sample
-        per message), which gives the same vectors as pushing them one by one."""
-        self._metrics.records.inc(len(records))
-        positions: list[RecordPosition | None] = [None] * len(records)
+        Items are pushed in order. SampleRows blocks take the columnar lane (all their streams windowed in one
+        numpy pass) wherever a stream's rows are plain: in order, finite, no restart-sized gap, channels as the
+        bundle's; other rows and records go record by record, and consecutive in-order sensor records of one stream
+        as one block. Every lane gives the same vectors as pushing the records one by one."""
+        sizes = [len(item) if isinstance(item, SampleRows) else 1 for item in items]
+        self._metrics.records.inc(sum(sizes))
+        progress = Progress(sum(sizes))
         letters: list[DeadLetter] = []
-        by_stream: dict[str, list[tuple[int, _Prepared]]] = {}
-        for i, record in enumerate(records):
-            try:
-                by_stream.setdefault(record.stream, []).append((i, self._prepare(record)))
-            except (RecordError, DataError) as exc:
-                letters.append(_dead_letter(record, exc))
         pushed: list[_Pushed] = []
-        for items in by_stream.values():
-            for run in self._runs(items):
-                letters += self._push_run(run, records, pushed, positions)
+        records: list[tuple[int, Record]] = []
+        row = 0
+        for item, size in zip(items, sizes, strict=True):
+            if isinstance(item, SampleRows):
+                letters += self._push_records(records, pushed, progress)
+                records = []
+                letters += self._push_rows(item, row, pushed, progress)
+            else:
+                records.append((row, item))
+            row += size
+        letters += self._push_records(records, pushed, progress)
         if letters:
             self._send_dead_letters(letters)
-        return self._finish(pushed, positions, arrival_s)
+        return self._finish(pushed, progress, arrival_s)
+
+    def _push_records(
+        self, records: Sequence[tuple[int, Record]], pushed: list[_Pushed], progress: Progress
+    ) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        by_stream: dict[str, list[tuple[int, _Prepared]]] = {}
+        for row, record in records:
+            try:
+                by_stream.setdefault(record.stream, []).append((row, self._prepare(record)))
+            except (RecordError, DataError) as exc:
+                letters.append(_dead_letter(record, exc))
+        originals = dict(records)
+        for items in by_stream.values():
+            for run in self._runs(items):
+                letters += self._push_run(run, originals, pushed, progress)
+        return letters
 
     def _runs(self, items: list[tuple[int, _Prepared]]) -> list[list[tuple[int, _Prepared]]]:
         """Split one stream's records into blocks that can be pushed together: sensor records whose timestamps
@@ -262,34 +368,30 @@ class Pipeline:
         return runs
 
     def _push_run(
-        self,
-        run: list[tuple[int, _Prepared]],
-        records: Sequence[Record],
-        pushed: list[_Pushed],
-        positions: list[RecordPosition | None],
+        self, run: list[tuple[int, _Prepared]], records: Mapping[int, Record], pushed: list[_Pushed], progress: Progress
     ) -> list[DeadLetter]:
         if len(run) > 1 and self._fresh(run[0][1]):
             try:
-                self._push_block(run, pushed, positions)
+                self._push_block(run, pushed, progress)
                 return []
             except (RecordError, DataError):
                 pass  # the feature stream refused the block unchanged: find the bad records one by one
         letters = []
-        for i, item in run:
+        for row, item in run:
             try:
-                item_pushed, positions[i] = self._push(item)
+                item_pushed, position = self._push(item)
                 pushed.append(item_pushed)
+                if position is not None:
+                    progress.set(row, position)
             except (RecordError, DataError) as exc:
-                letters.append(_dead_letter(records[i], exc))
+                letters.append(_dead_letter(records[row], exc))
         return letters
 
     def _fresh(self, item: _Prepared) -> bool:
         state = self._streams.get(item.stream)
         return state is None or (not isinstance(item.ts_s, float) and float(item.ts_s[0]) > state.last_ts_s)
 
-    def _push_block(
-        self, run: list[tuple[int, _Prepared]], pushed: list[_Pushed], positions: list[RecordPosition | None]
-    ) -> None:
+    def _push_block(self, run: list[tuple[int, _Prepared]], pushed: list[_Pushed], progress: Progress) -> None:
         first = run[0][1]
         block = _Prepared(
             first.stream,
@@ -301,34 +403,98 @@ class Pipeline:
         pushed.append(item_pushed)
         assert position is not None  # the block is fresh, so no sample was dropped
         remaining = len(block.samples)
-        for i, item in run:
+        for row, item in run:
             remaining -= len(item.samples)
-            positions[i] = RecordPosition(block.stream, position.generation, position.last_sample - remaining)
+            progress.set(row, RecordPosition(block.stream, position.generation, position.last_sample - remaining))
 
-    def flush(self) -> list[WindowScore]:
-        """End of input: emit what the streams hold back (audio end padding), as a last micro-batch."""
-        pushed = [_Pushed(name, state.features.flush(), state) for name, state in self._streams.items()]
-        return self._finish(pushed, [], None).windows
+    # -- the columnar lane ---------------------------------------------------------------------------------------
 
-    def run(self, source: Source, *, max_records: int = 256) -> int:
-        """Consume `source` until it is exhausted; returns the number of windows scored."""
-        scored = 0
-        while not source.exhausted:
-            scored += len(self.process(source.poll(max_records=max_records)))
-        return scored + len(self.flush())
+    def _push_rows(
+        self, rows: SampleRows, first_row: int, pushed: list[_Pushed], progress: Progress
+    ) -> list[DeadLetter]:
+        """Push a SampleRows block: plain streams of each sensor bundle in one pass, the others record by record."""
+        groups: dict[str, list[int]] = {}
+        for i, stream in enumerate(rows.streams):
+            groups.setdefault(stream, []).append(i)
+        lanes: dict[str, list[tuple[str, list[int]]]] = {}
+        slow: list[int] = []
+        for stream, indices in groups.items():
+            slot = self._router.slot_for(stream)
+            if slot is not None and self._columnar(slot, rows.channels):
+                lanes.setdefault(slot, []).append((stream, indices))
+            else:
+                slow += indices
+        for slot, lane in lanes.items():
+            slow += self._push_lane(slot, lane, rows, first_row, pushed, progress)
+        records = [(first_row + i, rows.record(i)) for i in sorted(slow)]
+        return self._push_records(records, pushed, progress)
 
-    def _finish(self, pushed: list[_Pushed], positions: list[RecordPosition | None],
-                arrival_s: float | None) -> BatchResult:  # fmt: skip
-        windows = self._score(pushed)
-        for state in {id(p.state): p.state for p in pushed}.values():
-            self._trim_times(state)
-        if arrival_s is not None and windows:
-            self._metrics.record_latency.observe(max(0.0, self._clock() - arrival_s))
-        alerts = self._decide(windows)
-        if alerts:
-            self._alerts.send(alerts)
-        self._update_gauges(windows, alerts)
-        return BatchResult(windows, alerts, positions)
+    def _columnar(self, slot: str, channels: tuple[str, ...]) -> bool:
+        bundle = self._slots[slot].bundle
+        return bundle.features.kind == "sensor" and bundle.extractor.group_names == channels
+
+    def _push_lane(self, slot: str, lane: list[tuple[str, list[int]]], rows: SampleRows, first_row: int,
+                   pushed: list[_Pushed], progress: Progress) -> list[int]:  # fmt: skip
+        """Push the plain streams of `lane` (all routed to `slot`) in one pass; returns the rows left for the
+        record-by-record path (streams with late, missing or gap-separated samples)."""
+        order = np.fromiter((i for _, indices in lane for i in indices), dtype=np.int64, count=-1)
+        counts = np.array([len(indices) for _, indices in lane])
+        ts, values = rows.ts_s[order], rows.values[order]
+        plain = self._plain_streams(lane, ts, values, counts)
+        if not plain.all():
+            keep = np.repeat(plain, counts)
+            order, ts, values = order[keep], ts[keep], values[keep]
+            lane_rest = [indices for (_, indices), ok in zip(lane, plain.tolist(), strict=True) if not ok]
+            lane, counts = [entry for entry, ok in zip(lane, plain.tolist(), strict=True) if ok], counts[plain]
+        else:
+            lane_rest = []
+        if lane:
+            self._push_plain(slot, [stream for stream, _ in lane], ts, values, counts, first_row + order, pushed,
+                             progress)  # fmt: skip
+        return [i for indices in lane_rest for i in indices]
+
+    def _plain_streams(self, lane: list[tuple[str, list[int]]], ts: F64, values: F64,
+                       counts: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:  # fmt: skip
+        """Per stream of the lane: are its rows finite, newer than what it has seen, and without a long gap?"""
+        starts = np.cumsum(counts) - counts
+        last_seen, limit = np.empty(len(lane)), np.full(len(lane), float(self._max_gap_s))
+        for k, (stream, _) in enumerate(lane):
+            state = self._streams.get(stream)
+            last_seen[k] = -np.inf if state is None or not state.samples else state.last_ts_s
+            if state is None or not state.samples:
+                limit[k] = np.inf
+        previous = np.empty_like(ts)
+        previous[1:] = ts[:-1]
+        previous[starts] = last_seen
+        step = ts - previous
+        allowed = np.full(len(ts), float(self._max_gap_s))
+        allowed[starts] = limit
+        ok = np.isfinite(values).all(axis=1) & (step > 0) & (step <= allowed)
+        return np.logical_and.reduceat(ok, starts)
+
+    def _push_plain(self, slot_name: str, streams: list[str], ts: F64, values: F64, counts: npt.NDArray[np.int64],
+                    rows: npt.NDArray[np.int64], pushed: list[_Pushed], progress: Progress) -> None:  # fmt: skip
+        states = [self._streams.get(stream) or self._new_state(stream, slot_name) for stream in streams]
+        bundle = self._slots[slot_name].bundle.name
+        features = [state.features for state in states]
+        assert all(isinstance(f, SensorStream) for f in features)  # a sensor bundle's streams (_columnar)
+        before = np.array([state.samples for state in states], dtype=np.int64)
+        vectors, made = push_many(features, values, counts.tolist())  # type: ignore[arg-type]
+        now, row = self._clock(), 0
+        for stream, state, n in zip(streams, states, counts.tolist(), strict=True):
+            state.seen_wall_s = now
+            state.samples += n
+            state.ts = np.concatenate((state.ts, ts[row : row + n]))
+            row += n
+            state.last_ts_s = float(state.ts[-1])
+            self._metrics.stream_gauges(stream, bundle).last_sample.set(state.last_ts_s)
+        self._metrics.samples.inc(len(ts))
+        starts = np.cumsum(counts) - counts
+        last_samples = np.repeat(before - starts, counts) + np.arange(len(ts))
+        progress.set_rows(rows, streams, counts.tolist(), [state.generation for state in states], last_samples)
+        segments = [_Segment(stream, state, m) for stream, state, m in zip(streams, states, made, strict=True) if m]
+        if segments:
+            pushed.append(_Pushed(slot_name, vectors, segments))
 
     # -- progress, lifecycle of streams ------------------------------------------------------------------------
 
@@ -405,7 +571,7 @@ class Pipeline:
         state.seen_wall_s = self._clock()
         item = self._drop_late(state, item)
         if len(item.samples) == 0:
-            return _Pushed(item.stream, Vectors.empty(1), state), None
+            return _Pushed(state.slot, Vectors.empty(1), []), None
         first_ts, last_ts = self._span(item)
         if state.samples and first_ts - state.last_ts_s > self._max_gap_s:
             log.info("stream %s: gap of %.1f s, restarting its windows", item.stream, first_ts - state.last_ts_s)
@@ -413,7 +579,8 @@ class Pipeline:
         vectors = state.features.push(item.samples)
         self._note_times(state, item, last_ts)
         self._metrics.samples.inc(len(item.samples))
-        return _Pushed(item.stream, vectors, state), RecordPosition(item.stream, state.generation, state.samples - 1)
+        segments = [_Segment(item.stream, state, len(vectors))] if len(vectors) else []
+        return _Pushed(state.slot, vectors, segments), RecordPosition(item.stream, state.generation, state.samples - 1)
 
     def _drop_late(self, state: StreamState, item: _Prepared) -> _Prepared:
         if isinstance(item.ts_s, float):
@@ -439,7 +606,7 @@ class Pipeline:
             state.origin_s = item.ts_s
         state.samples += len(item.samples)
         state.last_ts_s = last_ts
-        self._metrics.stream_last_sample.labels(item.stream).set(last_ts)
+        self._metrics.stream_gauges(item.stream, self._slots[item.slot].bundle.name).last_sample.set(last_ts)
         if not isinstance(item.ts_s, float):
             state.ts = np.concatenate([state.ts, item.ts_s])
 
@@ -473,63 +640,129 @@ class Pipeline:
 
     # -- scoring and decisions ---------------------------------------------------------------------------------
 
-    def _score(self, pushed: list[_Pushed]) -> list[WindowScore]:
+    def flush(self) -> list[WindowScore]:
+        """End of input: emit what the streams hold back (audio end padding), as a last micro-batch."""
+        pushed = []
+        for name, state in self._streams.items():
+            vectors = state.features.flush()
+            if len(vectors):
+                pushed.append(_Pushed(state.slot, vectors, [_Segment(name, state, len(vectors))]))
+        return self._finish(pushed, Progress(0), None).windows
+
+    def run(self, source: Source, *, max_records: int = 256) -> int:
+        """Consume `source` until it is exhausted; returns the number of windows scored."""
+        scored = 0
+        while not source.exhausted:
+            scored += self.process_batch(source.poll(max_records=max_records)).window_count
+        return scored + len(self.flush())
+
+    def _finish(self, pushed: list[_Pushed], progress: Progress, arrival_s: float | None) -> BatchResult:
+        scored = self._score(pushed)
+        for state in {id(seg.state): seg.state for p in pushed for seg in p.segments}.values():
+            self._trim_times(state)
+        if arrival_s is not None and scored:
+            self._metrics.record_latency.observe(max(0.0, self._clock() - arrival_s))
+        alerts = self._decide(scored)
+        if alerts:
+            self._alerts.send(alerts)
+        self._update_gauges(scored, alerts)
+        return BatchResult([s.table for s in scored], alerts, progress)
+
+    def _score(self, pushed: list[_Pushed]) -> list[_Scored]:
         by_slot: dict[str, list[_Pushed]] = {}
         for item in pushed:
-            if len(item.vectors):
-                by_slot.setdefault(item.state.slot, []).append(item)
-        windows: list[WindowScore] = []
-        for slot_name, items in by_slot.items():
-            windows += self._score_slot(self._slots[slot_name], items)
-        return windows
+            if item.segments:
+                by_slot.setdefault(item.slot, []).append(item)
+        return [self._score_slot(self._slots[name], items) for name, items in by_slot.items()]
 
-    def _score_slot(self, slot: Slot, items: list[_Pushed]) -> list[WindowScore]:
+    def _score_slot(self, slot: Slot, items: list[_Pushed]) -> _Scored:
         started = time.perf_counter()
-        data = np.concatenate([item.vectors.data for item in items])
+        data = np.concatenate([item.vectors.data for item in items]) if len(items) > 1 else items[0].vectors.data
         scores = slot.scorer.score(data)
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
-        if self._codes is not None:
-            self._codes(self._vector_codes(slot, items, slot.scorer.encode(data)))
-        if self._cleaned is not None:
-            self._cleaned(self._cleaned_windows(slot, items, slot.scorer.reconstruct(data)))
+        segments = [seg for item in items for seg in item.segments]
+        first = np.concatenate([item.vectors.first_sample for item in items])
+        end = np.concatenate([item.vectors.end_sample for item in items])
+        if self._codes is not None or self._cleaned is not None:
+            self._vector_outputs(slot, segments, data, first, end)
+        if slot.plan == (1, 1):
+            scored = self._vector_windows(slot, segments, scores, first, end)
+        else:
+            scored = self._grouped_windows(slot, segments, scores, first, end)
+        if slot.online is not None:
+            scored = _Scored(slot, _with_thresholds(scored.table, slot.online), scored.spans)
+        if slot.drift is not None:
+            slot.drift.observe_many(scored.table.score.tolist())
+        return scored
+
+    def _vector_windows(self, slot: Slot, segments: list[_Segment], scores: VectorScores, first: IntArray,
+                        end: IntArray) -> _Scored:  # fmt: skip
+        """Each vector is a window (sensors): every column of the table in one vectorised step."""
+        start_s, end_s = self._vector_times(slot.bundle, segments, first, end)
+        totals = scores.group_errors.sum(axis=1, keepdims=True)
+        shares = np.divide(scores.group_errors, totals, out=np.zeros_like(scores.group_errors), where=totals > 0)
+        names: list[str] = []
+        spans, row = [], 0
+        for seg in segments:
+            names += [seg.stream] * seg.count
+            spans.append((seg.stream, row, row + seg.count))
+            row += seg.count
+            seg.state.warming = False
+            seg.state.last_window_start = int(first[row - 1])
+        threshold = np.full(len(names), slot.bundle.threshold)
+        table = WindowTable(slot.bundle.name, names, start_s, end_s, scores.errors, threshold, shares)
+        return _Scored(slot, table, spans)
+
+    def _grouped_windows(self, slot: Slot, segments: list[_Segment], scores: VectorScores, first: IntArray,
+                         end: IntArray) -> _Scored:  # fmt: skip
+        """Windows of several vectors (audio), per stream through its WindowAggregator."""
         windows: list[WindowScore] = []
-        offset = 0
-        for item in items:
-            state = item.state  # the state that made these vectors, even if the stream restarted since
-            part = scores.slice(offset, offset + len(item.vectors))
-            offset += len(item.vectors)
-            for window in state.windows.push(part, item.vectors.first_sample, item.vectors.end_sample):
-                scored = self._window_score(item.stream, state, slot.bundle, window)
-                windows.append(scored if slot.online is None else slot.online(scored))
-                if slot.drift is not None:
-                    slot.drift.observe(window.score)
-        return windows
+        spans, offset = [], 0
+        for seg in segments:
+            part = scores.slice(offset, offset + seg.count)
+            made = seg.state.windows.push(part, first[offset : offset + seg.count], end[offset : offset + seg.count])
+            offset += seg.count
+            spans.append((seg.stream, len(windows), len(windows) + len(made)))
+            windows += [self._window_score(seg.stream, seg.state, slot.bundle, window) for window in made]
+        return _Scored(slot, _table(slot.bundle, windows), spans)
 
-    def _vector_spans(self, slot: Slot, items: list[_Pushed]) -> list[tuple[str, float, float]]:
-        """(stream, start_s, end_s) of every vector of `items`, in batch order."""
-        spans = []
-        for item in items:
-            vectors = item.vectors
-            for first, end in zip(vectors.first_sample.tolist(), vectors.end_sample.tolist(), strict=True):
-                spans.append((item.stream, self._time_of(item.state, slot.bundle, first),
-                              self._end_of(item.state, slot.bundle, end)))  # fmt: skip
-        return spans
+    def _vector_times(self, bundle: Bundle, segments: list[_Segment], first: IntArray,
+                      end: IntArray) -> tuple[F64, F64]:  # fmt: skip
+        """Epoch seconds of each vector's start and end (one sample period after its last sample), in one pass
+        over all segments: sensors look their samples' timestamps up, audio counts from the stream's origin."""
+        counts = np.array([seg.count for seg in segments])
+        if bundle.features.kind == "logmel":
+            rate = bundle.features.logmel.sample_rate_hz
+            origin = np.repeat([seg.state.origin_s for seg in segments], counts)
+            return origin + first / rate, origin + end / rate
+        times = [seg.state.ts for seg in segments]
+        sizes = np.array([len(t) for t in times])
+        base = np.repeat(np.cumsum(sizes) - sizes - np.array([seg.state.ts_base for seg in segments]), counts)
+        ts = np.concatenate(times)
+        return ts[base + first], ts[base + end - 1] + bundle.features.sensor.sample_period_s
 
-    def _cleaned_windows(self, slot: Slot, items: list[_Pushed], recon: npt.NDArray[np.float32]) -> list[CleanedWindow]:
+    def _vector_outputs(self, slot: Slot, segments: list[_Segment], data: npt.NDArray[np.float32],
+                        first: IntArray, end: IntArray) -> None:  # fmt: skip
+        bundle = slot.bundle
+        start_s, end_s = self._vector_times(bundle, segments, first, end)
+        spans = list(zip([s.stream for s in segments for _ in range(s.count)], start_s.tolist(), end_s.tolist(),
+                         strict=True))  # fmt: skip
+        if self._codes is not None:
+            codes = slot.scorer.encode(data).tolist()
+            self._codes([VectorCode(stream, bundle.name, bundle.version, start, stop, tuple(code))
+                         for (stream, start, stop), code in zip(spans, codes, strict=True)])  # fmt: skip
+        if self._cleaned is not None:
+            self._cleaned(self._cleaned_windows(slot, spans, slot.scorer.reconstruct(data)))
+
+    def _cleaned_windows(self, slot: Slot, spans: list[tuple[str, float, float]],
+                         recon: npt.NDArray[np.float32]) -> list[CleanedWindow]:  # fmt: skip
         bundle, unscale = slot.bundle, _unscaler(slot.bundle)
         out = []
-        for (stream, start, end), row in zip(self._vector_spans(slot, items), recon, strict=True):
+        for (stream, start, end), row in zip(spans, recon, strict=True):
             values = unscale(row) if unscale is not None else {}
             vector = () if values else tuple(row.tolist())
             out.append(CleanedWindow(stream, bundle.name, bundle.version, start, end, values, vector))
         return out
-
-    def _vector_codes(self, slot: Slot, items: list[_Pushed], codes: npt.NDArray[np.float32]) -> list[VectorCode]:
-        bundle = slot.bundle
-        return [
-            VectorCode(stream, bundle.name, bundle.version, start, end, tuple(code))
-            for (stream, start, end), code in zip(self._vector_spans(slot, items), codes.tolist(), strict=True)
-        ]
 
     def _window_score(self, stream: str, state: StreamState, bundle: Bundle, window: ScoredWindow) -> WindowScore:
         state.warming = False
@@ -552,14 +785,29 @@ class Pipeline:
         known = min(index, len(state.ts) - 1)
         return float(state.ts[known]) + (index - known) * bundle.features.sensor.sample_period_s
 
-    def _decide(self, windows: list[WindowScore]) -> list[Alert]:
+    def _decide(self, scored: list[_Scored]) -> list[Alert]:
         alerts: list[Alert] = []
         now = self._clock()
+        for part in scored:
+            table, policy = part.table, part.slot.policy
+            anomalous = table.score > table.threshold
+            for stream, start, stop in part.spans:
+                state = self._streams.get(stream)
+                if state is None or start == stop:
+                    continue  # evicted for capacity later in the same batch; its next record starts it again
+                if not anomalous[start:stop].any() and policy.skip_quiet(
+                    state.alert, stop - start, first_end_s=float(table.end_s[start]),
+                    last_end_s=float(table.end_s[stop - 1]),
+                ):  # fmt: skip
+                    continue  # the common case: a quiet stream stays quiet
+                alerts += self._decide_windows(state, policy, table.rows(start, stop), now)
+        return alerts
+
+    def _decide_windows(self, state: StreamState, policy: AlertPolicy, windows: list[WindowScore],
+                        now: float) -> list[Alert]:  # fmt: skip
+        alerts: list[Alert] = []
         for window in windows:
-            state = self._streams.get(window.stream)
-            if state is None:
-                continue  # evicted for capacity later in the same batch; its next record starts it again
-            new = self._slots[state.slot].policy.update(state.alert, window, now_s=now)
+            new = policy.update(state.alert, window, now_s=now)
             # Persist what a restart needs: episodes and the anomalous windows counting towards one. A quiet
             # stream's state is not republished for every window.
             state.alert_changed |= bool(new) or window.anomalous or state.alert.firing
@@ -572,6 +820,7 @@ class Pipeline:
 
     def _publish_bundle(self, bundle: Bundle) -> None:
         self._metrics.bundle_started(bundle.name)
+        self._metrics.score_hist.labels(bundle.name)
         self._metrics.threshold.labels(bundle.name).set(bundle.threshold)
         self._metrics.bundle_info.labels(bundle.name, bundle.version).set(1)
 
@@ -580,25 +829,42 @@ class Pipeline:
         for letter in letters:
             self._metrics.dead_letters.labels(letter.reason).inc()
 
-    def _update_gauges(self, windows: list[WindowScore], alerts: list[Alert]) -> None:
-        latest: dict[tuple[str, str], WindowScore] = {}
-        by_bundle: dict[str, list[float]] = {}
-        for window in windows:
-            latest[(window.stream, window.bundle)] = window
-            by_bundle.setdefault(window.bundle, []).append(window.score / window.threshold)
-        for (stream, bundle), window in latest.items():
-            self._metrics.score.labels(stream, bundle).set(window.score)
-            self._metrics.window_threshold.labels(stream, bundle).set(window.threshold)
-        for bundle, ratios in by_bundle.items():
-            self._metrics.windows.labels(bundle).inc(len(ratios))
-            histogram = self._metrics.score_hist.labels(bundle)
-            for ratio in ratios:
-                histogram.observe(ratio)
+    def _update_gauges(self, scored: list[_Scored], alerts: list[Alert]) -> None:
+        for part in scored:
+            table = part.table
+            bundle = table.bundle
+            scores, thresholds = table.score.tolist(), table.threshold.tolist()
+            for stream, start, stop in part.spans:
+                if stop > start:
+                    gauges = self._metrics.stream_gauges(stream, bundle)
+                    gauges.score.set(scores[stop - 1])
+                    gauges.threshold.set(thresholds[stop - 1])
+            self._metrics.windows.labels(bundle).inc(len(table))
+            self._metrics.score_hist.observe_many(table.score / table.threshold, bundle)
         for alert in alerts:
             self._metrics.alerts.labels(alert.bundle_name, alert.status).inc()
             self._metrics.firing.labels(alert.stream).set(1 if alert.status == "firing" else 0)
         self._metrics.streams_active.set(len(self._streams))
         self._metrics.streams_warming.set(sum(s.warming for s in self._streams.values()))
+
+
+def _table(bundle: Bundle, windows: list[WindowScore]) -> WindowTable:
+    groups = len(bundle.extractor.group_names)
+    return WindowTable(
+        bundle.name,
+        [w.stream for w in windows],
+        np.array([w.start_s for w in windows], dtype=np.float64),
+        np.array([w.end_s for w in windows], dtype=np.float64),
+        np.array([w.score for w in windows], dtype=np.float64),
+        np.array([w.threshold for w in windows], dtype=np.float64),
+        np.array([w.contributions for w in windows], dtype=np.float64).reshape(len(windows), groups),
+    )
+
+
+def _with_thresholds(table: WindowTable, online: OnlineThresholds) -> WindowTable:
+    """The table with each window judged against the live DSPOT threshold of its stream, window by window."""
+    thresholds = np.array([online(window).threshold for window in table.rows()], dtype=np.float64)
+    return replace(table, threshold=thresholds)
 
 
 def _unscaler(bundle: Bundle) -> Callable[[npt.NDArray[np.float32]], dict[str, tuple[float, ...]]] | None:

@@ -40,6 +40,26 @@ Record = SensorRecord | AudioRecord
 
 
 @dataclass(frozen=True)
+class SampleRows:
+    """Single-sample sensor records of any streams, columnar: row i is one record of stream `streams[i]`.
+
+    The daemon's hot path: a Kafka poll of single-sample messages becomes one of these instead of thousands of
+    SensorRecords. Every row has the same `channels`; `values` has shape (n, len(channels)), NaN where null."""
+
+    streams: list[str]
+    ts_s: npt.NDArray[np.float64]
+    values: npt.NDArray[np.float64]
+    channels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def record(self, i: int) -> SensorRecord:
+        """Row `i` as the SensorRecord it was decoded from."""
+        return SensorRecord(self.streams[i], self.ts_s[i : i + 1], self.values[i : i + 1], self.channels)
+
+
+@dataclass(frozen=True)
 class Vectors:
     """Feature vectors of one stream, with the range of stream samples each one covers (end exclusive)."""
 
@@ -71,6 +91,34 @@ class WindowScore:
     @property
     def anomalous(self) -> bool:
         return self.score > self.threshold
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """Window scores of one bundle, columnar (the daemon makes hundreds of thousands per second): row i is
+    `rows()[i]`. `shares` has one column per feature group (empty when the bundle names none)."""
+
+    bundle: str
+    streams: list[str]
+    start_s: npt.NDArray[np.float64]
+    end_s: npt.NDArray[np.float64]
+    score: npt.NDArray[np.float64]
+    threshold: npt.NDArray[np.float64]
+    shares: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> list[WindowScore]:
+        """Rows [start, stop) as WindowScore values."""
+        cut = slice(start, stop)
+        return [
+            WindowScore(stream, self.bundle, begin, end, score, threshold, tuple(shares))
+            for stream, begin, end, score, threshold, shares in zip(
+                self.streams[cut], self.start_s[cut].tolist(), self.end_s[cut].tolist(), self.score[cut].tolist(),
+                self.threshold[cut].tolist(), self.shares[cut].tolist(), strict=True,
+            )
+        ]  # fmt: skip
 
 
 AlertStatus = Literal["firing", "resolved"]

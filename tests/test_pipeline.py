@@ -14,7 +14,7 @@ from ae_monitor.jobs.demo import CHANNELS, START_S
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.pipeline import Pipeline
-from ae_monitor.records import Alert, DeadLetter, SensorRecord
+from ae_monitor.records import Alert, DeadLetter, SampleRows, SensorRecord
 from ae_monitor.scoring import scorer_for
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.memory import MemorySource
@@ -176,3 +176,94 @@ def test_a_bad_record_inside_a_block_is_the_only_dead_letter(bundle: Bundle) -> 
     harness.pipeline.process_batch(records)
     assert [d.reason for d in harness.dead.items] == ["channel_mismatch"]
     assert harness.metric("ae_monitor_samples_total") == 39
+
+
+# -- the columnar lane: SampleRows blocks give exactly what the same rows give record by record -------------------
+
+
+def _rows(records: list[SensorRecord]) -> SampleRows:
+    return SampleRows(
+        [r.stream for r in records],
+        np.concatenate([r.ts_s for r in records]),
+        np.concatenate([r.values for r in records]),
+        records[0].channels,
+    )
+
+
+def _interleaved_rows(seed: int) -> list[SensorRecord]:
+    """Single samples of six streams in a random interleaving, with a fault, a late sample, a missing value and a
+    restart-sized gap in some of them."""
+    rng = np.random.default_rng(seed)
+    streams = {name: _single_samples(_record(name, 100 * k, 120)) for k, name in enumerate("abcdef")}
+    fault = streams["b"]
+    for i in range(60, 90):
+        fault[i] = SensorRecord("b", fault[i].ts_s, fault[i].values + [0, 0, 20, 0], CHANNELS)
+    late = streams["c"]
+    late[50] = SensorRecord("c", late[48].ts_s, late[50].values, CHANNELS)
+    missing = streams["d"]
+    missing[40] = SensorRecord("d", missing[40].ts_s, np.array([[np.nan, 11, 2.7, 49]]), CHANNELS)
+    gap = streams["e"]
+    streams["e"] = [SensorRecord("e", r.ts_s + (500 if i >= 70 else 0), r.values, CHANNELS) for i, r in enumerate(gap)]
+    order = rng.permutation(np.repeat(np.arange(6), 120))
+    cursor = dict.fromkeys("abcdef", 0)
+    out = []
+    for k in order.tolist():
+        name = "abcdef"[k]
+        out.append(streams[name][cursor[name]])
+        cursor[name] += 1
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sample_rows_score_alert_and_progress_like_the_same_records_one_by_one(bundle: Bundle, seed: int) -> None:
+    records = _interleaved_rows(seed)
+    by_record, columnar = Harness(bundle), Harness(bundle)
+    cuts = [0, 37, 200, 201, 450, len(records)]
+    expected, got = [], []
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        expected.append(by_record.pipeline.process_batch(records[lo:hi]))
+        got.append(columnar.pipeline.process_batch([_rows(records[lo:hi])]))
+    for want, have in zip(expected, got, strict=True):
+        # streams may come out in another order; each stream's windows keep theirs
+        have_windows = sorted(have.windows, key=lambda w: w.stream)
+        want_windows = sorted(want.windows, key=lambda w: w.stream)
+        assert [(w.stream, w.start_s, w.end_s) for w in have_windows] == [
+            (w.stream, w.start_s, w.end_s) for w in want_windows
+        ]
+        assert [w.score for w in have_windows] == pytest.approx([w.score for w in want_windows], rel=1e-5)
+        assert have.positions == want.positions
+    assert sorted((a.id, a.status) for a in columnar.alerts.items) == sorted(
+        (a.id, a.status) for a in by_record.alerts.items
+    )
+    assert "b" in {a.stream for a in columnar.alerts.items}
+    assert [(d.source, d.reason) for d in columnar.dead.items] == [(d.source, d.reason) for d in by_record.dead.items]
+    assert columnar.metric("ae_monitor_late_samples_total") == 1
+    for name in ("ae_monitor_samples_total", "ae_monitor_records_total"):
+        assert columnar.metric(name) == by_record.metric(name)
+
+
+def test_sample_rows_mixed_with_records_keep_each_streams_order(bundle: Bundle) -> None:
+    singles = _single_samples(_record("s", 0, 60))
+    mixed, by_record = Harness(bundle), Harness(bundle)
+    batch = [_rows(singles[:20]), _record("s", 20, 10), _rows(singles[30:60])]
+    # the middle record holds samples 20..29 of the same stream (same values as _record makes for them)
+    want = by_record.pipeline.process_batch(singles[:20] + [_record("s", 20, 10)] + singles[30:60])
+    have = mixed.pipeline.process_batch(batch)
+    assert [w.start_s for w in have.windows] == [w.start_s for w in want.windows]
+    assert have.positions == want.positions
+
+
+def test_sample_rows_with_channels_in_another_order_are_reordered(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    rows = _rows(_single_samples(_record("s", 0, 40)))
+    swapped = SampleRows(rows.streams, rows.ts_s, rows.values[:, ::-1], CHANNELS[::-1])
+    assert len(harness.pipeline.process_batch([swapped]).windows) == 40 - 30 + 1
+    assert harness.dead.items == []
+
+
+def test_progress_latest_is_the_newest_position_of_each_stream(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    records = _single_samples(_record("a", 0, 5)) + _single_samples(_record("b", 0, 3))
+    progress = harness.pipeline.process_batch([_rows(records)]).progress
+    assert sorted((p.stream, p.last_sample) for p in progress.latest(0, 8)) == [("a", 4), ("b", 2)]
+    assert [(p.stream, p.last_sample) for p in progress.latest(0, 2)] == [("a", 1)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,8 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
 from ae_monitor.errors import AeMonitorError, RecordError
-from ae_monitor.records import Record
-from ae_monitor.sources.decode import decode_message
+from ae_monitor.records import Record, SampleRows
+from ae_monitor.sources.decode import decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,43 @@ Partition = tuple[str, int]
 
 
 @dataclass(frozen=True)
-class Message:
-    """Where a consumed message came from, and what it decoded to (or why it did not)."""
+class Rejected:
+    """A consumed message that did not decode: where it came from, why, and its original value."""
 
     topic: str
     partition: int
     offset: int
-    record: Record | None
-    error: RecordError | None
+    error: RecordError
     raw: bytes | None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One partition's messages in a poll: up to `last_offset`, decoded into rows [first_row, end_row) of the
+    poll's items (a record is one row, a SampleRows block one row per sample)."""
+
+    topic: str
+    partition: int
+    last_offset: int
+    first_row: int
+    end_row: int
+
+
+@dataclass(frozen=True)
+class Polled:
+    """One poll, decoded: the records in consumption order, each partition's share, and what did not decode."""
+
+    items: list[Record | SampleRows]
+    chunks: list[Chunk]
+    rejected: list[Rejected]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(item) if isinstance(item, SampleRows) else 1 for item in self.items)
+
+    @staticmethod
+    def empty() -> Polled:
+        return Polled([], [], [])
 
 
 @dataclass(frozen=True)
@@ -154,13 +182,25 @@ class KafkaSource:
         self._next.clear()
         self._consumer = self._subscribe(self._connect())
 
-    def poll(self, *, timeout_ms: int) -> list[Message]:
+    def poll(self, *, timeout_ms: int) -> Polled:
         """Up to `max_poll_records` messages, decoded; waits at most `timeout_ms` when none are available."""
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
-        for tp, records in batches.items():
-            if records:
-                self._next[(tp.topic, tp.partition)] = records[-1].offset + 1
-        return [_decode(m) for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)) for m in batches[tp]]
+        items: list[Record | SampleRows] = []
+        chunks, rejected, rows = [], [], 0
+        for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)):
+            records = batches[tp]
+            if not records:
+                continue
+            self._next[(tp.topic, tp.partition)] = records[-1].offset + 1
+            decoded, errors = decode_batch([(m.key, m.value, m.headers or ()) for m in records])
+            for i, error in errors:
+                m = records[i]
+                rejected.append(Rejected(m.topic, m.partition, m.offset, error, m.value))
+            first = rows
+            rows += sum(len(item) if isinstance(item, SampleRows) else 1 for item in decoded)
+            items += decoded
+            chunks.append(Chunk(tp.topic, tp.partition, records[-1].offset, first, rows))
+        return Polled(items, chunks, rejected)
 
     def take_rebalance_events(self) -> list[RebalanceEvent]:
         events = []
@@ -241,12 +281,3 @@ def _heartbeat_silence_s(consumer: Any) -> float | None:
     if not isinstance(last_receive, float) or not isinstance(last_reset, float):
         return None
     return time.monotonic() - max(last_receive, last_reset)
-
-
-def _decode(message: Any) -> Message:
-    headers: Sequence[tuple[str, bytes]] = message.headers or ()
-    try:
-        record = decode_message(message.key, message.value, headers)
-        return Message(message.topic, message.partition, message.offset, record, None, None)
-    except RecordError as exc:
-        return Message(message.topic, message.partition, message.offset, None, exc, message.value)
