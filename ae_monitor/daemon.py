@@ -50,7 +50,11 @@ class AlertQueue(Protocol):
 
 
 class StateStore(Protocol):
-    def save(self, states: Mapping[str, Mapping[str, Any]]) -> None: ...
+    def save(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Hand states over; may return before they are stored."""
+
+    def settle(self) -> None:
+        """Return once everything saved is stored; raise SinkError otherwise."""
 
 
 @dataclass
@@ -217,6 +221,12 @@ class Daemon:
             return
         if not self._out.alerts.idle:
             return  # never commit past an alert that is still waiting for delivery
+        if self._out.state is not None:
+            try:
+                self._out.state.settle()
+            except SinkError as exc:
+                log.warning("alert state not stored yet, so no commit this time: %s", exc)
+                return
         offsets = self._tracker.committable(self._all_done, every=force or self._source.stalled)
         if offsets:
             self._source.commit(offsets, wait=force)

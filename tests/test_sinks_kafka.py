@@ -153,11 +153,19 @@ def test_state_store_round_trip_on_a_compacted_topic_latest_wins_and_tombstones_
         store = KafkaStateStore(producer, topic)
         store.save({"pump-1": {"version": 1, "n": 1}, "pump-2": {"version": 1, "n": 1}, "pump-3": {"n": 0}})
         store.save({"pump-1": {"version": 1, "n": 2}})
+        store.settle()  # save hands states to the producer; settle returns once the broker has them all
         store.delete(["pump-2"])
         assert load_state(state_consumer_factory(conn), topic) == {"pump-1": {"version": 1, "n": 2}, "pump-3": {"n": 0}}
         assert _cleanup_policy(conn, topic) == "compact"
     finally:
         _delete_topic(conn, topic)
+
+
+def test_a_state_the_producer_refuses_is_a_sink_error_naming_the_topic(producer: Any) -> None:
+    store = KafkaStateStore(producer, "ae-monitor-test-unused")
+    with pytest.raises(SinkError, match="ae-monitor-test-unused"):
+        store.save({"pump-1": {"blob": "x" * 2_000_000}})  # over the producer's max_request_size (1 MiB)
+        store.settle()
 
 
 def test_load_state_of_a_missing_topic_is_empty(conn: KafkaConnectionConfig) -> None:

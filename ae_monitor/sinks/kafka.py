@@ -265,18 +265,45 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
 
 
 class KafkaStateStore:
-    """Publishes per-stream alert state to a compacted topic, keyed by stream; `send`-like calls wait for acks."""
+    """Publishes per-stream alert state to a compacted topic, keyed by stream.
+
+    `save` only hands the states to the producer, so the main loop never waits for the broker; `settle` waits for
+    the acknowledgements. The daemon settles before every commit: no offset is committed past a state change that is
+    not stored (a state the broker refused is sent again, unless a newer one of its stream is on its way)."""
 
     def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
         self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
         self.name = f"kafka:{topic}"
+        self._in_flight: dict[str, tuple[Mapping[str, Any], Any]] = {}
 
     def save(self, states: Mapping[str, Mapping[str, Any]]) -> None:
-        """Publish each stream's state (stream -> `StreamAlertState.to_dict()`)."""
-        messages: list[Message] = [
-            (stream.encode(), json.dumps(state, separators=(",", ":")).encode(), []) for stream, state in states.items()
-        ]
-        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+        """Publish each stream's state (stream -> `StreamAlertState.to_dict()`); returns without waiting."""
+        for stream, state in states.items():
+            self._in_flight[stream] = (state, self._send(stream, state))
+
+    def settle(self) -> None:
+        """Wait until every saved state is acknowledged; raises SinkError when one is not (sent again)."""
+        deadline_s = time.monotonic() + self._timeout_s
+        failure: KafkaError | None = None
+        for stream, (state, future) in list(self._in_flight.items()):
+            try:
+                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
+            except KafkaError as exc:
+                failure = exc
+                self._in_flight[stream] = (state, self._send(stream, state))
+                continue
+            if self._in_flight.get(stream, (None, None))[1] is future:
+                del self._in_flight[stream]
+        if failure is not None:
+            raise SinkError(f"topic {self._topic}: not acknowledged: {failure!r}", sink=self.name,
+                            retriable=failure.retriable)  # fmt: skip
+
+    def _send(self, stream: str, state: Mapping[str, Any]) -> Any:
+        value = json.dumps(state, separators=(",", ":")).encode()
+        try:
+            return self._producer.send(self._topic, key=stream.encode(), value=value)
+        except KafkaError as exc:
+            raise SinkError(f"topic {self._topic}: not sent: {exc!r}", sink=self.name, retriable=exc.retriable) from exc
 
     def delete(self, streams: Iterable[str]) -> None:
         """Tombstones: compaction forgets these streams' state."""
