@@ -164,7 +164,9 @@ class Metrics:
 
     def forget_stream(self, stream: str, bundle: str) -> None:
         """Drop a stream's series when its state is dropped (no stale per-stream gauges)."""
-        self._stream_gauges.pop((stream, bundle), None)
+        # The stream-only series go for every bundle, so every cached child of the stream goes too.
+        for key in [key for key in self._stream_gauges if key[0] == stream]:
+            del self._stream_gauges[key]
         for gauge, labels in ((self.score, (stream, bundle)), (self.window_threshold, (stream, bundle)),
                               (self.firing, (stream,)),
                               (self.stream_last_sample, (stream,))):  # fmt: skip
@@ -202,9 +204,10 @@ class BulkHistogram:
     def observe_many(self, values: npt.NDArray[np.float64], *labels: str) -> None:
         if len(values) == 0:
             return
+        total = float(values.sum())  # NaN once a NaN is observed, as prometheus-client's Histogram does
+        values = values[~np.isnan(values)]  # ... which counts a NaN in no bucket
         bins = np.minimum(np.searchsorted(self._bounds, values, side="left"), len(self._bounds) - 1)
         counts = np.bincount(bins, minlength=len(self._bounds))
-        total = float(values.sum())
         with self._lock:
             series, sums = self._child(labels)
             series += counts

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -137,6 +138,10 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         daemon = Daemon(config, source=source, pipeline=pipeline, outputs=outputs, metrics=metrics, health=health,
                         notifier=SystemdNotifier(), bundle_paths=paths)  # fmt: skip
         _install_signals(stop, daemon.reload_requested)
+        # Everything loaded so far (torch, numpy, the bundles) lives as long as the process: moved out of the
+        # collector's sight, the full collections the main loop's garbage triggers no longer walk it. Measured
+        # by scripts/bench_serve.py: about a quarter more records per second.
+        gc.freeze()
         daemon.run(stop)
     finally:
         server.stop()

@@ -4,7 +4,8 @@ Four measurements, side by side on the same machine and broker (compare the rati
 
 1. ceiling: N single-sample sensor records (`{"ts": ..., "values": {...}}`, ~130 bytes, keyed by stream, streams
    round-robin) are produced to a fresh one-partition topic; a plain kafka-python `KafkaConsumer` reads them all and
-   `json.loads` each value. Rate = N / (first non-empty poll -> last record parsed).
+   `json.loads` each value, in a bare subprocess (scripts/kafka_ceiling.py) so that this process's heap (torch,
+   numpy) does not slow it down. Rate = N / (first non-empty poll -> last record parsed).
 2. serve: `ae_monitor.service.serve` (what `ae-monitor serve` runs) in a thread of this process, on the same topic
    from the earliest offset with a fresh consumer group, production sinks (alerts, dead-letter and state topics; no
    scores topic). Rate = N / (first record counted by `ae_monitor_records_total` -> last window counted by
@@ -93,6 +94,7 @@ from ae_monitor.threshold import calibrate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROKER_SCRIPT = REPO_ROOT / "scripts" / "kafka_broker.py"
+CEILING_SCRIPT = REPO_ROOT / "scripts" / "kafka_ceiling.py"
 
 GOAL_SERVE_RATIO = 0.75
 GOAL_P99_MS = 250.0
@@ -289,26 +291,13 @@ def produce(bootstrap: str, topic: str, messages: Sequence[Message]) -> float:
 
 
 def consume_ceiling(bootstrap: str, topic: str, n: int, max_poll_records: int) -> tuple[float, float]:
-    """Plain KafkaConsumer + json.loads of `n` records: (msg/s, seconds from the first non-empty poll)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, max_poll_records=max_poll_records)  # fmt: skip
-    seen, started = 0, 0.0
-    deadline = time.monotonic() + 120
-    try:
-        while seen < n and time.monotonic() < deadline:
-            batches = consumer.poll(timeout_ms=500)
-            if batches and not seen:
-                started = time.perf_counter()
-            for records in batches.values():
-                for record in records:
-                    json.loads(record.value)
-                seen += len(records)
-        seconds = time.perf_counter() - started
-    finally:
-        consumer.close()
-    if seen < n:
-        raise RuntimeError(f"the ceiling consumer read {seen} of {n} records in 120 s")
-    return n / seconds, seconds
+    """Plain KafkaConsumer + json.loads of `n` records in a bare subprocess (scripts/kafka_ceiling.py: no torch or
+    numpy in its heap): (msg/s, seconds from the first non-empty poll)."""
+    out = subprocess.run([sys.executable, str(CEILING_SCRIPT), bootstrap, topic, str(n),
+                          "--max-poll-records", str(max_poll_records)],
+                         capture_output=True, text=True, check=True, timeout=180)  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(result["msg_per_s"]), float(result["seconds"])
 
 
 # ------------------------------------------------------------------------------------------------------- bundles

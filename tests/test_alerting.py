@@ -221,3 +221,87 @@ def test_anomalous_windows_less_than_n_apart_chain_into_one_run() -> None:
     # Windows 0, 3 and 6 each have the previous one in their 3-window look-back: the run that fires starts at 0.
     (alert,) = _feed(_policy(k=2, n=3), _windows([5, 0, 0, 5, 0, 0, 5, 5]))
     assert alert.event_time_s == START_S
+
+
+# --- skip_quiet: a quiet stream's non-anomalous windows in one step -------------------------------------------------
+
+SKIP_CONFIGS = [
+    {"k": 1, "n": 1},
+    {"k": 2, "n": 3},
+    {"k": 3, "n": 5, "exit_ratio": 0.8, "cooldown_s": 2.0},
+    {"k": 2, "n": 4, "min_duration_s": 1.0},
+]
+QUIET_PREFIXES = [
+    [],  # a new stream
+    [0.2, 0.5],  # a partly filled look-back
+    [0.1] * 8,  # a full look-back
+    [5, 0, 0, 0, 0, 0],  # a spike that has lapsed
+    [5, 5, 5, 0.1],  # an alert that fired and resolved
+]
+
+
+def _state_after(policy: AlertPolicy, windows: Sequence[WindowScore]) -> StreamAlertState:
+    state = policy.new_state()
+    _feed(policy, windows, state)
+    return state
+
+
+@pytest.mark.parametrize("cfg", SKIP_CONFIGS, ids=[str(c) for c in SKIP_CONFIGS])
+@pytest.mark.parametrize("prefix", QUIET_PREFIXES, ids=[str(p) for p in QUIET_PREFIXES])
+@pytest.mark.parametrize("count", [1, 2, 4, 9])
+def test_skip_quiet_leaves_the_state_that_feeding_the_windows_one_by_one_leaves(
+    cfg: dict[str, float], prefix: list[float], count: int
+) -> None:
+    policy = _policy(**cfg)
+    quiet_scores = [0.0, 0.95, 1.0, 0.3, 0.85, 0.5, 0.99, 0.0, 0.7][:count]  # none above the threshold (1.0)
+    afterwards = [2, 2, 2, 0.9, 0.1, 2, 0.5, 2, 2, 2, 0.1]
+    windows = _windows([*prefix, *quiet_scores, *afterwards])
+    cut = len(prefix)
+    head, quiet, tail = windows[:cut], windows[cut : cut + count], windows[cut + count :]
+    one_by_one = _state_after(policy, head)
+    assert not one_by_one.firing
+    assert not any(one_by_one.recent)
+    skipped = _state_after(policy, head)
+    assert policy.skip_quiet(skipped, count, first_end_s=quiet[0].end_s, last_end_s=quiet[-1].end_s)
+    assert _feed(policy, quiet, one_by_one) == []
+    assert skipped.to_dict() == one_by_one.to_dict()
+    assert _feed(policy, tail, skipped) == _feed(policy, tail, one_by_one)
+
+
+def _refuses_and_keeps(policy: AlertPolicy, state: StreamAlertState, count: int, first: float, last: float) -> bool:
+    before = state.to_dict()
+    applied = policy.skip_quiet(state, count, first_end_s=first, last_end_s=last)
+    assert state.to_dict() == before
+    return not applied
+
+
+def test_skip_quiet_refuses_while_the_stream_fires() -> None:
+    policy = _policy(k=1, n=1, exit_ratio=0.5)
+    windows = _windows([2, 0.1, 0.2])
+    state = _state_after(policy, windows[:1])
+    assert state.firing
+    assert _refuses_and_keeps(policy, state, 2, windows[1].end_s, windows[2].end_s)
+    # Fed one by one, window 1 (below exit) resolves the alert: skipping it would have lost the resolution.
+    assert [a.status for a in _feed(policy, windows[1:], state)] == ["resolved"]
+
+
+def test_skip_quiet_refuses_while_the_look_back_holds_an_anomalous_window() -> None:
+    policy = _policy(k=2, n=3)
+    windows = _windows([0, 5, 0, 0, 0, 0])
+    state = _state_after(policy, windows[:3])
+    assert state.recent == [False, True, False]
+    assert _refuses_and_keeps(policy, state, 3, windows[3].end_s, windows[5].end_s)
+    _feed(policy, windows[3:5], state)  # the spike leaves the look-back: now the shortcut applies
+    assert policy.skip_quiet(state, 1, first_end_s=windows[5].end_s, last_end_s=windows[5].end_s)
+    assert (state.recent, state.episode) == ([False, False, False], None)
+
+
+def test_skip_quiet_refuses_windows_that_do_not_end_after_the_last_one_processed() -> None:
+    policy = _policy(k=2, n=3)
+    windows = _windows([0, 0, 0, 0])
+    state = _state_after(policy, windows[:2])
+    assert state.last_end_s == windows[1].end_s
+    assert _refuses_and_keeps(policy, state, 3, windows[1].end_s, windows[3].end_s)  # a replay of window 1
+    assert _refuses_and_keeps(policy, state, 4, windows[0].end_s, windows[3].end_s)
+    assert policy.skip_quiet(state, 2, first_end_s=windows[2].end_s, last_end_s=windows[3].end_s)
+    assert (state.recent, state.last_end_s) == ([False, False, False], windows[3].end_s)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ae_monitor.errors import RecordError
-from ae_monitor.records import AudioRecord, SensorRecord
-from ae_monitor.sources.decode import dead_letter, decode_message, payload_text
+from ae_monitor.records import AudioRecord, SampleRows, SensorRecord
+from ae_monitor.sources.decode import dead_letter, decode_batch, decode_message, payload_text
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -303,3 +303,231 @@ def test_binary_payloads_are_kept_as_base64_text() -> None:
     assert payload_text(b"\x00\xff") == "base64:AP8="
     assert payload_text(b"base64:abc") == "base64:YmFzZTY0OmFiYw=="  # so it cannot be mistaken for encoded bytes
     assert payload_text(None) is None
+
+
+# --- decode_batch: a whole poll at once, same verdicts as decode_message ------------------------------------------
+
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+def _sample(stream: str | None, ts: float, values: dict[str, float | None], key: bytes | None = None) -> Message:
+    obj: dict[str, Any] = {"ts": ts, "values": values}
+    if stream is not None:
+        obj["stream"] = stream
+    return (key, json.dumps(obj).encode(), [])
+
+
+def _kinds(items: list[Any]) -> list[str]:
+    return [f"rows({len(item)})" if isinstance(item, SampleRows) else type(item).__name__ for item in items]
+
+
+def test_consecutive_single_samples_with_the_same_channels_form_one_block() -> None:
+    items, errors = decode_batch(
+        [
+            _sample("pump-1", 1.5, {"a": 1.0, "b": 2}),
+            _sample(None, 2.5, {"a": None, "b": 4.0}, key=b"pump-2"),
+            (b"machine", b'{"stream": "pump-3", "ts": 3, "values": {"a": 5, "b": 6}}', [("trace", b"x")]),
+        ]
+    )
+    assert errors == []
+    (block,) = items
+    assert isinstance(block, SampleRows)
+    assert block.streams == ["pump-1", "pump-2", "pump-3"]  # the field, else the key; the field wins
+    assert block.channels == ("a", "b")
+    np.testing.assert_array_equal(block.ts_s, [1.5, 2.5, 3.0])
+    np.testing.assert_array_equal(block.values, [[1.0, 2.0], [np.nan, 4.0], [5.0, 6.0]])
+    assert block.values.dtype == block.ts_s.dtype == np.float64
+
+
+def test_a_change_of_channels_closes_the_block() -> None:
+    items, _ = decode_batch(
+        [
+            _sample("s", 1, {"a": 1, "b": 2}),
+            _sample("t", 1, {"a": 1, "b": 2}),
+            _sample("s", 2, {"b": 2, "a": 1}),  # same names, other order: other channels
+            _sample("s", 3, {"a": 1}),
+            _sample("t", 3, {"a": 1}),
+        ]
+    )
+    assert _kinds(items) == ["rows(2)", "rows(1)", "rows(2)"]
+    assert [item.channels for item in items if isinstance(item, SampleRows)] == [("a", "b"), ("b", "a"), ("a",)]
+
+
+def test_batch_records_audio_chunks_and_invalid_messages_close_the_block_in_message_order() -> None:
+    audio: Message = (b"fan-1", np.zeros(4, dtype="<i2").tobytes(), _headers())
+    batch: Message = (None, b'{"stream": "s", "ts": [1, 2], "values": {"a": [1, 2]}}', [])
+    invalid: Message = (None, b'{"stream": "s", "values": {"a": 1}}', [])
+    json_with_format: Message = (b"fan-2", b'{"stream": "s", "ts": 1, "values": {"a": 1}}', [("format", b"s16le")])
+    a = [_sample("s", float(i), {"a": i}) for i in range(8)]
+    messages = [a[0], a[1], batch, a[2], audio, a[3], invalid, a[4], json_with_format, a[5], a[6], a[7]]
+    items, errors = decode_batch(messages)
+    assert _kinds(items) == ["rows(2)", "SensorRecord", "rows(1)", "AudioRecord", "rows(1)", "rows(1)", "rows(3)"]
+    assert [(i, e.reason) for i, e in errors] == [(6, "missing_field"), (8, "missing_field")]
+    rows = [item for item in items if isinstance(item, SampleRows)]
+    assert np.concatenate([r.ts_s for r in rows]).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_an_empty_poll_decodes_to_nothing() -> None:
+    assert decode_batch([]) == ([], [])
+
+
+def _one_by_one(messages: list[Message]) -> list[SensorRecord | AudioRecord | RecordError]:
+    out: list[SensorRecord | AudioRecord | RecordError] = []
+    for key, value, headers in messages:
+        try:
+            out.append(decode_message(key, value, headers))
+        except RecordError as exc:
+            out.append(exc)
+    return out
+
+
+def _expanded(item: SensorRecord | AudioRecord | SampleRows) -> list[SensorRecord | AudioRecord]:
+    return [item.record(i) for i in range(len(item))] if isinstance(item, SampleRows) else [item]
+
+
+def _batched(messages: list[Message]) -> list[SensorRecord | AudioRecord | RecordError]:
+    """decode_batch's verdict for each message, in message order (SampleRows expanded back into records)."""
+    items, errors = decode_batch(messages)
+    records = iter([r for item in items for r in _expanded(item)])
+    failed = dict(errors)
+    out = [failed[i] if i in failed else next(records) for i in range(len(messages))]
+    assert next(records, None) is None
+    return out
+
+
+def _assert_same_verdicts(messages: list[Message]) -> None:
+    for message, got, want in zip(messages, _batched(messages), _one_by_one(messages), strict=True):
+        assert type(got) is type(want), message
+        if isinstance(want, RecordError):
+            assert isinstance(got, RecordError)
+            assert (got.reason, str(got)) == (want.reason, str(want)), message
+        elif isinstance(want, SensorRecord):
+            assert isinstance(got, SensorRecord)
+            assert (got.stream, got.channels) == (want.stream, want.channels), message
+            np.testing.assert_array_equal(got.ts_s, want.ts_s)
+            np.testing.assert_array_equal(got.values, want.values)  # NaN equals NaN here
+            assert got.values.shape == want.values.shape
+            assert got.values.dtype == got.ts_s.dtype == np.float64
+
+
+TRICKY_VALUES: list[bytes] = [
+    b'{"stream": "s", "ts": 1, "values": {"a": 1, "b": 2.5}}',
+    b'{"stream": "s", "ts": NaN, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": NaN}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": Infinity}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": -Infinity}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1}, "site": NaN}',
+    b'{"stream": "s", "ts": 1e400, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1e400}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": -1e309}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1.7976931348623157e308}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1.7976931348623159e308}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1e-400, "b": 4.9e-324}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1}, "site": 1e400}',
+    b'{"stream": "s", "ts": true, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": false}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": "1.5"}}',
+    b'{"stream": "s", "ts": "1", "values": {"a": 1}}',
+    b'{"stream": "s", "ts": null, "values": {"a": 1}}',
+    b'{"stream": "s", "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1}',
+    b'{"stream": "s", "ts": 1, "values": {}}',
+    b'{"stream": "s", "ts": 1, "values": [1]}',
+    b'{"stream": "s", "ts": 1, "values": {"a": [1]}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": {"b": 1}}}',
+    b'{"stream": 7, "ts": 1, "values": {"a": 1}}',
+    b'{"stream": "", "ts": 1, "values": {"a": 1}}',
+    b'{"stream": null, "ts": 1, "values": {"a": 1}}',
+    b'{"ts": 1, "values": {"a": 1}}',
+    b'{"stream": "\\ud800", "ts": 1, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "values": {"\\u00e9\\n": 1}}',
+    b"{not json",
+    b"",
+    b"[1, 2]",
+    b'"text"',
+    b"null",
+    b'{"stream": "s", "ts": 1, "values": {"a": 1}} trailing',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1},}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 01}}',
+    b'{"stream": "s", "ts": .5, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": "\x01"}}',
+    b'\xef\xbb\xbf{"stream": "s", "ts": 1, "values": {"a": 1}}',
+    b' \n{"stream": "s", "ts": -0, "values": {"a": -0.0}}\t\r\n',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1' + b"0" * 400 + b"}}",
+    b'{"stream": "s", "ts": 1' + b"0" * 400 + b', "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1' + b"0" * 30 + b', "values": {"a": -1' + b"0" * 30 + b"}}",
+    b'{"stream": "s", "ts": 1, "values": {"a": 1' + b"0" * 5000 + b"}}",
+    b'{"stream": "s", "ts": 18446744073709551616, "values": {"a": 9007199254740993}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 17976931348623159' + b"0" * 292 + b"}}",
+    b'{"stream": "s", "ts": 1, "values": {"a": 1, "b": 2, "a": 3}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": "x", "a": 2}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 2, "a": "x"}}',
+    b'{"stream": "s", "stream": "t", "ts": 1, "values": {"a": 1}}',
+    b'{"stream": 7, "stream": "s", "ts": 1, "values": {"a": 1}}',
+    b'{"stream": "s", "stream": 7, "ts": 1, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": "x", "ts": 1, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "ts": "x", "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1}, "values": {"b": 2}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1}, "values": {}}',
+    b'{"stream": "s", "ts": 1, "values": 5, "values": {"a": 1}}',
+    b'{"stream": "s", "ts": 1, "values": {"a": 1}, "site": "plant-2", "tags": [1, {"x": null}]}',
+    b'{"stream": "s", "ts": 1, "values": {"a": null, "b": null}}',
+    b'{"stream": "s", "ts": [1], "values": {"a": [null]}}',
+]
+
+
+@pytest.mark.parametrize("key", [None, b"key-1", b"", b"\xff\xfe"], ids=["no-key", "key", "empty-key", "non-utf8-key"])
+@pytest.mark.parametrize("value", TRICKY_VALUES, ids=[v[:60].decode("utf-8", "replace") for v in TRICKY_VALUES])
+def test_decode_batch_accepts_and_refuses_each_message_exactly_as_decode_message(
+    key: bytes | None, value: bytes
+) -> None:
+    good = _sample("pump-1", 1.0, {"a": 1})
+    _assert_same_verdicts([(key, value, [])])
+    _assert_same_verdicts([good, (key, value, []), good, good])
+
+
+def test_decode_batch_agrees_with_decode_message_on_a_shuffled_mix() -> None:
+    rng = np.random.default_rng(0)
+    keys = [None, b"key-1", b"\xff"]
+    picks = zip(rng.integers(len(keys), size=400), rng.integers(len(TRICKY_VALUES), size=400), strict=True)
+    messages: list[Message] = [(keys[k], TRICKY_VALUES[v], []) for k, v in picks]
+    _assert_same_verdicts(messages)
+
+
+# Corners where msgspec alone would disagree with decode_message (the fast path guards each of them).
+ACCEPTED_BUT_REFUSED_ONE_BY_ONE = [
+    pytest.param(b'{"stream": "s", "ts": 1, "values": {"a": 1}, "site": "\xff"}', id="invalid-utf8-in-an-extra-field"),
+    pytest.param(b'{"stream": "s", "ts": 1, "values": {"a": 1}, "site": "\xc0\xaf"}', id="overlong-utf8-extra-field"),
+    pytest.param(
+        b'{"stream": "s", "ts": 1, "values": {"a": 1}, "n": 1' + b"0" * 5000 + b"}",
+        id="int-over-4300-digits-extra-field",
+    ),
+    pytest.param(
+        b'{"stream": "s", "ts": 17976931348623158' + b"0" * 292 + b', "values": {"a": 1}}',
+        id="int-ts-above-max-float-that-rounds-to-it",
+    ),
+]
+
+
+@pytest.mark.parametrize("value", ACCEPTED_BUT_REFUSED_ONE_BY_ONE)
+def test_decode_batch_refuses_what_decode_message_refuses_even_in_fields_it_does_not_read(value: bytes) -> None:
+    _assert_same_verdicts([(None, value, [])])
+
+
+CRASHING_THE_FAST_PATH = [
+    pytest.param(b'{"stream": "\xff", "ts": 1, "values": {"a": 1}}', id="invalid-utf8-stream"),
+    pytest.param(b'{"stream": "s", "ts": 1, "values": {"\xff": 1}}', id="invalid-utf8-channel"),
+    pytest.param(b'{"stream": "\xed\xa0\x80", "ts": 1, "values": {"a": 1}}', id="utf8-encoded-surrogate-stream"),
+]
+
+
+@pytest.mark.parametrize("value", CRASHING_THE_FAST_PATH)
+def test_invalid_utf8_in_a_string_is_an_invalid_json_verdict_not_an_exception(value: bytes) -> None:
+    assert _reason(None, value) == "invalid_json"
+    _, errors = decode_batch([(None, value, [])])
+    assert [(i, e.reason) for i, e in errors] == [(0, "invalid_json")]
+
+
+def test_a_deeply_nested_value_gives_a_verdict_not_a_recursion_error() -> None:
+    deep = b'{"stream": "s", "ts": 1, "values": {"a": 1}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    _assert_same_verdicts([(None, deep, [])])

@@ -191,3 +191,77 @@ def test_retry_lets_refreshing_sinks_re_send_active_alerts() -> None:
     queue = _queue(sink, clock=Clock())
     queue.retry(42.0)
     assert sink.ticks == [42.0]
+
+
+# -- pipelined sinks: batches in flight until acknowledged ----------------------------------------------------------
+
+
+class Ack:
+    """One submitted batch; the test decides when and how the receiver answers."""
+
+    def __init__(self) -> None:
+        self.answered, self.error = False, False
+
+    def done(self) -> bool:
+        return self.answered
+
+    def result(self, timeout_s: float) -> None:
+        if not self.answered:
+            raise SinkError("no answer in time", sink="pipelined")
+        if self.error:
+            raise SinkError("receiver refused the batch", sink="pipelined")
+
+
+class PipelinedSink:
+    name = "pipelined"
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[list[str], Ack]] = []
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        raise AssertionError("a pipelined sink is submitted to, never sent to")
+
+    def submit(self, alerts: Sequence[Alert]) -> Ack:
+        ack = Ack()
+        self.submitted.append(([a.id for a in alerts], ack))
+        return ack
+
+
+def test_a_pipelined_sink_holds_commits_back_until_the_receiver_acknowledges() -> None:
+    sink = PipelinedSink()
+    queue = DeliveryQueue({sink.name: sink}, max_pending=100, clock=Clock())
+    queue.offer(_alerts("a", "b"))
+    assert [ids for ids, _ in sink.submitted] == [["a", "b"]]  # handed over at once, without waiting
+    assert not queue.idle
+    assert queue.pending == 2
+    queue.retry()
+    assert not queue.idle  # no answer yet: retry does not wait for one
+    sink.submitted[0][1].answered = True
+    queue.retry()
+    assert queue.idle
+    assert queue.pending == 0
+
+
+def test_a_refused_batch_and_every_batch_after_it_are_sent_again_in_order() -> None:
+    sink, clock = PipelinedSink(), Clock()
+    queue = DeliveryQueue({sink.name: sink}, max_pending=100, backoff=Backoff(initial_s=1.0, max_s=1.0), clock=clock)
+    queue.offer(_alerts("fire"))
+    queue.offer(_alerts("resolve"))
+    first, second = (ack for _, ack in sink.submitted)
+    first.answered = first.error = True
+    second.answered = True  # the later batch arrived, but it must not settle ahead of the one refused before it
+    queue.retry()
+    assert queue.pending == 2
+    assert not queue.idle
+    clock.now_s = 10.0
+    queue.retry()
+    assert [ids for ids, _ in sink.submitted[2:]] == [["fire", "resolve"]]
+
+
+def test_drain_waits_for_the_acknowledgements_in_flight() -> None:
+    sink = PipelinedSink()
+    queue = DeliveryQueue({sink.name: sink}, max_pending=100, clock=Clock())
+    queue.offer(_alerts("a"))
+    sink.submitted[0][1].answered = True
+    assert queue.drain(timeout_s=1.0)
+    assert queue.idle

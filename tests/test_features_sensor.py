@@ -10,7 +10,7 @@ import pytest
 from ae_monitor.config import FeaturesConfig, SensorConfig
 from ae_monitor.errors import DataError, RecordError
 from ae_monitor.features import build_extractor, concat_vectors
-from ae_monitor.features.sensor import SensorExtractor
+from ae_monitor.features.sensor import SensorExtractor, SensorStream, push_many
 from ae_monitor.records import Vectors
 
 CHANNELS = ("a", "b", "c")
@@ -198,3 +198,101 @@ def test_build_extractor_refuses_a_manifest_without_statistics() -> None:
     manifest["stats"] = {"mean": [0.0, 1.0], "std": [1.0, 1.0]}
     with pytest.raises(ValueError, match="3 finite values"):
         build_extractor(features, manifest)
+
+
+# --- push_many: many streams of one extractor in one pass ---------------------------------------------------------
+
+PUSH_MANY_SETTINGS = [
+    {"window_samples": 5, "hop_samples": 1},
+    {"window_samples": 6, "hop_samples": 4},
+    {"window_samples": 4, "hop_samples": 3, "differences": True},
+    {"window_samples": 1, "hop_samples": 1, "differences": True},
+    {"window_samples": 3, "hop_samples": 3, "scaling": "minmax"},
+]
+
+
+def push_one_by_one(streams: list[SensorStream], x: np.ndarray, counts: list[int]) -> tuple[Vectors, list[int]]:
+    """What `push_many` must give: each stream's block pushed on its own, the vectors concatenated in order."""
+    parts, at = [], 0
+    for stream, n in zip(streams, counts, strict=True):
+        parts.append(stream.push(x[at : at + n]))
+        at += n
+    return concat_vectors(parts, parts[0].data.shape[1]), [len(part) for part in parts]
+
+
+def assert_same_vectors(actual: Vectors, expected: Vectors) -> None:
+    np.testing.assert_array_equal(actual.data, expected.data)
+    np.testing.assert_array_equal(actual.first_sample, expected.first_sample)
+    np.testing.assert_array_equal(actual.end_sample, expected.end_sample)
+    assert actual.data.dtype == expected.data.dtype
+
+
+@pytest.mark.parametrize("settings", PUSH_MANY_SETTINGS, ids=[str(s) for s in PUSH_MANY_SETTINGS])
+def test_push_many_gives_the_vectors_of_pushing_stream_by_stream_over_consecutive_batches(
+    settings: dict[str, Any],
+) -> None:
+    extractor = fitted(**settings)
+    many = [extractor.stream() for _ in range(6)]
+    single = [extractor.stream() for _ in range(6)]
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        counts = [int(n) for n in rng.choice([0, 0, 1, 2, 3, 5, 9, 17], size=len(many))]
+        x = training_data(sum(counts), seed=int(rng.integers(1000)))
+        vectors, made = push_many(many, x, counts)
+        expected, expected_made = push_one_by_one(single, x, counts)
+        assert_same_vectors(vectors, expected)
+        assert made == expected_made
+    # The streams are left in the same state: later pushes (a missing value included) agree too.
+    later = training_data(20, seed=5)
+    later[0, 1] = np.nan  # filled from the last sample each stream got before
+    for a, b in zip(many, single, strict=True):
+        assert_same_vectors(a.push(later), b.push(later))
+
+
+def vectors_between(vectors: Vectors, start: int, stop: int) -> Vectors:
+    return Vectors(vectors.data[start:stop], vectors.first_sample[start:stop], vectors.end_sample[start:stop])
+
+
+@pytest.mark.parametrize("settings", PUSH_MANY_SETTINGS, ids=[str(s) for s in PUSH_MANY_SETTINGS])
+def test_push_many_gives_each_stream_the_windows_of_its_whole_sample_sequence(settings: dict[str, Any]) -> None:
+    extractor = fitted(**settings)
+    streams = [extractor.stream() for _ in range(4)]
+    fed: list[list[np.ndarray]] = [[] for _ in streams]
+    got: list[list[Vectors]] = [[] for _ in streams]
+    rng = np.random.default_rng(4)
+    for _ in range(15):
+        counts = [int(n) for n in rng.integers(0, 12, size=len(streams))]
+        x = training_data(sum(counts), seed=int(rng.integers(1000)))
+        vectors, made = push_many(streams, x, counts)
+        assert sum(made) == len(vectors)
+        row = vec = 0
+        for k, (n, m) in enumerate(zip(counts, made, strict=True)):
+            fed[k].append(x[row : row + n])
+            got[k].append(vectors_between(vectors, vec, vec + m))
+            row, vec = row + n, vec + m
+    for k in range(len(streams)):
+        assert_same_vectors(concat_vectors(got[k], extractor.vector_size), extractor.transform(np.concatenate(fed[k])))
+
+
+def test_push_many_counts_windows_per_stream_and_skips_streams_without_rows() -> None:
+    extractor = fitted(window_samples=4, hop_samples=2)
+    streams = [extractor.stream() for _ in range(3)]
+    vectors, made = push_many(streams, training_data(12), [0, 8, 4])
+    assert made == [0, 3, 1]  # 8 samples: windows at 0, 2, 4; 4 samples: the window at 0
+    assert vectors.first_sample.tolist() == [0, 2, 4, 0]
+    assert vectors.end_sample.tolist() == [4, 6, 8, 4]
+    vectors, made = push_many(streams, training_data(3), [1, 0, 2])
+    assert made == [0, 0, 1]  # stream 1 got nothing; stream 2 now has samples 0..5: the window at 2
+    assert vectors.first_sample.tolist() == [2]
+
+
+def test_push_many_while_every_stream_is_still_warming_gives_no_vectors() -> None:
+    extractor = fitted(window_samples=10, hop_samples=5)
+    streams = [extractor.stream() for _ in range(3)]
+    vectors, made = push_many(streams, training_data(12), [3, 9, 0])
+    assert made == [0, 0, 0]
+    assert vectors.data.shape == (0, extractor.vector_size)
+    assert len(vectors.first_sample) == len(vectors.end_sample) == 0
+    vectors, made = push_many(streams, training_data(8), [7, 1, 0])  # streams 0 and 1 fill their first window
+    assert made == [1, 1, 0]
+    assert vectors.first_sample.tolist() == [0, 0]

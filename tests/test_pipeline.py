@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,7 @@ def _interleaved_rows(seed: int) -> list[SensorRecord]:
     streams = {name: _single_samples(_record(name, 100 * k, 120)) for k, name in enumerate("abcdef")}
     fault = streams["b"]
     for i in range(60, 90):
-        fault[i] = SensorRecord("b", fault[i].ts_s, fault[i].values + [0, 0, 20, 0], CHANNELS)
+        fault[i] = SensorRecord("b", fault[i].ts_s, fault[i].values + np.array([0, 0, 20, 0]), CHANNELS)
     late = streams["c"]
     late[50] = SensorRecord("c", late[48].ts_s, late[50].values, CHANNELS)
     missing = streams["d"]
@@ -220,7 +221,7 @@ def test_sample_rows_score_alert_and_progress_like_the_same_records_one_by_one(b
     by_record, columnar = Harness(bundle), Harness(bundle)
     cuts = [0, 37, 200, 201, 450, len(records)]
     expected, got = [], []
-    for lo, hi in zip(cuts, cuts[1:], strict=False):
+    for lo, hi in itertools.pairwise(cuts):
         expected.append(by_record.pipeline.process_batch(records[lo:hi]))
         got.append(columnar.pipeline.process_batch([_rows(records[lo:hi])]))
     for want, have in zip(expected, got, strict=True):
@@ -247,7 +248,7 @@ def test_sample_rows_mixed_with_records_keep_each_streams_order(bundle: Bundle) 
     mixed, by_record = Harness(bundle), Harness(bundle)
     batch = [_rows(singles[:20]), _record("s", 20, 10), _rows(singles[30:60])]
     # the middle record holds samples 20..29 of the same stream (same values as _record makes for them)
-    want = by_record.pipeline.process_batch(singles[:20] + [_record("s", 20, 10)] + singles[30:60])
+    want = by_record.pipeline.process_batch([*singles[:20], _record("s", 20, 10), *singles[30:60]])
     have = mixed.pipeline.process_batch(batch)
     assert [w.start_s for w in have.windows] == [w.start_s for w in want.windows]
     assert have.positions == want.positions

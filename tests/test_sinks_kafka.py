@@ -163,9 +163,13 @@ def test_state_store_round_trip_on_a_compacted_topic_latest_wins_and_tombstones_
 
 def test_a_state_the_producer_refuses_is_a_sink_error_naming_the_topic(producer: Any) -> None:
     store = KafkaStateStore(producer, "ae-monitor-test-unused")
-    with pytest.raises(SinkError, match="ae-monitor-test-unused"):
+
+    def save_and_settle() -> None:
         store.save({"pump-1": {"blob": "x" * 2_000_000}})  # over the producer's max_request_size (1 MiB)
         store.settle()
+
+    with pytest.raises(SinkError, match="ae-monitor-test-unused"):
+        save_and_settle()
 
 
 def test_load_state_of_a_missing_topic_is_empty(conn: KafkaConnectionConfig) -> None:

@@ -12,6 +12,12 @@ Contract with the daemon (at-least-once):
   `max_pending` alerts, which tells the daemon to stop consuming (pause) and call `retry` until `full` is false;
 - on shutdown, `drain(timeout_s)` tries every lane until it is empty or the time is up.
 
+A sink that can hand alerts over without waiting (`Submitting`: the Kafka alerts topic) is pipelined: its batches
+wait in flight until the broker acknowledges them, checked without blocking by `retry` (so the main loop never
+waits for a round trip), and the lane is only `idle` once nothing is in flight. When an in-flight batch fails, it
+and every batch sent after it go back to the front of the lane, in order, so a sink never sees a `resolved` event
+settle before the `firing` one it follows.
+
 A retried batch may reach a sink twice (say a webhook that failed after its first alerts); receivers deduplicate
 by the alert id, which is deterministic. Single-threaded: call it from the main loop only.
 """
@@ -51,6 +57,22 @@ class Refreshing(Protocol):
     def tick(self, now_s: float) -> None: ...
 
 
+class Pending(Protocol):
+    """A batch handed to a sink, on its way."""
+
+    def done(self) -> bool: ...
+
+    def result(self, timeout_s: float) -> None:
+        """Wait at most `timeout_s` for the acknowledgement; raise SinkError when the batch was not delivered."""
+
+
+@runtime_checkable
+class Submitting(Protocol):
+    """A sink that hands a batch over and acknowledges it later (see the module docstring)."""
+
+    def submit(self, alerts: Sequence[Alert]) -> Pending: ...
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Delay before retrying a lane after `failures` consecutive failures: exponential, capped, half jittered
@@ -68,8 +90,13 @@ class Backoff:
 class _Lane:
     sink: AlertSink
     queue: deque[Alert] = field(default_factory=deque)
+    in_flight: deque[tuple[list[Alert], Pending]] = field(default_factory=deque)
     failures: int = 0
     next_attempt_s: float = -math.inf
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue) + sum(len(batch) for batch, _ in self.in_flight)
 
 
 class DeliveryQueue:
@@ -93,19 +120,19 @@ class DeliveryQueue:
     @property
     def pending(self) -> int:
         """Alert deliveries waiting, summed over sinks (an alert two sinks missed counts twice)."""
-        return sum(len(lane.queue) for lane in self._lanes.values())
+        return sum(lane.waiting for lane in self._lanes.values())
 
     def pending_by_sink(self) -> dict[str, int]:
-        return {name: len(lane.queue) for name, lane in self._lanes.items()}
+        return {name: lane.waiting for name, lane in self._lanes.items()}
 
     @property
     def idle(self) -> bool:
-        """Nothing waits for any sink: offsets may be committed."""
-        return all(not lane.queue for lane in self._lanes.values())
+        """Nothing waits for any sink, nor for an acknowledgement: offsets may be committed."""
+        return all(not lane.queue and not lane.in_flight for lane in self._lanes.values())
 
     @property
     def full(self) -> bool:
-        return any(len(lane.queue) > self._max_pending for lane in self._lanes.values())
+        return any(lane.waiting > self._max_pending for lane in self._lanes.values())
 
     def offer(self, alerts: Sequence[Alert]) -> None:
         """Queue `alerts` for every sink and deliver them now where the lane is not backing off.
@@ -125,6 +152,7 @@ class DeliveryQueue:
         """Re-attempt every lane whose backoff has passed; let refreshing sinks re-send. Never raises."""
         now_s = self._clock() if now_s is None else now_s
         for name, lane in self._lanes.items():
+            self._settle(name, lane, now_s, timeout_s=None)
             if lane.queue and now_s >= lane.next_attempt_s:
                 self._deliver(name, lane, now_s)
             if isinstance(lane.sink, Refreshing) and not lane.queue:
@@ -138,6 +166,7 @@ class DeliveryQueue:
             for name, lane in self._lanes.items():
                 if lane.queue:
                     self._deliver(name, lane, self._clock())
+                self._settle(name, lane, self._clock(), timeout_s=max(0.0, deadline_s - self._clock()))
             remaining_s = deadline_s - self._clock()
             if self.idle or remaining_s <= 0:
                 break
@@ -149,12 +178,37 @@ class DeliveryQueue:
         while lane.queue:
             batch = list(islice(lane.queue, self._batch_size))
             try:
-                lane.sink.send(batch)
+                if isinstance(lane.sink, Submitting):
+                    lane.in_flight.append((batch, lane.sink.submit(batch)))
+                else:
+                    lane.sink.send(batch)
             except SinkError as exc:
                 self._failed(name, lane, now_s, exc)
                 return
             for _ in batch:
                 lane.queue.popleft()
+        if not lane.in_flight:
+            self._recovered(name, lane)
+
+    def _settle(self, name: str, lane: _Lane, now_s: float, *, timeout_s: float | None) -> None:
+        """Retire acknowledged in-flight batches, oldest first; without `timeout_s`, only those already done."""
+        while lane.in_flight:
+            pending = lane.in_flight[0][1]
+            if timeout_s is None and not pending.done():
+                return
+            try:
+                pending.result(timeout_s or 0.0)
+            except SinkError as exc:
+                # This batch and all sent after it go back, in order (some of them may arrive twice).
+                lane.queue.extendleft(reversed([a for sent, _ in lane.in_flight for a in sent]))
+                lane.in_flight.clear()
+                self._failed(name, lane, now_s, exc)
+                return
+            lane.in_flight.popleft()
+        if not lane.queue:
+            self._recovered(name, lane)
+
+    def _recovered(self, name: str, lane: _Lane) -> None:
         if lane.failures:
             log.info("sink %s delivers again after %d failed attempts", name, lane.failures)
         lane.failures, lane.next_attempt_s = 0, -math.inf
@@ -171,10 +225,10 @@ class DeliveryQueue:
     def _update_gauges(self) -> None:
         if self._metrics is not None:
             for name, lane in self._lanes.items():
-                self._metrics.alerts_pending.labels(sink=name).set(len(lane.queue))
+                self._metrics.alerts_pending.labels(sink=name).set(lane.waiting)
 
     def _raise_if_full(self) -> None:
-        full = [name for name, lane in self._lanes.items() if len(lane.queue) > self._max_pending]
+        full = [name for name, lane in self._lanes.items() if lane.waiting > self._max_pending]
         if full:
             raise SinkError(
                 f"more than {self._max_pending} alerts wait for delivery; they are kept, stop consuming and call "

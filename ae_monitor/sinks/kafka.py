@@ -137,15 +137,44 @@ def send_all(producer: Producer, topic: str, messages: Iterable[Message], *, sin
 
 
 class KafkaAlertSink:
-    """Alert events as JSON (docs/alerts.md), key = stream, header `alert_id`."""
+    """Alert events as JSON (docs/alerts.md), key = stream, header `alert_id`.
+
+    `submit` hands a batch to the producer and returns at once (the delivery queue checks the acknowledgement
+    later, so the main loop never waits for the broker); `send` waits for it."""
 
     def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
         self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
         self.name = f"kafka:{topic}"
 
     def send(self, alerts: Sequence[Alert]) -> None:
+        self.submit(alerts).result(self._timeout_s)
+
+    def submit(self, alerts: Sequence[Alert]) -> PendingSends:
         messages = [(a.stream.encode(), to_json(a).encode(), [("alert_id", a.id.encode())]) for a in alerts]
-        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+        try:
+            futures = [self._producer.send(self._topic, key=k, value=v, headers=h) for k, v, h in messages]
+        except KafkaError as exc:
+            raise SinkError(f"topic {self._topic}: not sent: {exc!r}", sink=self.name, retriable=exc.retriable) from exc
+        return PendingSends(futures, topic=self._topic, sink=self.name)
+
+
+class PendingSends:
+    """Producer futures of one batch: done once the broker answered every message."""
+
+    def __init__(self, futures: list[Any], *, topic: str, sink: str) -> None:
+        self._futures, self._topic, self._sink = futures, topic, sink
+
+    def done(self) -> bool:
+        return all(future.is_done for future in self._futures)
+
+    def result(self, timeout_s: float) -> None:
+        deadline_s = time.monotonic() + timeout_s
+        try:
+            for future in self._futures:
+                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
+        except KafkaError as exc:
+            raise SinkError(f"topic {self._topic}: not acknowledged: {exc!r}", sink=self._sink,
+                            retriable=exc.retriable) from exc  # fmt: skip
 
 
 def score_to_json(score: WindowScore) -> str:

@@ -69,47 +69,50 @@ class _Sample(msgspec.Struct):
 
 
 _SAMPLE = msgspec.json.Decoder(_Sample)
+# Longer values take the careful path: it refuses integers of more than 4,300 digits (Python's conversion limit),
+# which msgspec would take, and single samples are far shorter.
+_FAST_MAX_BYTES = 4096
+Message = tuple[bytes | None, bytes | None, Headers]
 
 
-def decode_batch(
-    messages: Sequence[tuple[bytes | None, bytes | None, Headers]],
-) -> tuple[list[Record | SampleRows], list[tuple[int, RecordError]]]:
+def decode_batch(messages: Sequence[Message]) -> tuple[list[Record | SampleRows], list[tuple[int, RecordError]]]:
     """Decode messages in order: (records and SampleRows blocks, holding the good messages in their order;
     (message index, error) of the others). Consecutive single-sample sensor messages with the same channels share one
     SampleRows block; every other message becomes what `decode_message` makes of it."""
     items: list[Record | SampleRows] = []
     errors: list[tuple[int, RecordError]] = []
-    block = _Block()
+    block = _Block(messages, items, errors)
     for i, (key, value, headers) in enumerate(messages):
         sample = _fast_sample(key, value, headers)
         if sample is not None:
-            stream, ts, values = sample
-            channels = tuple(values)
-            if channels != block.channels:
-                block.close_into(items)
-                block.channels = channels
-            block.streams.append(stream)
-            block.ts.append(ts)
-            block.rows.append(list(values.values()))
-            continue
-        block.close_into(items)
-        try:
-            items.append(decode_message(key, value, headers))
-        except RecordError as exc:
-            errors.append((i, exc))
-    block.close_into(items)
+            block.add(i, *sample)
+        else:
+            block.close()
+            _decode_one(i, messages[i], items, errors)
+    block.close()
     return items, errors
+
+
+def _decode_one(
+    i: int, message: Message, items: list[Record | SampleRows], errors: list[tuple[int, RecordError]]
+) -> None:
+    try:
+        items.append(decode_message(*message))
+    except RecordError as exc:
+        errors.append((i, exc))
 
 
 def _fast_sample(
     key: bytes | None, value: bytes | None, headers: Headers
 ) -> tuple[str, float, dict[str, float | None]] | None:
     """(stream, ts, values) of a valid single-sample sensor message; None sends it down the careful path."""
-    if not value or (headers and any(name == FORMAT_HEADER for name, _ in headers)):
+    if not value or len(value) > _FAST_MAX_BYTES or (headers and any(name == FORMAT_HEADER for name, _ in headers)):
         return None
     try:
+        if not value.isascii():
+            value.decode("utf-8")  # msgspec does not check the UTF-8 of fields it skips; the careful path does
         sample = _SAMPLE.decode(value)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
     stream = sample.stream
     if stream is None and key:
@@ -125,17 +128,42 @@ def _fast_sample(
 class _Block:
     """Consecutive single samples with the same channels, on their way into one SampleRows."""
 
-    def __init__(self) -> None:
-        self.channels: tuple[str, ...] = ()
-        self.streams: list[str] = []
-        self.ts: list[float] = []
-        self.rows: list[list[float | None]] = []
+    def __init__(
+        self, messages: Sequence[Message], items: list[Record | SampleRows], errors: list[tuple[int, RecordError]]
+    ) -> None:
+        self._messages, self._items, self._errors = messages, items, errors
+        self._channels: tuple[str, ...] = ()
+        self._indices: list[int] = []
+        self._streams: list[str] = []
+        self._ts: list[float] = []
+        self._rows: list[list[float | None]] = []
 
-    def close_into(self, out: list[Record | SampleRows]) -> None:
-        if self.streams:
-            values = np.array(self.rows, dtype=np.float64)  # null -> NaN, as in the careful path
-            out.append(SampleRows(self.streams, np.array(self.ts, dtype=np.float64), values, self.channels))
-        self.streams, self.ts, self.rows = [], [], []
+    def add(self, i: int, stream: str, ts: float, values: dict[str, float | None]) -> None:
+        channels = tuple(values)
+        if channels != self._channels:
+            self.close()
+            self._channels = channels
+        self._indices.append(i)
+        self._streams.append(stream)
+        self._ts.append(ts)
+        self._rows.append(list(values.values()))
+
+    def close(self) -> None:
+        if self._streams:
+            ts = np.array(self._ts, dtype=np.float64)
+            values = np.array(self._rows, dtype=np.float64)  # null -> NaN, as in the careful path
+            if _extreme(ts) or _extreme(values):
+                # msgspec rounds integers just beyond the float range to the largest float; the careful path
+                # refuses them. Rare enough to decode those messages again, one by one.
+                for i in self._indices:
+                    _decode_one(i, self._messages[i], self._items, self._errors)
+            else:
+                self._items.append(SampleRows(self._streams, ts, values, self._channels))
+        self._indices, self._streams, self._ts, self._rows = [], [], [], []
+
+
+def _extreme(values: npt.NDArray[np.float64]) -> bool:
+    return bool((np.abs(values) >= _MAX_FLOAT).any())
 
 
 def decode_message(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Record:
@@ -166,6 +194,8 @@ def _parse_json(value: bytes | None) -> dict[str, Any]:
         raise RecordError("the message has no value", reason="empty_value")
     try:
         obj = _DECODER.decode(value.decode("utf-8"))
+    except RecursionError:
+        raise RecordError("the value is not JSON: nested too deeply", reason="invalid_json") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise RecordError(f"the value is not JSON: {exc}", reason="invalid_json") from None
     if type(obj) is not dict:
