@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 # Label values known in advance are exported at 0 from the start, so rate() and increase() see the first event
 # and dashboards show 0 rather than "no data" on a healthy daemon.
@@ -19,15 +19,6 @@ DEAD_LETTER_REASONS = (
     "no_stream", "channel_mismatch", "sample_rate", "nan_value", "no_route", "wrong_kind", "shape", "invalid_record",
 )  # fmt: skip
 EVICTION_REASONS = ("idle", "capacity", "revoked", "lost")
-
-
-@dataclass(frozen=True)
-class StreamGauges:
-    """One stream's children of the per-stream gauges."""
-
-    score: Gauge
-    threshold: Gauge
-    last_sample: Gauge
 
 
 class Metrics:
@@ -40,14 +31,9 @@ class Metrics:
             "ae_monitor_samples", "Samples consumed (audio samples or sensor rows).", registry=registry
         )
         self.windows = Counter("ae_monitor_windows_scored", "Windows scored.", ["bundle"], registry=registry)
-        self.score = Gauge("ae_monitor_window_score", "Latest window score.", ["stream", "bundle"], registry=registry)
         self.threshold = Gauge("ae_monitor_threshold", "Calibrated alert threshold.", ["bundle"], registry=registry)
-        self.window_threshold = Gauge(
-            "ae_monitor_window_threshold",
-            "Threshold the latest window was judged against (differs per stream with live DSPOT thresholds).",
-            ["stream", "bundle"],
-            registry=registry,
-        )
+        # ae_monitor_window_score, ae_monitor_window_threshold, ae_monitor_stream_last_sample_timestamp_seconds
+        self.streams = StreamSeries(registry)
         self.alerts = Counter("ae_monitor_alerts", "Alert events sent.", ["bundle", "status"], registry=registry)
         self.firing = Gauge(
             "ae_monitor_stream_firing", "1 while a stream's alert fires.", ["stream"], registry=registry
@@ -122,16 +108,9 @@ class Metrics:
             registry=registry,
         )
         self.reloads = Counter("ae_monitor_bundle_reloads", "Bundle reload attempts.", ["result"], registry=registry)
-        self.stream_last_sample = Gauge(
-            "ae_monitor_stream_last_sample_timestamp_seconds",
-            "Event time of the newest sample of each stream.",
-            ["stream"],
-            registry=registry,
-        )
         self.partitions = Gauge(
             "ae_monitor_partitions_assigned", "Partitions owned by this process.", registry=registry
         )
-        self._stream_gauges: dict[tuple[str, str], StreamGauges] = {}
 
     def start_at_zero(self, bundles: tuple[str, ...] = ()) -> None:
         """Export every known label value at 0 (see DEAD_LETTER_REASONS)."""
@@ -149,29 +128,61 @@ class Metrics:
             self.alerts.labels(bundle, status)
         self.windows.labels(bundle)
 
-    def stream_gauges(self, stream: str, bundle: str) -> StreamGauges:
-        """The per-stream series of a stream scored by `bundle` (cached: looking labels up costs more than setting
-        a value, and the daemon sets them for every stream in every micro-batch)."""
-        key = (stream, bundle)
-        found = self._stream_gauges.get(key)
-        if found is None:
-            found = self._stream_gauges[key] = StreamGauges(
-                self.score.labels(stream, bundle),
-                self.window_threshold.labels(stream, bundle),
-                self.stream_last_sample.labels(stream),
-            )
-        return found
+    def forget_stream(self, stream: str) -> None:
+        """Drop a stream's firing series when its state is dropped (the other per-stream series are read from the
+        live stream states, so they go by themselves)."""
+        with contextlib.suppress(KeyError):  # never fired
+            self.firing.remove(stream)
 
-    def forget_stream(self, stream: str, bundle: str) -> None:
-        """Drop a stream's series when its state is dropped (no stale per-stream gauges)."""
-        # The stream-only series go for every bundle, so every cached child of the stream goes too.
-        for key in [key for key in self._stream_gauges if key[0] == stream]:
-            del self._stream_gauges[key]
-        for gauge, labels in ((self.score, (stream, bundle)), (self.window_threshold, (stream, bundle)),
-                              (self.firing, (stream,)),
-                              (self.stream_last_sample, (stream,))):  # fmt: skip
-            with contextlib.suppress(KeyError):  # never set for this stream
-                gauge.remove(*labels)
+
+@dataclass(frozen=True)
+class StreamReading:
+    """One stream's per-stream series: its newest window's score and threshold (None before its first window)
+    and the event time of its newest sample."""
+
+    stream: str
+    bundle: str
+    score: float | None
+    threshold: float | None
+    last_sample_s: float | None
+
+
+class StreamSeries:
+    """The per-stream gauges, read from the owner's stream states when Prometheus scrapes.
+
+    Setting three labelled gauges per stream in every micro-batch cost more than scoring the stream's windows; the
+    pipeline only keeps the newest values in its stream states and hands over a function that reads them."""
+
+    _DOCS = (
+        ("ae_monitor_window_score", "Latest window score.", ("stream", "bundle")),
+        ("ae_monitor_window_threshold",
+         "Threshold the latest window was judged against (differs per stream with live DSPOT thresholds).",
+         ("stream", "bundle")),
+        ("ae_monitor_stream_last_sample_timestamp_seconds", "Event time of the newest sample of each stream.",
+         ("stream",)),
+    )  # fmt: skip
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._read: Callable[[], Iterable[StreamReading]] = tuple
+        registry.register(self)
+
+    def watch(self, read: Callable[[], Iterable[StreamReading]]) -> None:
+        """Export what `read` returns at each scrape (it runs on the HTTP server's thread)."""
+        self._read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, doc, labels in self._DOCS:
+            yield GaugeMetricFamily(name, doc, labels=list(labels))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        score, threshold, last = (GaugeMetricFamily(name, doc, labels=list(labels)) for name, doc, labels in self._DOCS)
+        for reading in self._read():
+            if reading.score is not None and reading.threshold is not None:
+                score.add_metric([reading.stream, reading.bundle], reading.score)
+                threshold.add_metric([reading.stream, reading.bundle], reading.threshold)
+            if reading.last_sample_s is not None:
+                last.add_metric([reading.stream], reading.last_sample_s)
+        yield from (score, threshold, last)
 
 
 class BulkHistogram:

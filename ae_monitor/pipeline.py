@@ -37,7 +37,7 @@ from ae_monitor.errors import BundleError, DataError, RecordError, SampleRateErr
 from ae_monitor.features import FeatureStream
 from ae_monitor.features.logmel import prepare_audio
 from ae_monitor.features.sensor import SensorExtractor, SensorStream, push_many
-from ae_monitor.metrics import Metrics
+from ae_monitor.metrics import Metrics, StreamReading
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import (
     Alert,
@@ -204,6 +204,8 @@ class StreamState:
     last_window_start: int = -1  # first sample of the newest window scored
     seen_wall_s: float = 0.0
     alert_changed: bool = False
+    last_score: float | None = None  # the newest window's, for the per-stream gauges
+    last_threshold: float | None = None
 
 
 class Router:
@@ -297,6 +299,16 @@ class Pipeline:
         self._restored: dict[str, Mapping[str, Any]] = {}
         for slot in self._slots.values():
             self._publish_bundle(slot.bundle)
+        metrics.streams.watch(self._readings)
+
+    def _readings(self) -> list[StreamReading]:
+        """The per-stream gauges' values (called on the HTTP server's thread: reads a snapshot of the streams)."""
+        slots = self._slots
+        return [
+            StreamReading(name, slots[state.slot].bundle.name, state.last_score, state.last_threshold,
+                          state.last_ts_s if state.samples else None)
+            for name, state in list(self._streams.items())
+        ]  # fmt: skip
 
     @property
     def streams(self) -> dict[str, StreamState]:
@@ -475,19 +487,17 @@ class Pipeline:
     def _push_plain(self, slot_name: str, streams: list[str], ts: F64, values: F64, counts: npt.NDArray[np.int64],
                     rows: npt.NDArray[np.int64], pushed: list[_Pushed], progress: Progress) -> None:  # fmt: skip
         states = [self._streams.get(stream) or self._new_state(stream, slot_name) for stream in streams]
-        bundle = self._slots[slot_name].bundle.name
         features = [state.features for state in states]
         assert all(isinstance(f, SensorStream) for f in features)  # a sensor bundle's streams (_columnar)
         before = np.array([state.samples for state in states], dtype=np.int64)
         vectors, made = push_many(features, values, counts.tolist())  # type: ignore[arg-type]
         now, row = self._clock(), 0
-        for stream, state, n in zip(streams, states, counts.tolist(), strict=True):
+        for state, n in zip(states, counts.tolist(), strict=True):
             state.seen_wall_s = now
             state.samples += n
             state.ts = np.concatenate((state.ts, ts[row : row + n]))
             row += n
             state.last_ts_s = float(state.ts[-1])
-            self._metrics.stream_gauges(stream, bundle).last_sample.set(state.last_ts_s)
         self._metrics.samples.inc(len(ts))
         starts = np.cumsum(counts) - counts
         last_samples = np.repeat(before - starts, counts) + np.arange(len(ts))
@@ -511,7 +521,7 @@ class Pipeline:
             state = self._streams.pop(name, None)
             if state is not None:
                 self._metrics.evicted.labels(reason).inc()
-                self._metrics.forget_stream(name, self._slots[state.slot].bundle.name)
+                self._metrics.forget_stream(name)
         self._update_gauges([], [])
 
     def evict_idle(self, now_wall_s: float) -> list[str]:
@@ -606,7 +616,6 @@ class Pipeline:
             state.origin_s = item.ts_s
         state.samples += len(item.samples)
         state.last_ts_s = last_ts
-        self._metrics.stream_gauges(item.stream, self._slots[item.slot].bundle.name).last_sample.set(last_ts)
         if not isinstance(item.ts_s, float):
             state.ts = np.concatenate([state.ts, item.ts_s])
 
@@ -790,12 +799,19 @@ class Pipeline:
         now = self._clock()
         for part in scored:
             table, policy = part.table, part.slot.policy
-            anomalous = table.score > table.threshold
-            for stream, start, stop in part.spans:
+            spans = [span for span in part.spans if span[2] > span[1]]
+            if not spans:
+                continue
+            starts = np.array([start for _, start, _ in spans])
+            # Whether each span holds an anomalous window, for all spans in one call (they tile the table).
+            anomalous = np.logical_or.reduceat(
+                table.score[starts[0] :] > table.threshold[starts[0] :], starts - starts[0]
+            )
+            for (stream, start, stop), any_anomalous in zip(spans, anomalous.tolist(), strict=True):
                 state = self._streams.get(stream)
-                if state is None or start == stop:
+                if state is None:
                     continue  # evicted for capacity later in the same batch; its next record starts it again
-                if not anomalous[start:stop].any() and policy.skip_quiet(
+                if not any_anomalous and policy.skip_quiet(
                     state.alert, stop - start, first_end_s=float(table.end_s[start]),
                     last_end_s=float(table.end_s[stop - 1]),
                 ):  # fmt: skip
@@ -835,10 +851,9 @@ class Pipeline:
             bundle = table.bundle
             scores, thresholds = table.score.tolist(), table.threshold.tolist()
             for stream, start, stop in part.spans:
-                if stop > start:
-                    gauges = self._metrics.stream_gauges(stream, bundle)
-                    gauges.score.set(scores[stop - 1])
-                    gauges.threshold.set(thresholds[stop - 1])
+                state = self._streams.get(stream)
+                if stop > start and state is not None:
+                    state.last_score, state.last_threshold = scores[stop - 1], thresholds[stop - 1]
             self._metrics.windows.labels(bundle).inc(len(table))
             self._metrics.score_hist.observe_many(table.score / table.threshold, bundle)
         for alert in alerts:

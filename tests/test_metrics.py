@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from ae_monitor.metrics import Metrics
+from ae_monitor.metrics import Metrics, StreamReading
 
 NAME = "ae_monitor_score_ratio"
 BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -103,27 +103,20 @@ def test_bundles_are_separate_series_of_one_histogram() -> None:
 # --- per-stream gauges --------------------------------------------------------------------------------------------
 
 
-def test_stream_gauges_are_the_same_children_every_time() -> None:
+def test_per_stream_series_are_read_from_the_watched_states_at_each_scrape() -> None:
     metrics = Metrics(CollectorRegistry())
-    gauges = metrics.stream_gauges("pump-1", "pump")
-    assert metrics.stream_gauges("pump-1", "pump") is gauges
-    assert gauges.score is metrics.score.labels("pump-1", "pump")
-    assert gauges.threshold is metrics.window_threshold.labels("pump-1", "pump")
-    assert gauges.last_sample is metrics.stream_last_sample.labels("pump-1")
-    assert metrics.stream_gauges("pump-2", "pump") is not gauges
+    readings = [StreamReading("pump-1", "pump", 0.7, 1.2, 1732600000.0)]
+    metrics.streams.watch(lambda: readings)
+    assert _stream_series(metrics, "pump-1", "pump") == [0.7, 1.2, 1732600000.0, None]
+    readings = [StreamReading("pump-2", "pump", 0.1, 1.2, 5.0)]  # pump-1's state was dropped
+    assert _stream_series(metrics, "pump-1", "pump") == [None] * 4
+    assert _stream_series(metrics, "pump-2", "pump") == [0.1, 1.2, 5.0, None]
 
 
-def test_stream_gauges_set_the_exported_per_stream_series() -> None:
+def test_a_stream_without_a_scored_window_exports_only_its_last_sample() -> None:
     metrics = Metrics(CollectorRegistry())
-    gauges = metrics.stream_gauges("pump-1", "pump")
-    gauges.score.set(0.7)
-    gauges.threshold.set(1.2)
-    gauges.last_sample.set(1732600000.0)
-    labels = {"stream": "pump-1", "bundle": "pump"}
-    assert metrics.registry.get_sample_value("ae_monitor_window_score", labels) == 0.7
-    assert metrics.registry.get_sample_value("ae_monitor_window_threshold", labels) == 1.2
-    last = metrics.registry.get_sample_value("ae_monitor_stream_last_sample_timestamp_seconds", {"stream": "pump-1"})
-    assert last == 1732600000.0
+    metrics.streams.watch(lambda: [StreamReading("warming", "pump", None, None, 12.0)])
+    assert _stream_series(metrics, "warming", "pump") == [None, None, 12.0, None]
 
 
 def _stream_series(metrics: Metrics, stream: str, bundle: str) -> list[float | None]:
@@ -136,25 +129,16 @@ def _stream_series(metrics: Metrics, stream: str, bundle: str) -> list[float | N
     ]
 
 
-def test_forget_stream_removes_its_series_and_only_its_own() -> None:
+def test_forget_stream_removes_its_firing_series_and_only_its_own() -> None:
     metrics = Metrics(CollectorRegistry())
     for stream in ("pump-1", "pump-2"):
-        gauges = metrics.stream_gauges(stream, "pump")
-        gauges.score.set(0.5)
-        gauges.threshold.set(1.0)
-        gauges.last_sample.set(10.0)
         metrics.firing.labels(stream).set(1)
-    metrics.forget_stream("pump-1", "pump")
-    assert _stream_series(metrics, "pump-1", "pump") == [None] * 4
-    assert _stream_series(metrics, "pump-2", "pump") == [0.5, 1.0, 10.0, 1.0]
-    # A stream that comes back gets fresh children, exported again.
-    metrics.stream_gauges("pump-1", "pump").score.set(0.25)
-    assert _stream_series(metrics, "pump-1", "pump")[0] == 0.25
+    metrics.forget_stream("pump-1")
+    assert _stream_series(metrics, "pump-1", "pump")[3] is None
+    assert _stream_series(metrics, "pump-2", "pump")[3] == 1.0
 
 
-def test_forget_stream_of_a_stream_never_seen_or_never_firing_is_harmless() -> None:
+def test_forget_stream_of_a_stream_that_never_fired_is_harmless() -> None:
     metrics = Metrics(CollectorRegistry())
-    metrics.forget_stream("ghost", "pump")
-    metrics.stream_gauges("pump-1", "pump").score.set(0.5)
-    metrics.forget_stream("pump-1", "pump")  # no firing series, no threshold set
-    assert _stream_series(metrics, "pump-1", "pump") == [None] * 4
+    metrics.forget_stream("ghost")
+    assert _stream_series(metrics, "ghost", "pump") == [None] * 4

@@ -268,3 +268,14 @@ def test_progress_latest_is_the_newest_position_of_each_stream(bundle: Bundle) -
     progress = harness.pipeline.process_batch([_rows(records)]).progress
     assert sorted((p.stream, p.last_sample) for p in progress.latest(0, 8)) == [("a", 4), ("b", 2)]
     assert [(p.stream, p.last_sample) for p in progress.latest(0, 2)] == [("a", 1)]
+
+
+def test_per_stream_gauges_follow_the_streams_state_and_go_with_it(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    windows = harness.pipeline.process_batch([_rows(_single_samples(_record("s", 0, 40)))]).windows
+    labels = {"stream": "s", "bundle": bundle.name}
+    assert harness.metric("ae_monitor_window_score", **labels) == windows[-1].score
+    assert harness.metric("ae_monitor_window_threshold", **labels) == bundle.threshold
+    assert harness.metric("ae_monitor_stream_last_sample_timestamp_seconds", stream="s") == START_S + 39
+    harness.pipeline.drop_streams(["s"])
+    assert harness.registry.get_sample_value("ae_monitor_window_score", labels) is None

@@ -82,8 +82,9 @@ def decode_batch(messages: Sequence[Message]) -> tuple[list[Record | SampleRows]
     items: list[Record | SampleRows] = []
     errors: list[tuple[int, RecordError]] = []
     block = _Block(messages, items, errors)
+    samples = _all_at_once(messages)
     for i, (key, value, headers) in enumerate(messages):
-        sample = _fast_sample(key, value, headers)
+        sample = _fast_sample(key, value, headers) if samples is None else _checked(key, samples[i])
         if sample is not None:
             block.add(i, *sample)
         else:
@@ -91,6 +92,35 @@ def decode_batch(messages: Sequence[Message]) -> tuple[list[Record | SampleRows]
             _decode_one(i, messages[i], items, errors)
     block.close()
     return items, errors
+
+
+def _all_at_once(messages: Sequence[Message]) -> list[_Sample] | None:
+    """The common poll (ASCII single samples, no headers) parsed in one msgspec call, one line per message; None
+    when any message needs a closer look (then each is decoded on its own)."""
+    values = [value for _, value, _ in messages if value]
+    if not values or len(values) < len(messages) or any(headers for _, _, headers in messages):
+        return None
+    joined = b"\n".join(values)
+    # One line per message: no value holds a newline (nor is blank, which decode_lines would skip).
+    if not joined.isascii() or joined.count(b"\n") != len(values) - 1 or max(map(len, values)) > _FAST_MAX_BYTES:
+        return None
+    try:
+        samples = _SAMPLE.decode_lines(joined)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    return samples if len(samples) == len(values) else None
+
+
+def _checked(key: bytes | None, sample: _Sample) -> tuple[str, float, dict[str, float | None]] | None:
+    stream = sample.stream
+    if stream is None and key:
+        try:
+            stream = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not stream or not sample.values:
+        return None
+    return stream, sample.ts, sample.values
 
 
 def _decode_one(
@@ -114,15 +144,7 @@ def _fast_sample(
         sample = _SAMPLE.decode(value)
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
-    stream = sample.stream
-    if stream is None and key:
-        try:
-            stream = key.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if not stream or not sample.values:
-        return None
-    return stream, sample.ts, sample.values
+    return _checked(key, sample)
 
 
 class _Block:
