@@ -339,6 +339,36 @@ def test_consecutive_single_samples_with_the_same_channels_form_one_block() -> N
     assert block.values.dtype == block.ts_s.dtype == np.float64
 
 
+def test_a_clean_poll_is_one_block_with_channels_in_its_first_messages_order() -> None:
+    # No headers, ASCII, the same channel names: parsed in one call, whatever the order of each message's keys.
+    items, errors = decode_batch(
+        [
+            (b"pump-1", b'{"ts": 1, "values": {"a": 1, "b.x": 2}}', []),
+            (b"pump-2", b'{"ts": 2, "values": {"b.x": 4, "a": 3}}', []),
+            (None, b'{"stream": "pump-3", "ts": 3, "values": {"a": null, "b.x": 6}}', []),
+        ]
+    )
+    assert errors == []
+    (block,) = items
+    assert isinstance(block, SampleRows)
+    assert block.streams == ["pump-1", "pump-2", "pump-3"]
+    assert block.channels == ("a", "b.x")
+    np.testing.assert_array_equal(block.values, [[1.0, 2.0], [3.0, 4.0], [np.nan, 6.0]])
+
+
+def test_a_poll_with_one_odd_message_is_decoded_message_by_message() -> None:
+    items, errors = decode_batch(
+        [
+            (b"s", b'{"ts": 1, "values": {"a": 1}}', []),
+            (b"s", b'{"ts": 2, "values": {"a": 2, "extra": 1}}', []),  # another channel set
+            (b"s", b'{"ts": 3, "values": {"a": "3"}}', []),  # refused
+            (b"s", b'{"ts": 4, "values": {"a": 4}}', []),
+        ]
+    )
+    assert [i for i, _ in errors] == [2]
+    assert [item.channels for item in items if isinstance(item, SampleRows)] == [("a",), ("a", "extra"), ("a",)]
+
+
 def test_a_change_of_channels_closes_the_block() -> None:
     items, _ = decode_batch(
         [

@@ -25,6 +25,7 @@ once, checks types by hand and names what is wrong. Both accept and refuse exact
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -79,12 +80,14 @@ def decode_batch(messages: Sequence[Message]) -> tuple[list[Record | SampleRows]
     """Decode messages in order: (records and SampleRows blocks, holding the good messages in their order;
     (message index, error) of the others). Consecutive single-sample sensor messages with the same channels share one
     SampleRows block; every other message becomes what `decode_message` makes of it."""
+    whole = _all_at_once(messages)
+    if whole is not None:
+        return [whole], []
     items: list[Record | SampleRows] = []
     errors: list[tuple[int, RecordError]] = []
     block = _Block(messages, items, errors)
-    samples = _all_at_once(messages)
     for i, (key, value, headers) in enumerate(messages):
-        sample = _fast_sample(key, value, headers) if samples is None else _checked(key, samples[i])
+        sample = _fast_sample(key, value, headers)
         if sample is not None:
             block.add(i, *sample)
         else:
@@ -94,9 +97,10 @@ def decode_batch(messages: Sequence[Message]) -> tuple[list[Record | SampleRows]
     return items, errors
 
 
-def _all_at_once(messages: Sequence[Message]) -> list[_Sample] | None:
-    """The common poll (ASCII single samples, no headers) parsed in one msgspec call, one line per message; None
-    when any message needs a closer look (then each is decoded on its own)."""
+def _all_at_once(messages: Sequence[Message]) -> SampleRows | None:
+    """The common poll, one SampleRows: ASCII single samples of the same channels (in any key order), no headers,
+    parsed by one msgspec call into typed structs, one line per message. None when any message needs a closer look
+    (then each is decoded on its own)."""
     values = [value for _, value, _ in messages if value]
     if not values or len(values) < len(messages) or any(headers for _, _, headers in messages):
         return None
@@ -105,10 +109,32 @@ def _all_at_once(messages: Sequence[Message]) -> list[_Sample] | None:
     if not joined.isascii() or joined.count(b"\n") != len(values) - 1 or max(map(len, values)) > _FAST_MAX_BYTES:
         return None
     try:
-        samples = _SAMPLE.decode_lines(joined)
-    except (msgspec.MsgspecError, RecursionError):
+        channels = tuple(_SAMPLE.decode(values[0]).values)
+        samples = _typed_decoder(channels).decode_lines(joined) if channels else []
+    except (msgspec.MsgspecError, RecursionError, ValueError):  # ValueError: a channel name msgspec cannot hold
         return None
-    return samples if len(samples) == len(values) else None
+    if len(samples) != len(values):
+        return None
+    streams = _streams(samples, messages)
+    if streams is None:
+        return None
+    ts = np.array([s.ts for s in samples], dtype=np.float64)
+    rows = np.array([msgspec.structs.astuple(s.values) for s in samples], dtype=np.float64)  # null -> NaN
+    if _extreme(ts) or _extreme(rows):
+        return None
+    return SampleRows(streams, ts, rows, channels)
+
+
+def _streams(samples: list[Any], messages: Sequence[Message]) -> list[str] | None:
+    """Each sample's stream: its `stream` field, else its message key; None if one has neither (or an empty one)."""
+    try:
+        streams = [
+            sample.stream if sample.stream is not None else key.decode()  # type: ignore[union-attr]
+            for sample, (key, _, _) in zip(samples, messages, strict=True)
+        ]
+    except (AttributeError, UnicodeDecodeError):  # no key (None has no decode), or not UTF-8
+        return None
+    return None if "" in streams else streams
 
 
 def _checked(key: bytes | None, sample: _Sample) -> tuple[str, float, dict[str, float | None]] | None:
@@ -121,6 +147,16 @@ def _checked(key: bytes | None, sample: _Sample) -> tuple[str, float, dict[str, 
     if not stream or not sample.values:
         return None
     return stream, sample.ts, sample.values
+
+
+@functools.lru_cache(maxsize=32)
+def _typed_decoder(channels: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
+    """A decoder of single samples with exactly these channels (a missing or unknown one fails the decode)."""
+    names = {f"c{i}": name for i, name in enumerate(channels)}
+    values = msgspec.defstruct("Values", [(field, float | None) for field in names], rename=names,
+                               forbid_unknown_fields=True)  # fmt: skip
+    sample = msgspec.defstruct("TypedSample", [("ts", float), ("values", values), ("stream", str | None, None)])
+    return msgspec.json.Decoder(sample)
 
 
 def _decode_one(
