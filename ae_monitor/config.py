@@ -210,7 +210,10 @@ class KafkaSourceConfig(_Section):
     topic_pattern: str | None = None
     group_id: str = "ae-monitor"
     start_from: Literal["earliest", "latest"] = "latest"
-    max_poll_records: int = Field(2000, gt=0)
+    # Large polls amortise the per-stream work of a micro-batch (measured: 2,000 -> 10,000 took `serve` from about
+    # 60 % to over 80 % of the plain consumer ceiling); a poll returns at once with what is buffered, so a quiet
+    # topic still gets small, prompt batches.
+    max_poll_records: int = Field(10000, gt=0)
     session_timeout_ms: int = Field(10000, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
     rebalance_stall_s: float = Field(30.0, gt=0)
