@@ -11,7 +11,8 @@ Four measurements, side by side on the same machine and broker (compare the rati
    scores topic). Rate = N / (first record counted by `ae_monitor_records_total` -> last window counted by
    `ae_monitor_windows_scored_total`), both counters read in-process every few ms. Goal: >= 75 % of the ceiling.
 3. latency: `ae-monitor serve` as a subprocess, on a fresh topic stamped with the broker's append time
-   (LogAppendTime), while this process produces paced single-sample records, each `ts` = wall time at its send(),
+   (LogAppendTime), while a Java producer (scripts/kafka/PacedProducer.java: kafka-python could not offer the
+   goal's rate here next to serve) sends paced single-sample records, each `ts` = wall time at its send(),
    with a strong fault (pressure +20 bar, 40 rows) switched on every 120 rows in every 4th stream. Run A at half the
    ceiling (the goal), run B at half serve's rate from 2. (how fast the path is when serve keeps up).
    append -> alert = (when this process's consumer of the alerts topic receives the firing alert) - (broker append
@@ -21,7 +22,7 @@ Four measurements, side by side on the same machine and broker (compare the rati
    anomalous, so the k-th of them (k of n) fires: were one not, the real trigger would be later and the figure an
    upper bound. An onset inside an episode already firing (a false alarm just before) is "masked", not expected;
    an expected alert that never came counts with the lower bound (end of waiting - append). send -> alert starts at
-   the send() call instead (adds this process's producer queueing); append -> detection ends at the alert's
+   the send() call instead (adds the producer's queueing); append -> detection ends at the alert's
    `detection_time_s` (serve's clock; same host). Goal: run A p99 append -> alert < 250 ms.
 4. audio: 1 s chunks of 16 kHz mono s16le PCM for several streams, pre-produced, through serve in a thread with the
    default DCASE dense model (untrained weights, gamma-calibrated: speed needs no training). x real time per core =
@@ -95,6 +96,8 @@ from ae_monitor.threshold import calibrate
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROKER_SCRIPT = REPO_ROOT / "scripts" / "kafka_broker.py"
 CEILING_SCRIPT = REPO_ROOT / "scripts" / "kafka_ceiling.py"
+PACED_PRODUCER = REPO_ROOT / "scripts" / "kafka" / "PacedProducer.java"
+KAFKA_LIBS = REPO_ROOT / "scripts" / "kafka" / "libs"
 
 GOAL_SERVE_RATIO = 0.75
 GOAL_P99_MS = 250.0
@@ -591,32 +594,80 @@ def latency_plan(channels: tuple[str, ...], streams: int, rows: int, k: int) -> 
     return LatencyPlan(stream_keys(streams), values, onsets, k)
 
 
-def paced_send(producer: KafkaProducer, topic: str, plan: LatencyPlan, rate: float, duration_s: float) -> int:
-    """Send at `rate` per second for `duration_s`, `ts` = wall time at each send; returns how many were sent.
+class PacedProducer:
+    """The latency runs' load generator: scripts/kafka/PacedProducer.java, the Java Kafka producer (kafka-python could
+    not offer the goal's rate on this machine next to the daemon). Started and connected before the run; `run`
+    sends at `rate` per second for `duration_s`, `ts` = wall time at each send, and fills `plan` with the send times
+    and the broker's append times of the rows that trigger alerts (the topic stamps LogAppendTime)."""
 
-    A producer that falls behind sends back to back (fewer records than planned). The topic stamps records with
-    the broker's append time, which the produce acks of the triggering rows report."""
-    streams, capacity = len(plan.keys), len(plan.keys) * len(plan.values[0])
-    wanted = {(s, o + plan.k - 1) for s, onsets in enumerate(plan.onsets) for o in onsets}
-    futures = {}
-    started = time.perf_counter()
-    sent = 0
-    while (elapsed := time.perf_counter() - started) < duration_s and sent < capacity:
-        due = min(capacity, int(elapsed * rate) + 1, sent + 500)  # 500: check the clock now and then
-        if due <= sent:
-            time.sleep(0.0005)
-            continue
-        for i in range(sent, due):
+    def __init__(self, bootstrap: str, topic: str, plan: LatencyPlan, rate: float, duration_s: float,
+                 workdir: Path) -> None:  # fmt: skip
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._plan, self._out = plan, workdir / "paced-producer.out"
+        plan_file = workdir / "paced-producer.plan"
+        streams, rows = len(plan.keys), len(plan.values[0])
+        wanted = {(s, o + plan.k - 1) for s, onsets in enumerate(plan.onsets) for o in onsets}
+        with plan_file.open("w", encoding="utf-8") as f:
+            for i in range(streams * rows):
+                s, r = i % streams, i // streams
+                f.write(f"{plan.keys[s].decode()}\t{plan.values[s][r].decode()}\t{int((s, r) in wanted)}\n")
+        classes = compile_java(PACED_PRODUCER, workdir / "classes")
+        command = ["java", "-Xmx512m", "-cp", f"{classes}{os.pathsep}{KAFKA_LIBS}/*", "PacedProducer", bootstrap,
+                   topic, str(plan_file), str(self._out), repr(rate), repr(duration_s)]  # fmt: skip
+        self._log = (workdir / "paced-producer.log").open("w", encoding="utf-8")
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True)  # fmt: skip
+        self._expect("ready")
+
+    def _expect(self, word: str) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith(word):
+            self.proc.kill()
+            raise RuntimeError(f"PacedProducer said {line!r}, not {word!r}; see {self._log.name}")
+        return line
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.proc.pid)
+
+    def run(self) -> int:
+        """Send; returns how many records were sent (fewer than planned when the producer fell behind)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        sent = int(self._expect("done").split()[1])
+        streams = len(self._plan.keys)
+        for i, line in enumerate(self._out.read_text(encoding="utf-8").splitlines()):
+            ts, append_ms = line.split("\t")
             s, r = i % streams, i // streams
-            ts = time.time()
-            future = producer.send(topic, key=plan.keys[s], value=sensor_record(ts, plan.values[s][r]))
-            plan.sent_ts[s].append(ts)
-            if (s, r) in wanted:
-                futures[(s, r)] = future
-        sent = due
-    producer.flush()
-    plan.appended = {key: future.get(timeout=30).timestamp / 1000 for key, future in futures.items()}
-    return sent
+            self._plan.sent_ts[s].append(float(ts))
+            if int(append_ms) >= 0:
+                self._plan.appended[(s, r)] = int(append_ms) / 1000
+        return sent
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def compile_java(source: Path, classes: Path) -> Path:
+    """`javac` `source` against the broker's jars (scripts/kafka/libs) into `classes`, once."""
+    if not (classes / f"{source.stem}.class").exists():
+        classes.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["javac", "-cp", f"{KAFKA_LIBS}/*", "-d", str(classes), str(source)], check=True,
+                       capture_output=True, text=True)  # fmt: skip
+    return classes
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds process `pid` has used so far (all its threads), from /proc; NaN where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class AlertCollector:
@@ -691,12 +742,8 @@ class ServeProcess:
         raise RuntimeError(f"serve not ready in {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
 
     def cpu_s(self) -> float:
-        """CPU seconds the serve process has used so far (all its threads), from /proc; NaN where unreadable."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds the serve process has used so far (all its threads)."""
+        return proc_cpu_s(self.proc.pid)
 
     def metric(self, name: str) -> float:
         """The sum of the samples named exactly `name` (over labels) on /metrics; NaN when it does not answer."""
@@ -743,7 +790,7 @@ class LatencyRun:
     sent: int
     backlog: float  # records sent but not yet counted by serve when sending ended
     serve_cores: float  # CPU seconds of the serve process per second while sending
-    bench_cores: float  # the same for this process (producer, alert consumer)
+    bench_cores: float  # the same for the load generator and this process (alert consumer)
     machine_cores: float  # the same for the whole machine (these two, the broker, anything else running)
     latencies: Latencies
 
@@ -811,14 +858,14 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
     topic = topics.create(f"latency-{label.lower()}", {"message.timestamp.type": "LogAppendTime"})
     topics.forget_later(*output_topics(topic))
     config = serve_config(bootstrap, topic, bundle, f"lat-{label.lower()}-{topics.run_id}")
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5, batch_size=64 * 1024)
+    producer = PacedProducer(bootstrap, topic, plan, rate, settings.latency_s, workdir / f"latency-{label.lower()}")
     try:
         with ServeProcess(config, workdir / f"latency-{label.lower()}") as daemon:
             daemon.wait_ready()
             with AlertCollector(bootstrap, f"{topic}-alerts") as collector:
-                before = (daemon.cpu_s(), process_cpu_s(), machine_busy_s())
-                sent = paced_send(producer, topic, plan, rate, settings.latency_s)
-                after = (daemon.cpu_s(), process_cpu_s(), machine_busy_s())
+                before = (daemon.cpu_s(), process_cpu_s() + producer.cpu_s(), machine_busy_s())
+                sent = producer.run()
+                after = (daemon.cpu_s(), process_cpu_s() + producer.cpu_s(), machine_busy_s())
                 serve_c, own_c, machine_c = ((b - a) / settings.latency_s for a, b in zip(before, after, strict=True))
                 backlog = sent - daemon.metric("ae_monitor_records_total")
                 waited_until = wait_for_alerts(collector, plan, daemon, sent, settings.wait_s)
@@ -853,9 +900,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def report_latency(figures: Figures, run: LatencyRun, *, goal: bool) -> None:
     result, name = run.latencies, f"latency {run.label}"
+    cores = (
+        f"cores busy: serve {run.serve_cores:.2f}, producer + this process {run.bench_cores:.2f}, machine "
+        f"{run.machine_cores:.2f} of {os.cpu_count()}"
+    )
     figures.add(Row(f"{name}: send rate", run.send_rate, "msg/s", note=f"target {run.target_rate:,.0f}; serve "
-                    f"{max(0.0, run.backlog):,.0f} behind at the end; cores busy: serve {run.serve_cores:.2f}, "
-                    f"this process {run.bench_cores:.2f}, machine {run.machine_cores:.2f} of {os.cpu_count()}"),
+                    f"{max(0.0, run.backlog):,.0f} behind at the end; {cores}"),
                 msg_per_s=run.send_rate, target_msg_per_s=run.target_rate, records=run.sent,
                 backlog_at_end=run.backlog, serve_cores=run.serve_cores, bench_cores=run.bench_cores,
                 machine_cores=run.machine_cores)  # fmt: skip
@@ -874,7 +924,7 @@ def report_latency(figures: Figures, run: LatencyRun, *, goal: bool) -> None:
                 false_alarms=result.unmatched_normal, other_firing_on_faulty=result.unmatched_faulty,
                 masked=result.masked, lower_bound=bool(missing))  # fmt: skip
     s50, s99 = percentile(result.send_to_alert_ms, 50), percentile(result.send_to_alert_ms, 99)
-    note = f"p50 {s50:,.1f} ms; from the benchmark's send() call (adds its producer's queueing)"
+    note = f"p50 {s50:,.1f} ms; from the producer's send() call (adds its queueing)"
     figures.add(Row(f"{name}: p99 send->alert", s99, "ms", note=note), ms=s99, p50_ms=s50)
     d50, d99 = percentile(result.append_to_detection_ms, 50), percentile(result.append_to_detection_ms, 99)
     note = f"p50 {d50:,.1f} ms; to serve's detection_time_s (alerts received)"
