@@ -596,12 +596,13 @@ def latency_plan(channels: tuple[str, ...], streams: int, rows: int, k: int) -> 
 
 class PacedProducer:
     """The latency runs' load generator: scripts/kafka/PacedProducer.java, the Java Kafka producer (kafka-python could
-    not offer the goal's rate on this machine next to the daemon). Started and connected before the run; `run`
+    not offer the goal's rate on this machine next to the daemon). Started, connected and warmed up (the plan sent
+    once to `warmup_topic`) before the run; `run`
     sends at `rate` per second for `duration_s`, `ts` = wall time at each send, and fills `plan` with the send times
     and the broker's append times of the rows that trigger alerts (the topic stamps LogAppendTime)."""
 
     def __init__(self, bootstrap: str, topic: str, plan: LatencyPlan, rate: float, duration_s: float,
-                 workdir: Path) -> None:  # fmt: skip
+                 workdir: Path, warmup_topic: str) -> None:  # fmt: skip
         workdir.mkdir(parents=True, exist_ok=True)
         self._plan, self._out = plan, workdir / "paced-producer.out"
         plan_file = workdir / "paced-producer.plan"
@@ -613,7 +614,7 @@ class PacedProducer:
                 f.write(f"{plan.keys[s].decode()}\t{plan.values[s][r].decode()}\t{int((s, r) in wanted)}\n")
         classes = compile_java(PACED_PRODUCER, workdir / "classes")
         command = ["java", "-Xmx512m", "-cp", f"{classes}{os.pathsep}{KAFKA_LIBS}/*", "PacedProducer", bootstrap,
-                   topic, str(plan_file), str(self._out), repr(rate), repr(duration_s)]  # fmt: skip
+                   topic, str(plan_file), str(self._out), repr(rate), repr(duration_s), warmup_topic]  # fmt: skip
         self._log = (workdir / "paced-producer.log").open("w", encoding="utf-8")
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True)  # fmt: skip
@@ -858,7 +859,9 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
     topic = topics.create(f"latency-{label.lower()}", {"message.timestamp.type": "LogAppendTime"})
     topics.forget_later(*output_topics(topic))
     config = serve_config(bootstrap, topic, bundle, f"lat-{label.lower()}-{topics.run_id}")
-    producer = PacedProducer(bootstrap, topic, plan, rate, settings.latency_s, workdir / f"latency-{label.lower()}")
+    warmup = topics.create(f"latency-{label.lower()}-warmup")
+    producer = PacedProducer(bootstrap, topic, plan, rate, settings.latency_s, workdir / f"latency-{label.lower()}",
+                             warmup)  # fmt: skip
     try:
         with ServeProcess(config, workdir / f"latency-{label.lower()}") as daemon:
             daemon.wait_ready()

@@ -18,9 +18,11 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  * The load generator of scripts/bench_serve.py's latency runs: the Java Kafka producer, because kafka-python cannot
  * offer the goal's rate on a 2-core machine next to the daemon it measures.
  *
- * <p>Args: BOOTSTRAP TOPIC PLAN OUT RATE DURATION_S. PLAN has one line per record, in send order:
+ * <p>Args: BOOTSTRAP TOPIC PLAN OUT RATE DURATION_S WARMUP_TOPIC. PLAN has one line per record, in send order:
  * {@code key \t values-json \t wanted (0|1)}. The value sent is {@code {"ts": <wall time at send>, "values": ...}}.
- * Prints "ready" once connected, waits for a line on stdin, sends at RATE records/s for at most DURATION_S (back to
+ * First sends the whole plan once to WARMUP_TOPIC, as fast as it can, so that the JVM has compiled its hot paths
+ * before the measured run (a cold JVM spends its first second compiling, on the cores the daemon needs).
+ * Prints "ready" once connected and warm, waits for a line on stdin, sends at RATE records/s for at most DURATION_S (back to
  * back when it falls behind), then writes OUT: one line per record sent, {@code ts \t append-ms} (the broker's append
  * time from the produce ack, for wanted records; -1 otherwise), and prints "done".
  */
@@ -34,6 +36,7 @@ public final class PacedProducer {
         Path out = Path.of(args[3]);
         double rate = Double.parseDouble(args[4]);
         double durationS = Double.parseDouble(args[5]);
+        String warmupTopic = args[6];
         int n = plan.size();
         byte[][] keys = new byte[n][];
         String[] values = new String[n];
@@ -56,6 +59,14 @@ public final class PacedProducer {
         try (KafkaProducer<byte[], byte[]> producer =
                 new KafkaProducer<>(props, new ByteArraySerializer(), new ByteArraySerializer())) {
             producer.partitionsFor(topic); // connected, metadata fetched: sending starts without delay
+            for (int i = 0; i < n; i++) {
+                Instant now = Instant.now();
+                double t = now.getEpochSecond() + now.getNano() / 1e9;
+                byte[] value = ("{\"ts\": " + t + ", \"values\": " + values[i] + "}").getBytes(StandardCharsets.UTF_8);
+                producer.send(new ProducerRecord<>(warmupTopic, keys[i], value), wanted[i] ? (md, e) -> { } : null);
+            }
+            producer.flush();
+            Thread.sleep(1000); // let the compiler threads finish
             System.out.println("ready");
             System.out.flush();
             new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8)).readLine();
