@@ -649,7 +649,7 @@ class PacedProducer:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait(timeout=10)
+        self.proc.communicate(timeout=10)  # waits, and closes the pipes
         self._log.close()
 
 
