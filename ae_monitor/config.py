@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ae_monitor.errors import ConfigError
 
@@ -234,11 +234,23 @@ class StreamsConfig(_Section):
 
 
 class RouteConfig(_Section):
-    """Streams whose id (or `field`) matches `match` are scored with `bundle_path`. First match wins."""
+    """Streams whose id (or routing `field`) matches `match` are scored with `bundle_path`. First match wins.
+
+    `field`: "stream" matches the stream id; any other name matches that top-level string field of a sensor record
+    (e.g. {"machine_type": "pump", ...}) or that header of an audio chunk. A stream without the field matches no
+    route on it."""
 
     match: str = "*"
     syntax: Literal["glob", "regex"] = "glob"
+    field: str = Field("stream", pattern=r"^[A-Za-z0-9_.-]+$")
     bundle_path: str
+
+    @field_validator("field")
+    @classmethod
+    def _routable(cls, value: str) -> str:
+        if value in ("ts", "values"):
+            raise ValueError(f"'{value}' is part of every record; route on 'stream' or another field")
+        return value
 
 
 class KafkaSinkConfig(_Section):

@@ -56,6 +56,7 @@ from ae_monitor.records import (
 from ae_monitor.scoring import ScoredWindow, VectorScores, WindowAggregator, scorer_for, window_plan
 from ae_monitor.sinks import AlertSink, DeadLetterSink
 from ae_monitor.sources.base import Source
+from ae_monitor.sources.decode import record_payload
 from ae_monitor.threshold import OnlineThresholds
 
 log = logging.getLogger(__name__)
@@ -209,16 +210,33 @@ class StreamState:
 
 
 class Router:
-    """Picks a bundle for a stream id: the first matching route wins; results are cached per stream."""
+    """Picks a bundle for a stream: the first route whose pattern matches wins. A route matches the stream id, or
+    with `field` set, that routing tag of the stream's record (a JSON field or header, say the machine type). A
+    stream's bundle is decided by its first record and kept (a stream does not change machine type)."""
 
     def __init__(self, routes: Sequence[tuple[RouteConfig, str]]) -> None:
-        self._routes = [(_matcher(route), slot) for route, slot in routes]
+        self._routes = [(route.field, _matcher(route), slot) for route, slot in routes]
         self._cache: dict[str, str | None] = {}
 
-    def slot_for(self, stream: str) -> str | None:
+    def slot_for(self, stream: str, tags: Mapping[str, str] | None = None) -> str | None:
         if stream not in self._cache:
-            self._cache[stream] = next((slot for match, slot in self._routes if match(stream)), None)
+            self._cache[stream] = self._first_match(stream, tags or {})
         return self._cache[stream]
+
+    def _first_match(self, stream: str, tags: Mapping[str, str]) -> str | None:
+        for name, match, slot in self._routes:
+            subject = stream if name == "stream" else tags.get(name)
+            if subject is not None and match(subject):
+                return slot
+        return None
+
+    def forget(self, stream: str) -> None:
+        self._cache.pop(stream, None)
+
+
+def routing_fields(routes: Sequence[RouteConfig]) -> tuple[str, ...]:
+    """The record fields the routes match on (besides the stream id): what the sources must keep as tags."""
+    return tuple(sorted({route.field for route in routes if route.field != "stream"}))
 
 
 def _matcher(route: RouteConfig) -> Callable[[str], bool]:
@@ -431,7 +449,7 @@ class Pipeline:
         lanes: dict[str, list[tuple[str, list[int]]]] = {}
         slow: list[int] = []
         for stream, indices in groups.items():
-            slot = self._router.slot_for(stream)
+            slot = self._router.slot_for(stream, rows.tags_of(indices[0]) if rows.tags else None)
             if slot is not None and self._columnar(slot, rows.channels):
                 lanes.setdefault(slot, []).append((stream, indices))
             else:
@@ -519,6 +537,7 @@ class Pipeline:
         """Forget streams (their partitions moved to another process); their new owner warms up."""
         for name in names:
             state = self._streams.pop(name, None)
+            self._router.forget(name)
             if state is not None:
                 self._metrics.evicted.labels(reason).inc()
                 self._metrics.forget_stream(name)
@@ -562,9 +581,11 @@ class Pipeline:
     # -- per record --------------------------------------------------------------------------------------------
 
     def _prepare(self, record: Record) -> _Prepared:
-        slot_name = self._router.slot_for(record.stream)
+        slot_name = self._router.slot_for(record.stream, record.tags)
         if slot_name is None:
-            raise RecordError(f"no route matches stream {record.stream!r}", reason="no_route")
+            raise RecordError(
+                f"no route matches stream {record.stream!r} (tags {dict(record.tags)})", reason="no_route"
+            )
         bundle = self._slots[slot_name].bundle
         if isinstance(record, AudioRecord):
             if bundle.features.kind != "logmel":
@@ -925,4 +946,4 @@ def _dead_letter(record: Record, exc: RecordError | DataError) -> DeadLetter:
         reason = exc.reason
     else:
         reason = "sample_rate" if isinstance(exc, SampleRateError) else "invalid_record"
-    return DeadLetter(source=record.stream, reason=reason, message=str(exc))
+    return DeadLetter(source=record.stream, reason=reason, message=str(exc), payload=record_payload(record))

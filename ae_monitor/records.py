@@ -6,6 +6,7 @@ Conventions used everywhere: sample and window ranges are start-inclusive, end-e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,12 +19,14 @@ IntArray = npt.NDArray[np.int64]
 
 @dataclass(frozen=True)
 class SensorRecord:
-    """One or more multivariate samples of one stream. `values` has shape (n_samples, n_channels)."""
+    """One or more multivariate samples of one stream. `values` has shape (n_samples, n_channels). `tags`: the
+    record's routing fields (`[[routes]] field`), when asked for."""
 
     stream: str
     ts_s: FloatArray
     values: FloatArray
     channels: tuple[str, ...]
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class AudioRecord:
     ts_s: float
     samples: FloatArray
     sample_rate_hz: int
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 Record = SensorRecord | AudioRecord
@@ -44,19 +48,25 @@ class SampleRows:
     """Single-sample sensor records of any streams, columnar: row i is one record of stream `streams[i]`.
 
     The daemon's hot path: a Kafka poll of single-sample messages becomes one of these instead of thousands of
-    SensorRecords. Every row has the same `channels`; `values` has shape (n, len(channels)), NaN where null."""
+    SensorRecords. Every row has the same `channels`; `values` has shape (n, len(channels)), NaN where null;
+    `tags` holds a column per routing field (None where a row has none)."""
 
     streams: list[str]
     ts_s: npt.NDArray[np.float64]
     values: npt.NDArray[np.float64]
     channels: tuple[str, ...]
+    tags: Mapping[str, list[str | None]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.streams)
 
+    def tags_of(self, i: int) -> dict[str, str]:
+        return {name: column[i] for name, column in self.tags.items() if column[i] is not None}  # type: ignore[misc]
+
     def record(self, i: int) -> SensorRecord:
         """Row `i` as the SensorRecord it was decoded from."""
-        return SensorRecord(self.streams[i], self.ts_s[i : i + 1], self.values[i : i + 1], self.channels)
+        values = self.values[i : i + 1]
+        return SensorRecord(self.streams[i], self.ts_s[i : i + 1], values, self.channels, self.tags_of(i))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ae_monitor.daemon import Outputs
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
-from ae_monitor.pipeline import Pipeline
+from ae_monitor.pipeline import Pipeline, routing_fields
 from ae_monitor.records import DeadLetter
 from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sources.base import Source
@@ -134,7 +134,8 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         pipeline.restore_alert_states(states)
         factory = consumer_factory(config.kafka, config.source)
         source = KafkaSource(lambda: connect(factory, timeout_s=config.kafka.connect_timeout_s), config.source,
-                             stall_after_s=config.source.rebalance_stall_s)  # fmt: skip
+                             stall_after_s=config.source.rebalance_stall_s,
+                             tags=routing_fields([route for route, _ in routes]))  # fmt: skip
         daemon = Daemon(config, source=source, pipeline=pipeline, outputs=outputs, metrics=metrics, health=health,
                         notifier=SystemdNotifier(), bundle_paths=paths)  # fmt: skip
         _install_signals(stop, daemon.reload_requested)

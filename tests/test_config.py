@@ -91,3 +91,12 @@ def test_dumped_config_loads_back_to_the_same_config(tmp_path: Path) -> None:
     path = tmp_path / "resolved.toml"
     path.write_text(dump_config(config))
     assert load_config(path, environ={}) == config
+
+
+def test_a_route_may_match_on_a_record_field_but_not_on_the_samples() -> None:
+    config = config_from_dict({"routes": [{"match": "pump*", "field": "machine_type", "bundle_path": "b"}]})
+    assert config.routes[0].field == "machine_type"
+    with pytest.raises(ConfigError, match=r"routes\.0\.field"):
+        config_from_dict({"routes": [{"field": "ts", "bundle_path": "b"}]})
+    with pytest.raises(ConfigError, match=r"routes\.0\.field"):
+        config_from_dict({"routes": [{"field": "machine type", "bundle_path": "b"}]})

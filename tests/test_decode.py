@@ -12,7 +12,8 @@ import pytest
 
 from ae_monitor.errors import RecordError
 from ae_monitor.records import AudioRecord, SampleRows, SensorRecord
-from ae_monitor.sources.decode import dead_letter, decode_batch, decode_message, payload_text
+from ae_monitor.sources.batch import decode_batch
+from ae_monitor.sources.decode import dead_letter, decode_message, payload_text
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -561,3 +562,37 @@ def test_invalid_utf8_in_a_string_is_an_invalid_json_verdict_not_an_exception(va
 def test_a_deeply_nested_value_gives_a_verdict_not_a_recursion_error() -> None:
     deep = b'{"stream": "s", "ts": 1, "values": {"a": 1}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     _assert_same_verdicts([(None, deep, [])])
+
+
+# --- routing tags: the fields a `[[routes]] field` names are kept with the record ----------------------------------
+
+
+def test_routing_fields_are_kept_as_tags_by_both_paths() -> None:
+    value = b'{"ts": 1, "machine_type": "pump", "site": 3, "values": {"a": 1}}'
+    record = decode_message(b"s", value, [], tags=("machine_type",))
+    assert dict(record.tags) == {"machine_type": "pump"}
+    items, errors = decode_batch(
+        [(b"s", value, []), (b"t", b'{"ts": 2, "values": {"a": 2}}', [])], tags=("machine_type",)
+    )
+    assert errors == []
+    (block,) = items
+    assert isinstance(block, SampleRows)
+    assert block.tags == {"machine_type": ["pump", None]}
+    assert dict(block.record(0).tags) == {"machine_type": "pump"}
+    assert dict(block.record(1).tags) == {}
+
+
+def test_a_routing_field_that_is_not_a_string_is_an_invalid_field() -> None:
+    value = b'{"ts": 1, "machine_type": 7, "values": {"a": 1}}'
+    with pytest.raises(RecordError, match="routing field 'machine_type' must be a string") as info:
+        decode_message(b"s", value, [], tags=("machine_type",))
+    assert info.value.reason == "invalid_field"
+    _, errors = decode_batch([(b"s", value, [])], tags=("machine_type",))
+    assert [error.reason for _, error in errors] == ["invalid_field"]
+
+
+def test_an_audio_chunks_routing_tag_is_a_header() -> None:
+    headers = [("format", b"s16le"), ("sample_rate", b"16000"), ("channels", b"1"), ("ts", b"1.0"),
+               ("machine_type", b"fan")]  # fmt: skip
+    record = decode_message(b"mic-1", b"\x00\x00" * 10, headers, tags=("machine_type",))
+    assert dict(record.tags) == {"machine_type": "fan"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import AlertingConfig
+from ae_monitor.config import AlertingConfig, RouteConfig
 from ae_monitor.jobs.data import load_signals, score_signal
 from ae_monitor.jobs.demo import CHANNELS, START_S
 from ae_monitor.metrics import Metrics
@@ -279,3 +279,49 @@ def test_per_stream_gauges_follow_the_streams_state_and_go_with_it(bundle: Bundl
     assert harness.metric("ae_monitor_stream_last_sample_timestamp_seconds", stream="s") == START_S + 39
     harness.pipeline.drop_streams(["s"])
     assert harness.registry.get_sample_value("ae_monitor_window_score", labels) is None
+
+
+# -- routing on a record field (say the machine type) ----------------------------------------------------------------
+
+
+def _tagged(record: SensorRecord, **tags: str) -> SensorRecord:
+    return SensorRecord(record.stream, record.ts_s, record.values, record.channels, tags)
+
+
+def _routed(bundle: Bundle) -> Harness:
+    harness = Harness(bundle)
+    routes = [
+        (RouteConfig(match="pump*", field="machine_type", bundle_path="p"), "pumps"),
+        (RouteConfig(match="fan", field="machine_type", bundle_path="f"), "fans"),
+    ]
+    harness.registry = CollectorRegistry()
+    harness.pipeline = Pipeline({"pumps": bundle, "fans": bundle}, alerting=AlertingConfig(), alerts=harness.alerts,
+                                dead_letters=harness.dead, metrics=Metrics(harness.registry),
+                                routes=routes)  # fmt: skip
+    return harness
+
+
+def test_streams_are_routed_on_a_record_field_such_as_the_machine_type(bundle: Bundle) -> None:
+    harness = _routed(bundle)
+    pump = _tagged(_record("site-1/a", 0, 40), machine_type="pump-v2")
+    fan = _tagged(_record("site-1/b", 0, 40), machine_type="fan")
+    harness.pipeline.process_batch([pump, fan])
+    assert {name: state.slot for name, state in harness.pipeline.streams.items()} == {
+        "site-1/a": "pumps",
+        "site-1/b": "fans",
+    }
+
+
+def test_sample_rows_are_routed_on_their_tag_columns(bundle: Bundle) -> None:
+    harness = _routed(bundle)
+    rows = _rows(_single_samples(_record("a", 0, 3)) + _single_samples(_record("b", 0, 3)))
+    tags = {"machine_type": ["pump"] * 3 + ["fan"] * 3}
+    harness.pipeline.process_batch([SampleRows(rows.streams, rows.ts_s, rows.values, rows.channels, tags)])
+    assert {name: state.slot for name, state in harness.pipeline.streams.items()} == {"a": "pumps", "b": "fans"}
+
+
+def test_a_stream_without_the_routing_field_is_a_no_route_dead_letter(bundle: Bundle) -> None:
+    harness = _routed(bundle)
+    harness.pipeline.process_batch([_record("untagged", 0, 5), _tagged(_record("odd", 0, 5), machine_type="valve")])
+    assert [d.reason for d in harness.dead.items] == ["no_route", "no_route"]
+    assert harness.pipeline.streams == {}

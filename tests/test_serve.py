@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,10 +19,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from ae_monitor.config import Config, config_from_dict, dump_config
+from ae_monitor.config import Config, RouteConfig, config_from_dict, dump_config
 from ae_monitor.jobs.demo import CHANNELS, DEMO_CONFIG
 from ae_monitor.metrics import Metrics
-from ae_monitor.model.bundle import load_bundle
+from ae_monitor.model.bundle import load_bundle, save_bundle
 from ae_monitor.pipeline import Pipeline
 from ae_monitor.records import Alert, DeadLetter
 from ae_monitor.service import serve
@@ -188,6 +189,58 @@ def test_the_codes_and_cleaned_topics_carry_one_message_per_scored_window(
     assert set(window["values"]) == set(CHANNELS)
     assert all(len(v) == config.features.sensor.window_samples for v in window["values"].values())
     assert 35 < sum(window["values"]["temperature_c"]) / config.features.sensor.window_samples < 65
+
+
+def test_streams_are_routed_to_bundles_on_the_machine_type_field_of_their_records(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]], tmp_path: Path,
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    tag = topic.rsplit("-", 1)[-1]
+    fans = save_bundle(dataclasses.replace(load_bundle(sensor_bundle), name="fans"), tmp_path / "fans")
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    routes = [{"match": "pump*", "field": "machine_type", "bundle_path": str(sensor_bundle)},
+              {"match": "fan", "field": "machine_type", "bundle_path": str(fans)}]  # fmt: skip
+    config = config.model_copy(update={"routes": tuple(RouteConfig(**r) for r in routes)})
+    running(config)
+
+    def tagged(stream: str, machine_type: str) -> list[Message]:
+        messages = _messages(sensor_data[1] / f"{stream}.csv", stream, config, slice(0, 40))
+        return [
+            (k, v.replace(b'{"ts"', b'{"machine_type": "' + machine_type.encode() + b'", "ts"')) for k, v in messages
+        ]
+
+    _produce(
+        kafka_bootstrap, topic, [*tagged("pump-1", "pump-v2"), *tagged("pump-2", "fan"), *tagged("pump-3", "valve")]
+    )
+    windows = 2 * (40 - config.features.sensor.window_samples + 1)
+    scores = [json.loads(m.value) for m in _read(kafka_bootstrap, f"scores-{tag}", lambda seen: len(seen) >= windows)]
+    assert {(s["stream"], s["bundle"]) for s in scores} == {("pump-1", load_bundle(sensor_bundle).name),
+                                                           ("pump-2", "fans")}  # fmt: skip
+    dead = _read(kafka_bootstrap, f"dead-{tag}", lambda seen: len(seen) >= 40)
+    assert {dict(m.headers)["reason"] for m in dead} == {b"no_route"}  # the valve has no bundle
+    letter = json.loads(dead[0].value)  # the record itself, to fix and produce again
+    assert (dead[0].key, letter["stream"], letter["machine_type"]) == (b"pump-3", "pump-3", "valve")
+    assert set(letter["values"]) == set(CHANNELS)
+
+
+def test_a_tombstone_on_the_input_topic_is_a_dead_letter_and_the_daemon_goes_on(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    tag = topic.rsplit("-", 1)[-1]
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    _, thread, _ = running(config)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(topic, key=b"pump-1", value=None)
+    producer.flush()
+    producer.close()
+    _produce(kafka_bootstrap, topic, _messages(sensor_data[1] / "pump-1.csv", "pump-1", config, slice(0, 31)))
+    dead = _read(kafka_bootstrap, f"dead-{tag}", lambda seen: len(seen) >= 1)
+    assert [dict(m.headers)["reason"] for m in dead] == [b"empty_value"]
+    assert _read(kafka_bootstrap, f"scores-{tag}", lambda seen: len(seen) >= 2)  # 31 samples: two windows
+    assert thread.is_alive()
 
 
 def _http(url: str) -> tuple[int, str]:

@@ -265,7 +265,9 @@ class KafkaDeadLetterSink:
         self.name = f"kafka:{topic}"
 
     def send(self, letters: Sequence[DeadLetter]) -> None:
-        messages = [(None, payload_bytes(d.payload), dead_letter_headers(d)) for d in letters]
+        # Keyed by source (a Kafka position or a stream id): a letter without a payload (an empty message) is
+        # then still a valid Kafka message.
+        messages = [(d.source.encode(), payload_bytes(d.payload), dead_letter_headers(d)) for d in letters]
         send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
 
 

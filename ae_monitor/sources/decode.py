@@ -12,10 +12,9 @@ A JSON ``stream`` field wins over the message key (a producer may key by machine
 ``null`` channel values become NaN (the sensor ``nan_policy`` handles them); anything else invalid raises
 RecordError with a short ``reason`` (the dead-letter label).
 
-This is the daemon's hot path (tens of thousands of single-sample messages per second on one core). `decode_batch`
-decodes a whole poll: single-sample sensor messages go through a typed msgspec decoder (parsing and type checks in
-C) into columnar `SampleRows` blocks; anything that decoder refuses takes the careful path below, which parses JSON
-once, checks types by hand and names what is wrong. Both accept and refuse exactly the same messages.
+This is the careful path: it parses JSON once, checks types by hand and names what is wrong. The daemon's hot path
+(`ae_monitor.sources.batch.decode_batch`) decodes whole polls of single-sample messages with msgspec and hands
+anything it does not take to `decode_message`; both accept and refuse exactly the same messages.
 
 >>> rec = decode_message(None, b'{"stream": "p", "ts": 1.5, "values": {"a": 1, "b": null}}', ())
 >>> rec.stream, rec.channels, rec.values.shape
@@ -25,19 +24,18 @@ once, checks types by hand and names what is wrong. Both accept and refuse exact
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from ae_monitor.errors import RecordError
-from ae_monitor.records import AudioRecord, DeadLetter, Record, SampleRows, SensorRecord
+from ae_monitor.records import AudioRecord, DeadLetter, Record, SensorRecord
 
 FORMAT_HEADER = "format"
 BASE64_PREFIX = "base64:"  # a DeadLetter.payload of bytes that are not UTF-8 text
@@ -45,7 +43,7 @@ AUDIO_FORMATS: dict[str, np.dtype[Any]] = {"s16le": np.dtype("<i2"), "f32le": np
 _S16_SCALE = np.float32(1.0 / 32768.0)
 _NAN = math.nan
 _INF = math.inf
-_MAX_FLOAT = 1.7976931348623157e308
+MAX_FLOAT = 1.7976931348623157e308
 _DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
@@ -59,180 +57,21 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 Headers = Sequence[tuple[str, bytes]]
+# The fields a routing rule may name (`[[routes]] field`): the message's own keys cannot be routing tags.
+RESERVED_FIELDS = ("stream", "ts", "values")
 
 
-class _Sample(msgspec.Struct):
-    """The single-sample sensor format, as the fast decoder checks it (null channel values are allowed)."""
+def decode_message(key: bytes | None, value: bytes | None, headers: Headers, *, tags: Sequence[str] = ()) -> Record:
+    """Decode one message into a SensorRecord or AudioRecord; raises RecordError(reason=...) when it is invalid.
 
-    ts: float
-    values: dict[str, float | None]
-    stream: str | None = None
-
-
-_SAMPLE = msgspec.json.Decoder(_Sample)
-# Longer values take the careful path: it refuses integers of more than 4,300 digits (Python's conversion limit),
-# which msgspec would take, and single samples are far shorter.
-_FAST_MAX_BYTES = 4096
-Message = tuple[bytes | None, bytes | None, Headers]
-
-
-def decode_batch(messages: Sequence[Message]) -> tuple[list[Record | SampleRows], list[tuple[int, RecordError]]]:
-    """Decode messages in order: (records and SampleRows blocks, holding the good messages in their order;
-    (message index, error) of the others). Consecutive single-sample sensor messages with the same channels share one
-    SampleRows block; every other message becomes what `decode_message` makes of it."""
-    whole = _all_at_once(messages)
-    if whole is not None:
-        return [whole], []
-    items: list[Record | SampleRows] = []
-    errors: list[tuple[int, RecordError]] = []
-    block = _Block(messages, items, errors)
-    for i, (key, value, headers) in enumerate(messages):
-        sample = _fast_sample(key, value, headers)
-        if sample is not None:
-            block.add(i, *sample)
-        else:
-            block.close()
-            _decode_one(i, messages[i], items, errors)
-    block.close()
-    return items, errors
-
-
-def _all_at_once(messages: Sequence[Message]) -> SampleRows | None:
-    """The common poll, one SampleRows: ASCII single samples of the same channels (in any key order), no headers,
-    parsed by one msgspec call into typed structs, one line per message. None when any message needs a closer look
-    (then each is decoded on its own)."""
-    values = [value for _, value, _ in messages if value]
-    if not values or len(values) < len(messages) or any(headers for _, _, headers in messages):
-        return None
-    joined = b"\n".join(values)
-    # One line per message: no value holds a newline (nor is blank, which decode_lines would skip).
-    if not joined.isascii() or joined.count(b"\n") != len(values) - 1 or max(map(len, values)) > _FAST_MAX_BYTES:
-        return None
-    try:
-        channels = tuple(_SAMPLE.decode(values[0]).values)
-        samples = _typed_decoder(channels).decode_lines(joined) if channels else []
-    except (msgspec.MsgspecError, RecursionError, ValueError):  # ValueError: a channel name msgspec cannot hold
-        return None
-    if len(samples) != len(values):
-        return None
-    streams = _streams(samples, messages)
-    if streams is None:
-        return None
-    ts = np.array([s.ts for s in samples], dtype=np.float64)
-    rows = np.array([msgspec.structs.astuple(s.values) for s in samples], dtype=np.float64)  # null -> NaN
-    if _extreme(ts) or _extreme(rows):
-        return None
-    return SampleRows(streams, ts, rows, channels)
-
-
-def _streams(samples: list[Any], messages: Sequence[Message]) -> list[str] | None:
-    """Each sample's stream: its `stream` field, else its message key; None if one has neither (or an empty one)."""
-    try:
-        streams = [
-            sample.stream if sample.stream is not None else key.decode()  # type: ignore[union-attr]
-            for sample, (key, _, _) in zip(samples, messages, strict=True)
-        ]
-    except (AttributeError, UnicodeDecodeError):  # no key (None has no decode), or not UTF-8
-        return None
-    return None if "" in streams else streams
-
-
-def _checked(key: bytes | None, sample: _Sample) -> tuple[str, float, dict[str, float | None]] | None:
-    stream = sample.stream
-    if stream is None and key:
-        try:
-            stream = key.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if not stream or not sample.values:
-        return None
-    return stream, sample.ts, sample.values
-
-
-@functools.lru_cache(maxsize=32)
-def _typed_decoder(channels: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
-    """A decoder of single samples with exactly these channels (a missing or unknown one fails the decode)."""
-    names = {f"c{i}": name for i, name in enumerate(channels)}
-    values = msgspec.defstruct("Values", [(field, float | None) for field in names], rename=names,
-                               forbid_unknown_fields=True)  # fmt: skip
-    sample = msgspec.defstruct("TypedSample", [("ts", float), ("values", values), ("stream", str | None, None)])
-    return msgspec.json.Decoder(sample)
-
-
-def _decode_one(
-    i: int, message: Message, items: list[Record | SampleRows], errors: list[tuple[int, RecordError]]
-) -> None:
-    try:
-        items.append(decode_message(*message))
-    except RecordError as exc:
-        errors.append((i, exc))
-
-
-def _fast_sample(
-    key: bytes | None, value: bytes | None, headers: Headers
-) -> tuple[str, float, dict[str, float | None]] | None:
-    """(stream, ts, values) of a valid single-sample sensor message; None sends it down the careful path."""
-    if not value or len(value) > _FAST_MAX_BYTES or (headers and any(name == FORMAT_HEADER for name, _ in headers)):
-        return None
-    try:
-        if not value.isascii():
-            value.decode("utf-8")  # msgspec does not check the UTF-8 of fields it skips; the careful path does
-        sample = _SAMPLE.decode(value)
-    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
-        return None
-    return _checked(key, sample)
-
-
-class _Block:
-    """Consecutive single samples with the same channels, on their way into one SampleRows."""
-
-    def __init__(
-        self, messages: Sequence[Message], items: list[Record | SampleRows], errors: list[tuple[int, RecordError]]
-    ) -> None:
-        self._messages, self._items, self._errors = messages, items, errors
-        self._channels: tuple[str, ...] = ()
-        self._indices: list[int] = []
-        self._streams: list[str] = []
-        self._ts: list[float] = []
-        self._rows: list[list[float | None]] = []
-
-    def add(self, i: int, stream: str, ts: float, values: dict[str, float | None]) -> None:
-        channels = tuple(values)
-        if channels != self._channels:
-            self.close()
-            self._channels = channels
-        self._indices.append(i)
-        self._streams.append(stream)
-        self._ts.append(ts)
-        self._rows.append(list(values.values()))
-
-    def close(self) -> None:
-        if self._streams:
-            ts = np.array(self._ts, dtype=np.float64)
-            values = np.array(self._rows, dtype=np.float64)  # null -> NaN, as in the careful path
-            if _extreme(ts) or _extreme(values):
-                # msgspec rounds integers just beyond the float range to the largest float; the careful path
-                # refuses them. Rare enough to decode those messages again, one by one.
-                for i in self._indices:
-                    _decode_one(i, self._messages[i], self._items, self._errors)
-            else:
-                self._items.append(SampleRows(self._streams, ts, values, self._channels))
-        self._indices, self._streams, self._ts, self._rows = [], [], [], []
-
-
-def _extreme(values: npt.NDArray[np.float64]) -> bool:
-    return bool((np.abs(values) >= _MAX_FLOAT).any())
-
-
-def decode_message(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Record:
-    """Decode one message into a SensorRecord or AudioRecord; raises RecordError(reason=...) when it is invalid."""
+    `tags`: routing fields to keep (top-level string fields of a sensor record, headers of an audio chunk)."""
     for name, _value in headers:
         if name == FORMAT_HEADER:
-            return decode_audio(key, value, headers)
-    return decode_sensor(key, value)
+            return decode_audio(key, value, headers, tags=tags)
+    return decode_sensor(key, value, tags=tags)
 
 
-def decode_sensor(key: bytes | None, value: bytes | None) -> SensorRecord:
+def decode_sensor(key: bytes | None, value: bytes | None, *, tags: Sequence[str] = ()) -> SensorRecord:
     """A sensor sample or batch from its JSON value; the stream comes from the ``stream`` field, else the key."""
     obj = _parse_json(value)
     stream = _stream(obj.get("stream"), key)
@@ -242,9 +81,24 @@ def decode_sensor(key: bytes | None, value: bytes | None) -> SensorRecord:
         raise RecordError(f"stream {stream}: the record has no {exc.args[0]!r} field", reason="missing_field") from None
     if type(values) is not dict or not values:
         raise RecordError(f"stream {stream}: 'values' must be a non-empty object", reason="invalid_field")
+    found = _json_tags(stream, obj, tags)
     if type(ts) is list:
-        return _batch(stream, ts, values)
-    return SensorRecord(stream, np.array([_timestamp(stream, ts)]), _sample_row(stream, values), tuple(values))
+        return replace(_batch(stream, ts, values), tags=found)
+    row = _sample_row(stream, values)
+    return SensorRecord(stream, np.array([_timestamp(stream, ts)]), row, tuple(values), found)
+
+
+def _json_tags(stream: str, obj: dict[str, Any], tags: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for name in tags:
+        value = obj.get(name)
+        if value is None:
+            continue
+        if type(value) is not str:
+            raise RecordError(f"stream {stream}: routing field {name!r} must be a string, got {value!r}",
+                              reason="invalid_field")  # fmt: skip
+        found[name] = value
+    return found
 
 
 def _parse_json(value: bytes | None) -> dict[str, Any]:
@@ -276,7 +130,7 @@ def _stream(field: Any, key: bytes | None) -> str:
 
 def _timestamp(stream: str, ts: Any) -> float:
     t = type(ts)
-    if (t is float and -_INF < ts < _INF) or (t is int and -_MAX_FLOAT <= ts <= _MAX_FLOAT):
+    if (t is float and -_INF < ts < _INF) or (t is int and -MAX_FLOAT <= ts <= MAX_FLOAT):
         return float(ts)
     raise RecordError(
         f"stream {stream}: 'ts' must be a finite number of epoch seconds, got {ts!r}", reason="invalid_field"
@@ -342,7 +196,7 @@ def _float_array(stream: str, data: list[Any]) -> npt.NDArray[np.float64]:
         raise RecordError(f"stream {stream}: a number is too large for float64", reason="invalid_field") from None
 
 
-def decode_audio(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> AudioRecord:
+def decode_audio(key: bytes | None, value: bytes | None, headers: Headers, *, tags: Sequence[str] = ()) -> AudioRecord:
     """A PCM chunk: interleaved little-endian samples, described by the ``format``/``sample_rate``/... headers."""
     if not key:
         raise RecordError("an audio chunk needs the stream id as its message key", reason="no_stream")
@@ -354,7 +208,20 @@ def decode_audio(key: bytes | None, value: bytes | None, headers: Sequence[tuple
     rate, channels = _positive_int(stream, h, "sample_rate"), _positive_int(stream, h, "channels")
     ts = _timestamp(stream, _header_float(stream, h["ts"]))
     samples = _pcm(stream, value or b"", dtype, channels)
-    return AudioRecord(stream, ts, samples, rate)
+    return AudioRecord(stream, ts, samples, rate, _header_tags(stream, headers, tags))
+
+
+def _header_tags(stream: str, headers: Headers, tags: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for name, raw in headers:
+        if name in tags:
+            try:
+                found[name] = raw.decode("utf-8")
+            except (AttributeError, UnicodeDecodeError):
+                raise RecordError(
+                    f"stream {stream}: header {name!r} is not UTF-8 text", reason="invalid_field"
+                ) from None
+    return found
 
 
 def _audio_headers(stream: str, headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
@@ -428,6 +295,25 @@ def kafka_source(topic: str, partition: int, offset: int) -> str:
     'kafka:sensors:3:1200'
     """
     return f"kafka:{topic}:{partition}:{offset}"
+
+
+def record_payload(record: Record) -> str:
+    """`DeadLetter.payload` of a record that decoded but could not be scored: the record in its wire format again.
+
+    A sensor record becomes the batch JSON format (NaN as null, routing tags as fields); an audio chunk becomes
+    `base64:` + its samples as f32le (the sample rate is in the letter's message).
+
+    >>> record_payload(decode_message(b"p", b'{"ts": 1.5, "values": {"a": 1, "b": null}}', ()))
+    '{"stream": "p", "ts": [1.5], "values": {"a": [1.0], "b": [null]}}'
+    """
+    if isinstance(record, AudioRecord):
+        raw = np.ascontiguousarray(record.samples, dtype="<f4").tobytes()
+        return BASE64_PREFIX + base64.b64encode(raw).decode("ascii")
+    columns = {
+        name: [None if math.isnan(v) else v for v in record.values[:, c].tolist()]
+        for c, name in enumerate(record.channels)
+    }
+    return json.dumps({**record.tags, "stream": record.stream, "ts": record.ts_s.tolist(), "values": columns})
 
 
 def payload_text(raw: bytes | None) -> str | None:

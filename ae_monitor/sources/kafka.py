@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
 from ae_monitor.errors import AeMonitorError, RecordError
 from ae_monitor.records import Record, SampleRows
-from ae_monitor.sources.decode import decode_batch
+from ae_monitor.sources.batch import decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,10 @@ class KafkaSource:
     commit are read again, which at-least-once delivery allows.
     """
 
-    def __init__(self, connect: Callable[[], Any], cfg: KafkaSourceConfig, *, stall_after_s: float = 15.0) -> None:
+    def __init__(self, connect: Callable[[], Any], cfg: KafkaSourceConfig, *, stall_after_s: float = 15.0,
+                 tags: Sequence[str] = ()) -> None:  # fmt: skip
         self._connect, self._cfg, self._stall_after_s = connect, cfg, stall_after_s
+        self._tags = tuple(tags)  # routing fields to keep (see decode_message)
         self._events: queue.SimpleQueue[RebalanceEvent] = queue.SimpleQueue()
         self._max_records = cfg.max_poll_records
         self._next: dict[Partition, int] = {}
@@ -192,7 +194,7 @@ class KafkaSource:
             if not records:
                 continue
             self._next[(tp.topic, tp.partition)] = records[-1].offset + 1
-            decoded, errors = decode_batch([(m.key, m.value, m.headers or ()) for m in records])
+            decoded, errors = decode_batch([(m.key, m.value, m.headers or ()) for m in records], tags=self._tags)
             for i, error in errors:
                 m = records[i]
                 rejected.append(Rejected(m.topic, m.partition, m.offset, error, m.value))

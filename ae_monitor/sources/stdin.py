@@ -6,7 +6,7 @@ with their reason and line number, and consumption goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from ae_monitor.errors import RecordError
@@ -17,8 +17,10 @@ from ae_monitor.sources.decode import decode_message
 class JsonLinesSource:
     """Reads records line by line; blank lines are skipped."""
 
-    def __init__(self, stream: IO[str], *, on_dead_letter: Callable[[DeadLetter], None], name: str = "stdin") -> None:
+    def __init__(self, stream: IO[str], *, on_dead_letter: Callable[[DeadLetter], None], name: str = "stdin",
+                 tags: Sequence[str] = ()) -> None:  # fmt: skip
         self._stream, self._on_dead_letter, self._name = stream, on_dead_letter, name
+        self._tags = tuple(tags)  # routing fields to keep (see decode_message)
         self._line = 0
         self._done = False
 
@@ -43,7 +45,7 @@ class JsonLinesSource:
 
     def _decode(self, line: str, records: list[Record]) -> None:
         try:
-            records.append(decode_message(None, line.encode("utf-8"), ()))
+            records.append(decode_message(None, line.encode("utf-8"), (), tags=self._tags))
         except RecordError as exc:
             letter = DeadLetter(f"{self._name}:{self._line}", exc.reason, str(exc), line.rstrip("\n"))
             self._on_dead_letter(letter)
