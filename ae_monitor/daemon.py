@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ae_monitor.config import Config, RouteConfig
 from ae_monitor.errors import AeMonitorError, ConfigError, SinkError
@@ -51,10 +51,15 @@ class AlertQueue(Protocol):
 
 class StateStore(Protocol):
     def save(self, states: Mapping[str, Mapping[str, Any]]) -> None:
-        """Hand states over; may return before they are stored."""
+        """Hand states over; may return before they are stored (see Settling)."""
 
-    def settle(self) -> None:
-        """Return once everything saved is stored; raise SinkError otherwise."""
+
+@runtime_checkable
+class Settling(Protocol):
+    """An output whose `send`/`save` returns before the data is stored: nothing is committed until `settle` (which
+    waits for the acknowledgements, or raises SinkError) has returned."""
+
+    def settle(self) -> None: ...
 
 
 @dataclass
@@ -221,12 +226,13 @@ class Daemon:
             return
         if not self._out.alerts.idle:
             return  # never commit past an alert that is still waiting for delivery
-        if self._out.state is not None:
-            try:
-                self._out.state.settle()
-            except SinkError as exc:
-                log.warning("alert state not stored yet, so no commit this time: %s", exc)
-                return
+        for output in (self._out.state, self._out.dead_letters):
+            if isinstance(output, Settling):
+                try:
+                    output.settle()
+                except SinkError as exc:
+                    log.warning("%s; no commit this time (the records are kept, nothing is lost)", exc)
+                    return
         offsets = self._tracker.committable(self._all_done, every=force or self._source.stalled)
         if offsets:
             self._source.commit(offsets, wait=force)

@@ -226,7 +226,8 @@ def _kafka_outputs(config: Config, sinks: dict[str, AlertSink], closers: list[Ca
     if cfg.cleaned_topic:
         found["cleaned"] = ks.KafkaCleanedSink(producer, cfg.cleaned_topic, timeout_s=cfg.send_timeout_s).send
     if cfg.dead_letter_topic:
-        found["dead"] = ks.KafkaDeadLetterSink(producer, cfg.dead_letter_topic, timeout_s=cfg.send_timeout_s)
+        found["dead"] = ks.KafkaDeadLetterSink(producer, cfg.dead_letter_topic, timeout_s=cfg.send_timeout_s,
+                                               pipelined=True)  # fmt: skip
     if cfg.state_topic:
         found["state"] = ks.KafkaStateStore(producer, cfg.state_topic, timeout_s=cfg.send_timeout_s)
     return found

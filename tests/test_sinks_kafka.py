@@ -137,6 +137,17 @@ def test_dead_letters_keep_the_original_bytes_and_carry_the_reason_and_source_in
     assert {k for k, _ in second.headers} == {"reason", "message", "source"}
 
 
+def test_a_pipelined_dead_letter_sink_hands_letters_over_and_settle_waits_for_the_broker(
+    producer: Any, kafka_client: Callable[..., Any], kafka_topic: Callable[..., str]
+) -> None:
+    topic = kafka_topic(1)
+    sink = KafkaDeadLetterSink(producer, topic, pipelined=True)
+    sink.send([DeadLetter(source="kafka:sensors:0:7", reason="empty_value", message="the message has no value")])
+    sink.settle()
+    (letter,) = _read(kafka_client, topic, 1)
+    assert (letter.key, letter.value) == (b"kafka:sensors:0:7", None)  # keyed by source, so no payload is fine
+
+
 def test_payload_text_and_payload_bytes_round_trip_any_bytes() -> None:
     for raw in [b"", b"plain", b"\xff\xfe\x00", "é".encode(), b"base64:looks-encoded"]:
         assert payload_bytes(payload_text(raw)) == raw

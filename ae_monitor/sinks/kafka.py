@@ -258,17 +258,50 @@ def cleaned_to_json(window: CleanedWindow) -> str:
 class KafkaDeadLetterSink:
     """Records that could not be used: value = the original payload, headers `reason`, `message`, `source` and,
     when `source` is a Kafka position (`kafka:<topic>:<partition>:<offset>`, see `sources.decode.kafka_source`),
-    `source_topic`, `source_partition`, `source_offset`."""
+    `source_topic`, `source_partition`, `source_offset`.
 
-    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+    With `pipelined`, `send` only hands the letters to the producer and `settle` waits for the acknowledgements (the
+    daemon settles before every commit, so no offset is committed past a letter the broker does not have, and a
+    broker hiccup pauses commits instead of stopping the daemon); otherwise `send` waits."""
+
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0, pipelined: bool = False) -> None:
         self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self._pipelined = pipelined
         self.name = f"kafka:{topic}"
+        self._in_flight: list[tuple[Message, Any]] = []
 
     def send(self, letters: Sequence[DeadLetter]) -> None:
         # Keyed by source (a Kafka position or a stream id): a letter without a payload (an empty message) is
         # then still a valid Kafka message.
-        messages = [(d.source.encode(), payload_bytes(d.payload), dead_letter_headers(d)) for d in letters]
-        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+        messages: list[Message] = [
+            (d.source.encode(), payload_bytes(d.payload), dead_letter_headers(d)) for d in letters
+        ]
+        if not self._pipelined:
+            send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+            return
+        self._in_flight += [(message, self._send(message)) for message in messages]
+
+    def settle(self) -> None:
+        """Wait until every letter sent is acknowledged; raises SinkError when one is not (it is sent again)."""
+        deadline_s = time.monotonic() + self._timeout_s
+        waiting, self._in_flight = self._in_flight, []
+        failure: KafkaError | None = None
+        for message, future in waiting:
+            try:
+                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
+            except KafkaError as exc:
+                failure = exc
+                self._in_flight.append((message, self._send(message)))
+        if failure is not None:
+            raise SinkError(f"topic {self._topic}: not acknowledged: {failure!r}", sink=self.name,
+                            retriable=failure.retriable)  # fmt: skip
+
+    def _send(self, message: Message) -> Any:
+        key, value, headers = message
+        try:
+            return self._producer.send(self._topic, key=key, value=value, headers=headers)
+        except KafkaError as exc:
+            raise SinkError(f"topic {self._topic}: not sent: {exc!r}", sink=self.name, retriable=exc.retriable) from exc
 
 
 def payload_bytes(payload: str | None) -> bytes | None:
