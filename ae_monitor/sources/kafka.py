@@ -61,10 +61,6 @@ class Polled:
     chunks: list[Chunk]
     rejected: list[Rejected]
 
-    @property
-    def rows(self) -> int:
-        return sum(len(item) if isinstance(item, SampleRows) else 1 for item in self.items)
-
     @staticmethod
     def empty() -> Polled:
         return Polled([], [], [])
