@@ -212,31 +212,31 @@ def decode_audio(key: bytes | None, value: bytes | None, headers: Headers, *, ta
 
 
 def _header_tags(stream: str, headers: Headers, tags: Sequence[str]) -> dict[str, str]:
-    found = {}
-    for name, raw in headers:
-        if name in tags:
-            try:
-                found[name] = raw.decode("utf-8")
-            except (AttributeError, UnicodeDecodeError):
-                raise RecordError(
-                    f"stream {stream}: header {name!r} is not UTF-8 text", reason="invalid_field"
-                ) from None
+    return _header_texts(stream, headers, tags, "utf-8")
+
+
+_AUDIO_HEADERS = ("format", "sample_rate", "channels", "ts")
+
+
+def _audio_headers(stream: str, headers: Headers) -> dict[str, str]:
+    found = _header_texts(stream, headers, _AUDIO_HEADERS, "ascii")
+    for name in _AUDIO_HEADERS:
+        if name not in found:
+            raise RecordError(f"stream {stream}: audio chunk without the {name!r} header", reason="missing_field")
     return found
 
 
-def _audio_headers(stream: str, headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+def _header_texts(stream: str, headers: Headers, names: Sequence[str], encoding: str) -> dict[str, str]:
+    """The headers called one of `names`, decoded; RecordError(invalid_field) when one is not `encoding` text."""
     found: dict[str, str] = {}
     for name, raw in headers:
-        if name in ("format", "sample_rate", "channels", "ts"):
+        if name in names:
             try:
-                found[name] = raw.decode("ascii")
+                found[name] = raw.decode(encoding)
             except (AttributeError, UnicodeDecodeError):
-                raise RecordError(
-                    f"stream {stream}: header {name!r} is not ASCII text", reason="invalid_field"
-                ) from None
-    for name in ("format", "sample_rate", "channels", "ts"):
-        if name not in found:
-            raise RecordError(f"stream {stream}: audio chunk without the {name!r} header", reason="missing_field")
+                kind = "ASCII" if encoding == "ascii" else "UTF-8"
+                message = f"stream {stream}: header {name!r} is not {kind} text"
+                raise RecordError(message, reason="invalid_field") from None
     return found
 
 
