@@ -296,3 +296,14 @@ def test_push_many_while_every_stream_is_still_warming_gives_no_vectors() -> Non
     vectors, made = push_many(streams, training_data(8), [7, 1, 0])  # streams 0 and 1 fill their first window
     assert made == [1, 1, 0]
     assert vectors.first_sample.tolist() == [0, 0]
+
+
+def test_a_stream_keeps_no_view_of_the_micro_batch_it_was_pushed_in() -> None:
+    # Hundreds of streams go quiet after a batch; none may pin the batch's memory until it is evicted.
+    cfg = SensorConfig(window_samples=4, hop_samples=1)
+    extractor = SensorExtractor.fit(cfg, ("a", "b"), [np.arange(40.0).reshape(20, 2)])
+    streams = [extractor.stream() for _ in range(3)]
+    batch = np.arange(24.0).reshape(12, 2)
+    push_many(streams, batch, [2, 5, 5])
+    for stream in streams:
+        assert stream._buf.base is None or stream._buf.base.shape[0] <= cfg.window_samples + 5

@@ -217,7 +217,8 @@ class SensorStream:
     def _take(self, scaled: F64, last_raw: F64) -> tuple[F64, int, int, int]:
         """Append scaled rows; returns (buffer, index in it of the first new window, windows now complete, stream
         index of that window's first sample), and drops what no later window needs."""
-        buf = np.concatenate((self._buf, scaled)) if len(self._buf) else scaled
+        shared = not len(self._buf)  # then `buf` is a view of the whole micro-batch
+        buf = scaled if shared else np.concatenate((self._buf, scaled))
         self._n += len(scaled)
         self._last = last_raw.copy()
         start = self._next * self._hop
@@ -226,7 +227,9 @@ class SensorStream:
         local = start - self._buf_start
         self._next += count
         drop = min(self._next * self._hop - self._buf_start, len(buf))
-        self._buf, self._buf_start = buf[drop:], self._buf_start + drop
+        kept = buf[drop:]
+        # A quiet stream must not keep the whole micro-batch alive through a view of it.
+        self._buf, self._buf_start = (kept.copy() if shared else kept), self._buf_start + drop
         return buf, local, count, start
 
 
