@@ -3,7 +3,7 @@
 The daemon reads tens of thousands of single-sample sensor messages per second on one core, where building one
 record object per message costs more than scoring it. `decode_batch` therefore:
 
-- parses a clean poll (ASCII JSON, no headers, the same channel names in any key order) with one typed msgspec call
+- parses a clean poll (ASCII JSON, no audio chunk, the same channel names in any key order) with one typed msgspec call
   (`decode_lines`, one line per message, the channels decoded into a struct made for that set of names) into one
   `SampleRows` block: stream ids, a timestamp array and a value matrix;
 - otherwise goes message by message: single samples through a msgspec decoder into blocks of consecutive samples
@@ -66,7 +66,7 @@ def decode_batch(messages: Sequence[Message], *, tags: Sequence[str] = ()) -> tu
 def _all_at_once(messages: Sequence[Message], tags: tuple[str, ...]) -> SampleRows | None:
     """The common poll as one SampleRows; None when any message needs a closer look."""
     values = [value for _, value, _ in messages if value]
-    if not values or len(values) < len(messages) or any(headers for _, _, headers in messages):
+    if not values or len(values) < len(messages) or any(_is_audio(headers) for _, _, headers in messages):
         return None
     joined = b"\n".join(values)
     # One line per message: no value holds a newline (nor is blank, which decode_lines would skip).
@@ -88,6 +88,11 @@ def _all_at_once(messages: Sequence[Message], tags: tuple[str, ...]) -> SampleRo
         return None
     columns = {name: list(map(attrgetter(f"t{k}"), samples)) for k, name in enumerate(tags)}
     return SampleRows(streams, ts, rows, channels, columns)
+
+
+def _is_audio(headers: Headers) -> bool:
+    # Other headers (tracing, schema ids) do not matter to a sensor record.
+    return bool(headers) and any(name == FORMAT_HEADER for name, _ in headers)
 
 
 def _streams(samples: list[Any], messages: Sequence[Message]) -> list[str] | None:
@@ -134,7 +139,7 @@ def _typed_decoder(channels: tuple[str, ...], tags: tuple[str, ...]) -> msgspec.
 
 def _one_sample(key: bytes | None, value: bytes | None, headers: Headers, tags: tuple[str, ...]) -> Any | None:
     """A valid single-sample sensor message, decoded (its stream resolved); None sends it down the careful path."""
-    if not value or len(value) > _FAST_MAX_BYTES or (headers and any(name == FORMAT_HEADER for name, _ in headers)):
+    if not value or len(value) > _FAST_MAX_BYTES or _is_audio(headers):
         return None
     try:
         if not value.isascii():
