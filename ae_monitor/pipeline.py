@@ -447,29 +447,39 @@ class Pipeline:
         for i, stream in enumerate(rows.streams):
             groups.setdefault(stream, []).append(i)
         lanes: dict[str, list[tuple[str, list[int]]]] = {}
+        columns: dict[str, IntArray | None] = {}
         slow: list[int] = []
         for stream, indices in groups.items():
             slot = self._router.slot_for(stream, rows.tags_of(indices[0]) if rows.tags else None)
-            if slot is not None and self._columnar(slot, rows.channels):
+            if slot is not None and slot not in columns:
+                columns[slot] = self._column_order(slot, rows.channels)
+            if slot is not None and columns[slot] is not None:
                 lanes.setdefault(slot, []).append((stream, indices))
             else:
                 slow += indices
         for slot, lane in lanes.items():
-            slow += self._push_lane(slot, lane, rows, first_row, pushed, progress)
+            order = columns[slot]
+            assert order is not None  # lanes only hold slots with a column order
+            slow += self._push_lane(slot, lane, rows, order, first_row, pushed, progress)
         records = [(first_row + i, rows.record(i)) for i in sorted(slow)]
         return self._push_records(records, pushed, progress)
 
-    def _columnar(self, slot: str, channels: tuple[str, ...]) -> bool:
+    def _column_order(self, slot: str, channels: tuple[str, ...]) -> IntArray | None:
+        """Where each of the bundle's channels is in `channels`; None when the lane cannot take these rows (not a
+        sensor bundle, or other channel names: the record path dead-letters them with the reason)."""
         bundle = self._slots[slot].bundle
-        return bundle.features.kind == "sensor" and bundle.extractor.group_names == channels
+        names = bundle.extractor.group_names
+        if bundle.features.kind != "sensor" or len(set(channels)) != len(channels) or set(channels) != set(names):
+            return None
+        return np.array([channels.index(name) for name in names], dtype=np.int64)
 
-    def _push_lane(self, slot: str, lane: list[tuple[str, list[int]]], rows: SampleRows, first_row: int,
-                   pushed: list[_Pushed], progress: Progress) -> list[int]:  # fmt: skip
-        """Push the plain streams of `lane` (all routed to `slot`) in one pass; returns the rows left for the
-        record-by-record path (streams with late, missing or gap-separated samples)."""
+    def _push_lane(self, slot: str, lane: list[tuple[str, list[int]]], rows: SampleRows, columns: IntArray,
+                   first_row: int, pushed: list[_Pushed], progress: Progress) -> list[int]:  # fmt: skip
+        """Push the plain streams of `lane` (all routed to `slot`) in one pass, channels in the bundle's order;
+        returns the rows left for the record-by-record path (streams with late, missing or gap-separated samples)."""
         order = np.fromiter((i for _, indices in lane for i in indices), dtype=np.int64, count=-1)
         counts = np.array([len(indices) for _, indices in lane])
-        ts, values = rows.ts_s[order], rows.values[order]
+        ts, values = rows.ts_s[order], rows.values[np.ix_(order, columns)]
         plain = self._plain_streams(lane, ts, values, counts)
         if not plain.all():
             keep = np.repeat(plain, counts)

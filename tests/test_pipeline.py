@@ -325,3 +325,11 @@ def test_a_stream_without_the_routing_field_is_a_no_route_dead_letter(bundle: Bu
     harness.pipeline.process_batch([_record("untagged", 0, 5), _tagged(_record("odd", 0, 5), machine_type="valve")])
     assert [d.reason for d in harness.dead.items] == ["no_route", "no_route"]
     assert harness.pipeline.streams == {}
+
+
+def test_sample_rows_in_another_channel_order_score_like_the_bundles_order(bundle: Bundle) -> None:
+    # Producers write JSON keys in any order; the columnar lane puts them in the bundle's order itself.
+    rows = _rows(_single_samples(_record("s", 0, 40)))
+    swapped = SampleRows(rows.streams, rows.ts_s, rows.values[:, ::-1].copy(), CHANNELS[::-1])
+    want = Harness(bundle).pipeline.process_batch([rows]).windows
+    assert Harness(bundle).pipeline.process_batch([swapped]).windows == want

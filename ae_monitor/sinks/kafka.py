@@ -126,14 +126,75 @@ Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, val
 
 def send_all(producer: Producer, topic: str, messages: Iterable[Message], *, sink: str, timeout_s: float) -> None:
     """Send every message, then wait until the broker acknowledged all of them (or raise SinkError)."""
-    deadline_s = time.monotonic() + timeout_s
+    submit_all(producer, topic, messages, sink=sink).result(timeout_s)
+
+
+def submit_all(producer: Producer, topic: str, messages: Iterable[Message], *, sink: str) -> PendingSends:
+    """Hand every message to the producer; the broker's answers come later (see PendingSends)."""
     try:
         futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in messages]
-        for future in futures:
-            future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
     except KafkaError as exc:
-        # kafka-python says which errors a retry can fix (timeouts, leader changes; not an oversized message).
-        raise SinkError(f"topic {topic}: not acknowledged: {exc!r}", sink=sink, retriable=exc.retriable) from exc
+        raise _refused(topic, sink, exc) from exc
+    return PendingSends(futures, topic=topic, sink=sink)
+
+
+def _refused(topic: str, sink: str, exc: KafkaError) -> SinkError:
+    # kafka-python says which errors a retry can fix (timeouts, leader changes; not an oversized message).
+    return SinkError(f"topic {topic}: not acknowledged: {exc!r}", sink=sink, retriable=exc.retriable)
+
+
+class PendingSends:
+    """Producer futures of one batch: done once the broker answered every message."""
+
+    def __init__(self, futures: list[Any], *, topic: str, sink: str) -> None:
+        self._futures, self._topic, self._sink = futures, topic, sink
+
+    def done(self) -> bool:
+        return all(future.is_done for future in self._futures)
+
+    def result(self, timeout_s: float) -> None:
+        """Wait at most `timeout_s` for every answer; raise SinkError when a message was not stored."""
+        deadline_s = time.monotonic() + timeout_s
+        try:
+            for future in self._futures:
+                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
+        except KafkaError as exc:
+            raise _refused(self._topic, self._sink, exc) from exc
+
+
+class InFlight:
+    """Messages handed to the producer and not acknowledged yet: for outputs the main loop must not wait for, but
+    which must be stored before the next commit (alert states, dead letters).
+
+    A message sent under the key of one still in flight replaces it (only a stream's newest alert state matters).
+    `settle` waits for all of them, sends again what the broker refused, and then raises SinkError."""
+
+    def __init__(self, producer: Producer, topic: str, *, sink: str, timeout_s: float) -> None:
+        self._producer, self._topic, self._sink, self._timeout_s = producer, topic, sink, timeout_s
+        self._entries: dict[object, tuple[Message, PendingSends]] = {}
+        self._sent = 0
+
+    def send(self, message: Message, *, key: object = None) -> None:
+        self._sent += 1
+        self._entries[self._sent if key is None else key] = (message, self._submit(message))
+
+    def settle(self) -> None:
+        deadline_s = time.monotonic() + self._timeout_s
+        failure: SinkError | None = None
+        for key, (message, pending) in list(self._entries.items()):
+            try:
+                pending.result(max(deadline_s - time.monotonic(), 0.001))
+            except SinkError as exc:
+                failure = exc
+                self._entries[key] = (message, self._submit(message))
+                continue
+            if self._entries[key][1] is pending:
+                del self._entries[key]
+        if failure is not None:
+            raise failure
+
+    def _submit(self, message: Message) -> PendingSends:
+        return submit_all(self._producer, self._topic, [message], sink=self._sink)
 
 
 class KafkaAlertSink:
@@ -151,30 +212,7 @@ class KafkaAlertSink:
 
     def submit(self, alerts: Sequence[Alert]) -> PendingSends:
         messages = [(a.stream.encode(), to_json(a).encode(), [("alert_id", a.id.encode())]) for a in alerts]
-        try:
-            futures = [self._producer.send(self._topic, key=k, value=v, headers=h) for k, v, h in messages]
-        except KafkaError as exc:
-            raise SinkError(f"topic {self._topic}: not sent: {exc!r}", sink=self.name, retriable=exc.retriable) from exc
-        return PendingSends(futures, topic=self._topic, sink=self.name)
-
-
-class PendingSends:
-    """Producer futures of one batch: done once the broker answered every message."""
-
-    def __init__(self, futures: list[Any], *, topic: str, sink: str) -> None:
-        self._futures, self._topic, self._sink = futures, topic, sink
-
-    def done(self) -> bool:
-        return all(future.is_done for future in self._futures)
-
-    def result(self, timeout_s: float) -> None:
-        deadline_s = time.monotonic() + timeout_s
-        try:
-            for future in self._futures:
-                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
-        except KafkaError as exc:
-            raise SinkError(f"topic {self._topic}: not acknowledged: {exc!r}", sink=self._sink,
-                            retriable=exc.retriable) from exc  # fmt: skip
+        return submit_all(self._producer, self._topic, messages, sink=self.name)
 
 
 def score_to_json(score: WindowScore) -> str:
@@ -266,9 +304,8 @@ class KafkaDeadLetterSink:
 
     def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0, pipelined: bool = False) -> None:
         self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
-        self._pipelined = pipelined
         self.name = f"kafka:{topic}"
-        self._in_flight: list[tuple[Message, Any]] = []
+        self._in_flight = InFlight(producer, topic, sink=self.name, timeout_s=timeout_s) if pipelined else None
 
     def send(self, letters: Sequence[DeadLetter]) -> None:
         # Keyed by source (a Kafka position or a stream id): a letter without a payload (an empty message) is
@@ -276,32 +313,16 @@ class KafkaDeadLetterSink:
         messages: list[Message] = [
             (d.source.encode(), payload_bytes(d.payload), dead_letter_headers(d)) for d in letters
         ]
-        if not self._pipelined:
+        if self._in_flight is None:
             send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
             return
-        self._in_flight += [(message, self._send(message)) for message in messages]
+        for message in messages:
+            self._in_flight.send(message)
 
     def settle(self) -> None:
         """Wait until every letter sent is acknowledged; raises SinkError when one is not (it is sent again)."""
-        deadline_s = time.monotonic() + self._timeout_s
-        waiting, self._in_flight = self._in_flight, []
-        failure: KafkaError | None = None
-        for message, future in waiting:
-            try:
-                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
-            except KafkaError as exc:
-                failure = exc
-                self._in_flight.append((message, self._send(message)))
-        if failure is not None:
-            raise SinkError(f"topic {self._topic}: not acknowledged: {failure!r}", sink=self.name,
-                            retriable=failure.retriable)  # fmt: skip
-
-    def _send(self, message: Message) -> Any:
-        key, value, headers = message
-        try:
-            return self._producer.send(self._topic, key=key, value=value, headers=headers)
-        except KafkaError as exc:
-            raise SinkError(f"topic {self._topic}: not sent: {exc!r}", sink=self.name, retriable=exc.retriable) from exc
+        if self._in_flight is not None:
+            self._in_flight.settle()
 
 
 def payload_bytes(payload: str | None) -> bytes | None:
@@ -338,36 +359,17 @@ class KafkaStateStore:
     def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
         self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
         self.name = f"kafka:{topic}"
-        self._in_flight: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self._in_flight = InFlight(producer, topic, sink=self.name, timeout_s=timeout_s)
 
     def save(self, states: Mapping[str, Mapping[str, Any]]) -> None:
         """Publish each stream's state (stream -> `StreamAlertState.to_dict()`); returns without waiting."""
         for stream, state in states.items():
-            self._in_flight[stream] = (state, self._send(stream, state))
+            value = json.dumps(state, separators=(",", ":")).encode()
+            self._in_flight.send((stream.encode(), value, []), key=stream)
 
     def settle(self) -> None:
         """Wait until every saved state is acknowledged; raises SinkError when one is not (sent again)."""
-        deadline_s = time.monotonic() + self._timeout_s
-        failure: KafkaError | None = None
-        for stream, (state, future) in list(self._in_flight.items()):
-            try:
-                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
-            except KafkaError as exc:
-                failure = exc
-                self._in_flight[stream] = (state, self._send(stream, state))
-                continue
-            if self._in_flight.get(stream, (None, None))[1] is future:
-                del self._in_flight[stream]
-        if failure is not None:
-            raise SinkError(f"topic {self._topic}: not acknowledged: {failure!r}", sink=self.name,
-                            retriable=failure.retriable)  # fmt: skip
-
-    def _send(self, stream: str, state: Mapping[str, Any]) -> Any:
-        value = json.dumps(state, separators=(",", ":")).encode()
-        try:
-            return self._producer.send(self._topic, key=stream.encode(), value=value)
-        except KafkaError as exc:
-            raise SinkError(f"topic {self._topic}: not sent: {exc!r}", sink=self.name, retriable=exc.retriable) from exc
+        self._in_flight.settle()
 
     def delete(self, streams: Iterable[str]) -> None:
         """Tombstones: compaction forgets these streams' state."""

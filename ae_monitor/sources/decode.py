@@ -57,8 +57,6 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 Headers = Sequence[tuple[str, bytes]]
-# The fields a routing rule may name (`[[routes]] field`): the message's own keys cannot be routing tags.
-RESERVED_FIELDS = ("stream", "ts", "values")
 
 
 def decode_message(key: bytes | None, value: bytes | None, headers: Headers, *, tags: Sequence[str] = ()) -> Record:
