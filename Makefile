@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench clean
+.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench bench-detection clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -31,6 +31,18 @@ kafka-jars:
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_offline.py
+
+# The detection benchmark (GutenTAG, SKAB, demo; ae_monitor against a rolling z-score and PCA T²+Q), about 15 min
+# on 2 cores. GutenTAG needs scipy < 1.15, so it runs in its own virtual environment (pyproject's `bench` extra).
+BENCH_VENV := out/.venv-bench
+bench-detection: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python scripts/bench_detection.py --out out/bench-detection
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	mkdir -p out && $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[bench]'
+	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ae_monitor.config import CalibrationConfig, dump_config, load_config
+from ae_monitor.config import dump_config, load_config
 from ae_monitor.errors import AeMonitorError, ConfigError
 from ae_monitor.logs import configure as configure_logging
 
@@ -90,21 +90,29 @@ def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = sub.add_parser("calibrate", help="recalibrate a bundle's threshold on normal data")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--data", nargs="+", required=True)
-    p.add_argument("--method", choices=["quantile", "gamma", "pot", "false_alarm_rate"])
-    p.add_argument("--config", type=Path, help="take the [calibration] settings from this config")
+    p.add_argument("--method", choices=["quantile", "gamma", "pot", "false_alarm_rate", "target"])
+    p.add_argument("--target-false-alerts-per-1000", type=float, dest="target",
+                   help="method 'target': tolerated false alerts per 1,000 normal windows")  # fmt: skip
+    p.add_argument("--config", type=Path, help="take the [calibration] settings from this config "
+                   "(default: the bundle's own calibration settings)")  # fmt: skip
     p.add_argument("--rows", help="START:END rows of each file to use")
     p.set_defaults(handler=_calibrate)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     from ae_monitor.jobs.data import parse_rows
-    from ae_monitor.jobs.train import calibrate_bundle
+    from ae_monitor.jobs.train import bundle_calibration_settings, calibrate_bundle
+    from ae_monitor.model.bundle import load_bundle
 
-    cfg = load_config(args.config).calibration if args.config else CalibrationConfig()
+    cfg = load_config(args.config).calibration if args.config else bundle_calibration_settings(load_bundle(args.bundle))
     if args.method:
         cfg = cfg.model_copy(update={"method": args.method})
+    if args.target is not None:
+        cfg = cfg.model_copy(update={"method": "target", "target_false_alerts_per_1000_windows": args.target})
     calibration = calibrate_bundle(args.bundle, args.data, cfg, rows=parse_rows(args.rows))
     log.info("threshold %.6g by %s on %d windows", calibration.threshold, calibration.method, calibration.n_samples)
+    for note in calibration.notes:
+        log.warning("%s", note)
     return 0
 
 

@@ -122,7 +122,18 @@ class TrainingConfig(_Section):
 
 
 class CalibrationConfig(_Section):
-    method: Literal["quantile", "gamma", "pot", "false_alarm_rate"] = "gamma"
+    method: Literal["quantile", "gamma", "pot", "false_alarm_rate", "target"] = "gamma"
+    # method "target": the threshold a normal window exceeds this often, estimated from normal window scores
+    # (empirical where the sample holds enough exceedances, a generalised Pareto tail beyond; see docs/calibration.md).
+    target_false_alerts_per_1000_windows: float = Field(1.0, gt=0, lt=500)
+    # k >= 2: k-fold cross-fitted training; calibration sees out-of-fold scores over ALL normal data (k extra models).
+    # 0: calibrate on the held-out tail (training.calibration_fraction), as before.
+    folds: int = Field(0, ge=0, le=10)
+    # How a vector's score is formed from its per-channel (per-mel-band) errors. "mean": the mean squared error over
+    # every value (DCASE). "max": each group's mean squared error divided by its calibration scale (the
+    # `group_scale_quantile` of that group's normal errors), then the largest: one channel's spike is not averaged away.
+    aggregation: Literal["mean", "max"] = "mean"
+    group_scale_quantile: float = Field(0.99, gt=0, lt=1)
     quantile: float = Field(0.99, gt=0, lt=1)
     gamma_percentile: float = Field(0.9, gt=0, lt=1)
     pot_risk: float = Field(1e-3, gt=0, lt=1)

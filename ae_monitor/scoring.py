@@ -1,13 +1,15 @@
 """Stage 5, score: batched reconstruction error per vector, per-group error shares, and windows of vectors.
 
-A vector's score is its mean squared reconstruction error (the DCASE score); a window's score is the mean over
+A vector's score is its mean squared reconstruction error (the DCASE score), or, for a bundle calibrated with
+aggregation "max", the largest over groups of each group's mean squared error divided by that group's calibration
+scale (`group_scores`): a spike on one channel of forty is not averaged away. A window's score is the mean over
 its vectors. Each window also carries every feature group's share of the squared error (mel bands for audio,
 channels for sensors), which is what alerts use to name the top contributors. Higher score = more anomalous.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +50,13 @@ class Scorer:
         model_config: ModelConfig,
         loss: LossKind = "mse",
         batch_size: int = 1024,
+        aggregation: str = "mean",
+        group_scale: Sequence[float] | None = None,
     ) -> None:
+        if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
+            raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
+        self._aggregation = aggregation
+        self._group_scale = None if group_scale is None else np.asarray(group_scale, dtype=np.float64)
         self._model = model.eval()
         self._shape = vector_shape
         self._elbo = model_config.kind == "vae" and model_config.vae_score == "elbo"
@@ -61,7 +69,10 @@ class Scorer:
         parts = [self._score_batch(data[i : i + self._batch_size]) for i in range(0, len(data), self._batch_size)]
         if not parts:
             return VectorScores(np.zeros(0), np.zeros((0, self._shape[1])))
-        return VectorScores(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        errors, groups = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if self._aggregation == "max" and self._group_scale is not None:
+            errors = group_scores(groups, self._shape[0], self._group_scale)
+        return VectorScores(errors, groups)
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Latent codes of `data` (N, T*G) -> (N, latent); a VAE gives its mean."""
@@ -90,14 +101,35 @@ class Scorer:
 
 
 def scorer_for(bundle: Bundle, *, batch_size: int = 1024) -> Scorer:
-    """The scorer of a loaded bundle: its network, vector shape, loss and score kind."""
+    """The scorer of a loaded bundle: its network, vector shape, loss, score kind and group aggregation."""
+    cal = bundle.calibration
     return Scorer(
         bundle.model,
         vector_shape=bundle.extractor.vector_shape,
         model_config=bundle.model_config,
         loss=bundle.training.loss,
         batch_size=batch_size,
+        aggregation="mean" if cal is None else cal.aggregation,
+        group_scale=None if cal is None else cal.group_scale,
     )
+
+
+def group_scores(group_errors: F64, steps: int, group_scale: npt.ArrayLike) -> F64:
+    """Per vector, the largest over groups of (the group's summed squared error / `steps`) / its scale.
+
+    >>> group_scores(np.array([[2.0, 8.0], [4.0, 0.0]]), 2, [1.0, 4.0])
+    array([1., 2.])
+    """
+    normalised = group_errors / steps / np.asarray(group_scale, dtype=np.float64)
+    return np.asarray(normalised.max(axis=1), dtype=np.float64) if len(normalised) else np.zeros(0)
+
+
+def group_scale_of(group_errors: F64, steps: int, *, quantile: float) -> tuple[float, ...]:
+    """Each group's calibration scale: the `quantile` of its per-vector mean squared error on normal data, floored
+    at a millionth of the largest so that a channel the model reconstructs perfectly cannot divide by zero."""
+    per_group = np.quantile(group_errors / steps, quantile, axis=0)
+    floor = max(float(per_group.max()) * 1e-6, 1e-12)
+    return tuple(float(v) for v in np.maximum(per_group, floor))
 
 
 @dataclass(frozen=True)
@@ -204,3 +236,47 @@ def aggregate(scores: VectorScores, first: Positions, end: Positions, *, size: i
     if not windows and len(scores) > 0:
         windows = WindowAggregator(len(scores), len(scores)).push(scores, first, end)
     return windows
+
+
+# Beyond this many training standard deviations a channel is outside anything the model has seen: its score says
+# "unlike training", not which fault, so it is reported on its own (issue 16: SKAB valve1 ran at z = -40 to -55).
+OUT_OF_RANGE_Z = 10.0
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    """A sensor channel whose values left the training range: the most extreme z, and where it happened."""
+
+    channel: str
+    z: float
+    rows: int
+    first_row: int
+
+    def message(self) -> str:
+        return (
+            f"{self.channel} at z = {self.z:+.1f} ({self.rows} rows from row {self.first_row}): outside the range "
+            "the model was trained on; its windows score high because they are unlike training, whatever the cause"
+        )
+
+
+def out_of_range(
+    bundle: Bundle, samples: npt.NDArray[np.floating], *, limit: float = OUT_OF_RANGE_Z
+) -> list[OutOfRange]:
+    """Channels of raw sensor `samples` (n, C in the bundle's channel order) with |z| > `limit` under the bundle's
+    training scaling; empty for audio bundles.
+    """
+    scaling = getattr(bundle.extractor, "scaling_arrays", None)
+    if bundle.features.kind != "sensor" or scaling is None or len(samples) == 0:
+        return []
+    offset, scale, _ = scaling()
+    if bundle.features.sensor.scaling != "standard":
+        scale = scale / 4.0  # a min-max range spans about four standard deviations of a bell-shaped channel
+    with np.errstate(invalid="ignore"):
+        z = (np.asarray(samples, dtype=np.float64).reshape(len(samples), -1) - offset) / scale
+    found = []
+    for c, name in enumerate(bundle.extractor.group_names):
+        beyond = np.flatnonzero(np.abs(np.nan_to_num(z[:, c])) > limit)
+        if beyond.size:
+            worst = int(beyond[np.argmax(np.abs(z[beyond, c]))])
+            found.append(OutOfRange(name, float(z[worst, c]), int(beyond.size), int(beyond[0])))
+    return found

@@ -8,13 +8,19 @@ The threshold wraps any scorer: it only sees a 1-D array of scores (higher = mor
 - ``pot``: peaks over threshold (SPOT initialisation, Siffer et al., KDD 2017); a generalised Pareto tail fitted
   above the `pot_initial_quantile` gives the score exceeded with probability `pot_risk`.
 - ``false_alarm_rate``: the same tail model, aimed at `false_alarms_per_hour` per stream given the window hop.
+- ``target``: the score normal windows exceed `target_false_alerts_per_1000_windows` times per 1,000: the empirical
+  quantile where the sample holds at least `MIN_EXCEEDANCES` such windows, else a generalised Pareto tail fitted to
+  the top scores (peaks over threshold), else (too little data for any tail) the largest score, with a note saying
+  so. Meant for out-of-fold scores (`calibration.folds`), which run as high as new normal data does, so no margin.
 
 Every method's value is multiplied by `margin` (1.0 by default): a safety factor for thresholds calibrated on the
 training windows themselves. `StreamingPot` is the online variant (DSPOT): a per-stream threshold that follows the
 live scores, learning only from windows it does not flag.
 
-`Calibration.tail_probability(score)` estimates P(normal score >= score) with the method's own model, and the
-101 `reference_quantiles` let later stages watch the live score distribution drift away from the calibration set.
+`Calibration.tail_probability(score)` estimates P(normal score >= score) with the method's own model;
+`Calibration.surprise(score)` is its -log10, computed in log space (no floor at the smallest float), comparable
+across streams and bundles: 3 means "a normal window scores this high once in 1,000". The 101
+`reference_quantiles` let later stages watch the live score distribution drift away from the calibration set.
 
     >>> from ae_monitor.config import CalibrationConfig
     >>> cal = calibrate(np.arange(101.0), CalibrationConfig(method="quantile", quantile=0.9), window_hop_s=0.5)
@@ -25,6 +31,7 @@ live scores, learning only from windows it does not flag.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -39,7 +46,12 @@ from ae_monitor.config import CalibrationConfig
 from ae_monitor.errors import BundleError, ConfigError, DataError
 from ae_monitor.records import WindowScore
 
-METHODS = ("quantile", "gamma", "pot", "false_alarm_rate")
+log = logging.getLogger(__name__)
+
+METHODS = ("quantile", "gamma", "pot", "false_alarm_rate", "target")
+AGGREGATIONS = ("mean", "max")
+# The empirical quantile is trusted only when at least this many calibration scores lie above it.
+MIN_EXCEEDANCES = 10
 N_REFERENCE_QUANTILES = 101
 # A GPD fitted to fewer peaks than this is mostly noise; SPOT's authors use hundreds.
 MIN_PEAKS = 10
@@ -61,8 +73,22 @@ class Calibration:
     data_sha256: str
     created_at: str
     reference_quantiles: tuple[float, ...]
+    # How window scores are formed (scoring.Scorer): "mean" squared error, or the "max" over groups of each group's
+    # error divided by `group_scale` (one value per channel or mel band). Old bundles have neither: "mean".
+    aggregation: str = "mean"
+    group_scale: tuple[float, ...] | None = None
+    # What calibration could not do as asked and what it did instead (shown by train/calibrate, kept for audits).
+    notes: tuple[str, ...] = ()
+    # The [calibration] settings that produced this record; `calibrate` reuses them unless told otherwise.
+    settings: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
+        if self.aggregation == "max" and not self.group_scale:
+            raise ValueError("aggregation 'max' needs group_scale")
+        if self.group_scale is not None and not all(math.isfinite(v) and v > 0 for v in self.group_scale):
+            raise ValueError(f"group_scale must hold finite positive values, got {self.group_scale}")
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; expected one of {', '.join(METHODS)}")
         if len(self.reference_quantiles) != N_REFERENCE_QUANTILES:
@@ -89,6 +115,36 @@ class Calibration:
         else:
             p = self._empirical_tail(score)
         return min(1.0, max(p, TAIL_FLOOR))
+
+    def log_tail_probability(self, score: float) -> float:
+        """Natural log of `tail_probability`, computed in log space: no floor, so far tails stay distinct."""
+        if math.isnan(score):
+            raise DataError("tail_probability needs a score, got NaN")
+        p = self.parameters
+        if self.method == "gamma":
+            return min(0.0, float(stats.gamma.logsf(score, p["shape"], loc=p["loc"], scale=p["scale"])))
+        if all(key in p for key in _GPD_KEYS) and score >= p["t"]:
+            log_sf = float(stats.genpareto.logsf(score - p["t"], p["xi"], scale=p["sigma"]))
+            return min(0.0, math.log(p["n_peaks"] / self.n_samples) + log_sf)
+        return math.log(self.tail_probability(score))
+
+    def surprise(self, score: float) -> float:
+        """-log10 P(normal score >= `score`): 0 for ordinary scores, 3 for a one-in-1,000 window, inf past the
+        support of a bounded tail. Comparable across streams and bundles, unlike raw scores.
+
+            >>> cal = calibrate(np.arange(1000.0), CalibrationConfig(method="quantile", quantile=0.9), window_hop_s=1)
+            >>> round(cal.surprise(899.0), 2)
+            1.0
+        """
+        return -self.log_tail_probability(score) / math.log(10.0)
+
+    def surprises(self, scores: npt.ArrayLike) -> Scores:
+        """`surprise` of each score (NaN stays NaN)."""
+        x = np.asarray(scores, dtype=np.float64)
+        out = np.full(x.shape, np.nan)
+        finite = ~np.isnan(x)
+        out[finite] = [self.surprise(float(v)) for v in x[finite]]
+        return out
 
     def _gamma_tail(self, score: float) -> float:
         p = self.parameters
@@ -122,6 +178,10 @@ class Calibration:
             "data_sha256": self.data_sha256,
             "created_at": self.created_at,
             "reference_quantiles": list(self.reference_quantiles),
+            "aggregation": self.aggregation,
+            "group_scale": None if self.group_scale is None else list(self.group_scale),
+            "notes": list(self.notes),
+            "settings": self.settings,
         }
 
     @staticmethod
@@ -136,6 +196,10 @@ class Calibration:
                 data_sha256=str(d["data_sha256"]),
                 created_at=str(d["created_at"]),
                 reference_quantiles=tuple(float(v) for v in d["reference_quantiles"]),
+                aggregation=str(d.get("aggregation", "mean")),
+                group_scale=None if d.get("group_scale") is None else tuple(float(v) for v in d["group_scale"]),
+                notes=tuple(str(n) for n in d.get("notes", ())),
+                settings=None if d.get("settings") is None else dict(d["settings"]),
             )
         except KeyError as exc:
             raise BundleError("missing from the manifest", field=f"calibration.{exc.args[0]}") from exc
@@ -155,9 +219,15 @@ def calibrate(
     if not window_hop_s > 0:
         raise ValueError(f"window_hop_s must be > 0, got {window_hop_s}")
     x = _checked_scores(scores)
-    threshold, parameters = _METHOD_FUNCTIONS[cfg.method](x, cfg, window_hop_s)
+    notes: list[str] = []
+    if cfg.method == "target":
+        threshold, parameters = _target(x, cfg, notes)
+    else:
+        threshold, parameters = _METHOD_FUNCTIONS[cfg.method](x, cfg, window_hop_s)
     if cfg.margin != 1.0:
         parameters = {**parameters, "margin": cfg.margin}
+    for note in notes:
+        log.warning("calibration: %s", note)
     return Calibration(
         threshold=threshold * cfg.margin,
         method=cfg.method,
@@ -166,7 +236,45 @@ def calibrate(
         data_sha256=scores_sha256(x),
         created_at=created_at or datetime.now(UTC).isoformat(timespec="seconds"),
         reference_quantiles=tuple(np.quantile(x, np.linspace(0.0, 1.0, N_REFERENCE_QUANTILES)).tolist()),
+        notes=tuple(notes),
+        settings=cfg.model_dump(mode="json"),
     )
+
+
+def _target(x: Scores, cfg: CalibrationConfig, notes: list[str]) -> tuple[float, dict[str, float]]:
+    """The score normal windows exceed at the target rate: empirical, else a GPD tail, else the maximum (noted)."""
+    risk = cfg.target_false_alerts_per_1000_windows / 1000.0
+    params = {"target_false_alerts_per_1000_windows": cfg.target_false_alerts_per_1000_windows, "risk": risk}
+    fit = _tail_fit(x, cfg.pot_initial_quantile)
+    if fit is not None:
+        params |= fit
+    if x.size * risk >= MIN_EXCEEDANCES:
+        return float(np.quantile(x, 1.0 - risk)), {**params, "estimate": 0.0}
+    if fit is not None and risk < fit["n_peaks"] / x.size:
+        return _gpd_quantile(fit, risk, x.size), {**params, "estimate": 1.0}
+    notes.append(
+        f"{x.size} normal window scores cannot support {cfg.target_false_alerts_per_1000_windows:g} false alerts per "
+        f"1,000 windows (an empirical estimate needs {math.ceil(MIN_EXCEEDANCES / risk)} windows, a tail fit at "
+        f"least {MIN_PEAKS * 2}); the threshold is the largest normal score instead (expect about "
+        f"{1000.0 / (x.size + 1):.3g} per 1,000). Train or calibrate on more normal data"
+    )
+    return float(x.max()), {**params, "estimate": 2.0}
+
+
+def _tail_fit(x: Scores, initial_quantile: float) -> dict[str, float] | None:
+    """A GPD over the top scores: above `initial_quantile`, lowered so at least MIN_PEAKS peaks take part."""
+    if x.size < 2 * MIN_PEAKS or np.ptp(x) == 0:
+        return None
+    q = min(initial_quantile, 1.0 - MIN_PEAKS / x.size)
+    t, excesses = _peaks(x, q)
+    if excesses.size < MIN_PEAKS or np.ptp(excesses) == 0:
+        return None
+    fit = _fit_gpd(t, excesses)
+    if fit["xi"] < 0:
+        # A bounded tail would put every score past its endpoint at probability 0 (surprise inf) and fits short
+        # samples poorly: read it as exponential (xi = 0, sigma = the mean excess), the conservative choice.
+        fit |= {"xi": 0.0, "sigma": float(excesses.mean())}
+    return {"initial_quantile": q, **fit}
 
 
 def scores_sha256(scores: npt.ArrayLike) -> str:
@@ -291,7 +399,13 @@ class StreamingPot:
     """
 
     def __init__(
-        self, calibration_scores: npt.ArrayLike, *, risk: float, initial_quantile: float, depth: int = 0
+        self,
+        calibration_scores: npt.ArrayLike,
+        *,
+        risk: float,
+        initial_quantile: float,
+        depth: int = 0,
+        fallback_threshold: float | None = None,
     ) -> None:
         x = _checked_scores(calibration_scores)
         if depth < 0 or depth >= x.size:
@@ -299,19 +413,33 @@ class StreamingPot:
         self._risk, self._depth = risk, depth
         self._recent = list(x[x.size - depth :]) if depth else []
         residuals = x[depth:] - self._drift_means(x) if depth else x
-        self._t, excesses = _peaks(residuals, initial_quantile)
-        if excesses.size < MIN_PEAKS:
-            raise DataError(_too_few_peaks_message(residuals.size, excesses.size, initial_quantile))
-        if risk >= excesses.size / residuals.size:
-            raise ConfigError(f"risk {risk:g} is not inside the fitted tail", key="calibration.pot_risk")
+        # Short calibration data: lower the initial quantile until MIN_PEAKS peaks take part, never below the median.
+        q = max(0.5, min(initial_quantile, 1.0 - MIN_PEAKS / residuals.size))
+        self._t, excesses = _peaks(residuals, q)
         self._peaks, self._n = list(excesses), int(residuals.size)
-        self._refit()
+        self.fallback: str | None = None
+        if excesses.size < MIN_PEAKS or risk >= excesses.size / residuals.size:
+            # Start anyway with a fixed threshold (the bundle's, else the largest score) and say so; never refuse.
+            self._z = float(np.max(residuals)) if fallback_threshold is None else fallback_threshold - self.level
+            self.fallback = (
+                f"{_too_few_peaks_message(residuals.size, excesses.size, q)}; live thresholds stay fixed at "
+                f"{self.threshold:.6g} until the stream's tail can be fitted"
+                if excesses.size < MIN_PEAKS
+                else f"risk {risk:g} lies beyond the {excesses.size} calibration peaks; threshold fixed at "
+                f"{self.threshold:.6g}"
+            )
+            log.warning("DSPOT: %s", self.fallback)
+        else:
+            self._refit()
 
     def _drift_means(self, x: Scores) -> Scores:
         # Mean of the `depth` scores before each one: the local level DSPOT subtracts.
         cumulative = np.concatenate([[0.0], np.cumsum(x)])
         means: Scores = (cumulative[self._depth : -1] - cumulative[: x.size - self._depth]) / self._depth
         return means
+
+    def _can_fit(self) -> bool:
+        return len(self._peaks) >= MIN_PEAKS and self._risk < len(self._peaks) / self._n
 
     def _refit(self) -> None:
         fit = _fit_gpd(self._t, np.asarray(self._peaks))
@@ -332,12 +460,12 @@ class StreamingPot:
         residual = score - self.level
         if residual > self._z:
             return True
+        self._n += 1
         if residual > self._t:
             self._peaks.append(residual - self._t)
-            self._n += 1
-            self._refit()
-        else:
-            self._n += 1
+            if self.fallback is None or self._can_fit():
+                self.fallback = None
+                self._refit()
         if self._depth:
             self._recent = [*self._recent[1:], score]
         return False
@@ -350,9 +478,12 @@ class OnlineThresholds:
     and only windows under that threshold teach the stream's tail model.
     """
 
-    def __init__(self, calibration_scores: npt.ArrayLike, cfg: CalibrationConfig) -> None:
+    def __init__(
+        self, calibration_scores: npt.ArrayLike, cfg: CalibrationConfig, *, fallback_threshold: float | None = None
+    ) -> None:
         self._scores = _checked_scores(calibration_scores)
         self._cfg = cfg
+        self._fallback = fallback_threshold
         self._streams: dict[str, StreamingPot] = {}
 
     def threshold(self, stream: str) -> float:
@@ -362,7 +493,7 @@ class OnlineThresholds:
         pot = self._streams.get(stream)
         if pot is None:
             pot = StreamingPot(self._scores, risk=self._cfg.pot_risk, initial_quantile=self._cfg.pot_initial_quantile,
-                               depth=self._cfg.dspot_depth)  # fmt: skip
+                               depth=self._cfg.dspot_depth, fallback_threshold=self._fallback)  # fmt: skip
             self._streams[stream] = pot
         return pot
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +12,27 @@ import numpy.typing as npt
 
 from ae_monitor.config import CalibrationConfig, Config
 from ae_monitor.errors import DataError
-from ae_monitor.jobs.data import Signal, fit_extractor, load_signals, score_signal, split_signals, vectors_of
+from ae_monitor.jobs.data import (
+    ScoredSignal,
+    Signal,
+    fit_extractor,
+    load_signals,
+    score_signal,
+    split_signals,
+    vectors_of,
+)
 from ae_monitor.model.bundle import Bundle, load_bundle, save_bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import TrainResult, seed_everything, train_model
-from ae_monitor.scoring import scorer_for, window_hop_s
+from ae_monitor.scoring import (
+    VectorScores,
+    aggregate,
+    group_scale_of,
+    group_scores,
+    scorer_for,
+    window_hop_s,
+    window_plan,
+)
 from ae_monitor.threshold import Calibration, calibrate
 
 log = logging.getLogger(__name__)
@@ -26,6 +42,16 @@ log = logging.getLogger(__name__)
 class TrainReport:
     bundle: Bundle
     path: Path
+    result: TrainResult
+    n_train_vectors: int
+    n_validation_vectors: int
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """A calibrated bundle fitted in memory, and how its training went."""
+
+    bundle: Bundle
     result: TrainResult
     n_train_vectors: int
     n_validation_vectors: int
@@ -41,13 +67,37 @@ def train_bundle(
     progress: bool | None = None,
 ) -> TrainReport:
     """Train on the normal data under `data`, calibrate on a held-out normal split, and write the bundle to `out`."""
-    seed_everything(config.training.seed)
     signals = load_signals(data, config.features, rows=rows)
+    fit = fit_bundle(config, signals, name=name or Path(out).name, progress=progress)
+    return TrainReport(fit.bundle, save_bundle(fit.bundle, out), fit.result, fit.n_train_vectors,
+                       fit.n_validation_vectors)  # fmt: skip
+
+
+def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress: bool | None = None) -> FitReport:
+    """What `train` does, in memory: fit the features and the network on normal `signals`, then calibrate.
+
+    With `calibration.folds` = k >= 2 the calibration scores are out-of-fold: each signal is cut into k contiguous
+    blocks, k networks are each trained without one block and score it, and the bundle's own network is trained on
+    everything. Otherwise the last `training.calibration_fraction` of the data is held out and calibrates.
+    """
+    if config.calibration.folds >= 2:
+        return _fit_cross_fitted(config, signals, name=name, progress=progress)
     train, validation, calibration = split_signals(
         signals,
         validation_fraction=config.training.validation_fraction,
         calibration_fraction=config.training.calibration_fraction,
     )
+    fit = _fit_network(config, train, validation, name=name, progress=progress)
+    scored = _scored(fit.bundle, calibration or validation)
+    bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
+    return replace(fit, bundle=replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]}))
+
+
+def _fit_network(
+    config: Config, train: Sequence[Signal], validation: Sequence[Signal], *, name: str, progress: bool | None
+) -> FitReport:
+    """Scaling and network fitted on `train` (early stopping on `validation`); the bundle is not calibrated yet."""
+    seed_everything(config.training.seed)
     extractor = fit_extractor(config.features, train)
     x_train, x_val = vectors_of(extractor, train), vectors_of(extractor, validation)
     if len(x_train) == 0:
@@ -56,7 +106,7 @@ def train_bundle(
     model = build_model(config.model, extractor.vector_shape)
     result = train_model(model, x_train, x_val, model_cfg=config.model, cfg=config.training, progress=progress)
     bundle = Bundle(
-        name=name or Path(out).name,
+        name=name,
         version=weights_version(model),
         features=config.features,
         model_config=config.model,
@@ -64,10 +114,101 @@ def train_bundle(
         extractor=extractor,
         model=model,
         calibration=None,
-        extra={"training_result": _result_summary(result), "training_files": [s.name for s in signals]},
+        extra={"training_result": _result_summary(result)},
     )
-    bundle = bundle.with_calibration(*calibrate_scores(bundle, calibration or validation, config.calibration))
-    return TrainReport(bundle, save_bundle(bundle, out), result, len(x_train), len(x_val))
+    return FitReport(bundle, result, len(x_train), len(x_val))
+
+
+def _fit_cross_fitted(config: Config, signals: Sequence[Signal], *, name: str, progress: bool | None) -> FitReport:
+    k, v = config.calibration.folds, config.training.validation_fraction
+    min_rows = _rows_per_window(config)
+    out_of_fold: list[ScoredSignal] = []
+    for fold in range(k):
+        train_parts, held_out = fold_split(signals, fold, k, min_rows=min_rows)
+        if not held_out or not train_parts:
+            continue
+        train, validation, _ = split_signals(train_parts, validation_fraction=v, calibration_fraction=0.0)
+        if not vectors_of(fit_extractor(config.features, train), train).size:
+            continue
+        fold_fit = _fit_network(config, train, validation, name=f"{name}-fold{fold}", progress=False)
+        out_of_fold += _scored(fold_fit.bundle, held_out)
+    train, validation, _ = split_signals(signals, validation_fraction=v, calibration_fraction=0.0)
+    fit = _fit_network(config, train, validation, name=name, progress=progress)
+    notes: tuple[str, ...] = ()
+    if sum(len(s.windows) for s in out_of_fold) < 2:
+        notes = (
+            f"the normal data is too short for {k}-fold cross-fitting with {min_rows}-row windows; calibrated on "
+            "the training windows themselves, whose scores run lower than new data's: expect more false alerts",
+        )
+        log.warning("calibration: %s", notes[0])
+        out_of_fold = _scored(fit.bundle, signals)
+    calibration, scores = calibrate_scored(fit.bundle, out_of_fold, config.calibration)
+    calibration = replace(calibration, notes=notes + calibration.notes)
+    bundle = fit.bundle.with_calibration(calibration, scores)
+    extra = {**bundle.extra, "training_files": [s.name for s in signals], "calibration_folds": k}
+    return replace(fit, bundle=replace(bundle, extra=extra))
+
+
+def fold_split(
+    signals: Sequence[Signal], fold: int, folds: int, *, min_rows: int = 1
+) -> tuple[list[Signal], list[Signal]]:
+    """Blocked k-fold: block `fold` of `folds` contiguous blocks of every signal is held out; the rows before and
+    after it train (as separate pieces, so no window straddles the held-out block). Pieces shorter than `min_rows`
+    are dropped."""
+    train: list[Signal] = []
+    held_out: list[Signal] = []
+    for signal in signals:
+        n = len(signal.samples)
+        lo, hi = n * fold // folds, n * (fold + 1) // folds
+        for part, a, b in ((train, 0, lo), (held_out, lo, hi), (train, hi, n)):
+            if b - a >= min_rows:
+                part.append(_cut(signal, a, b))
+    return train, held_out
+
+
+def _cut(signal: Signal, lo: int, hi: int) -> Signal:
+    labels = None if signal.row_labels is None else signal.row_labels[lo:hi]
+    return Signal(signal.name, signal.samples[lo:hi], signal.ts_s[lo:hi], signal.channels, labels, signal.clip_label)
+
+
+def _rows_per_window(config: Config) -> int:
+    if config.features.kind == "sensor":
+        return config.features.sensor.window_samples + int(config.features.sensor.differences)
+    logmel = config.features.logmel
+    return logmel.n_fft + (logmel.frames - 1) * logmel.hop_length
+
+
+def _scored(bundle: Bundle, signals: Sequence[Signal]) -> list[ScoredSignal]:
+    scorer = scorer_for(bundle)
+    return [score_signal(bundle, scorer, s, every_vector=True) for s in signals]
+
+
+def calibrate_scored(
+    bundle: Bundle, scored: Sequence[ScoredSignal], cfg: CalibrationConfig
+) -> tuple[Calibration, npt.NDArray[np.float64]]:
+    """Calibrate on signals scored by an uncalibrated (mean-error) scorer: with `cfg.aggregation` "max" the group
+    scales come from these normal errors first, and the window scores are re-formed with them."""
+    steps = bundle.extractor.vector_shape[0]
+    scale = None
+    if cfg.aggregation == "max":
+        groups = np.concatenate([s.scores.group_errors for s in scored])
+        scale = group_scale_of(groups, steps, quantile=cfg.group_scale_quantile)
+    size, _hop = window_plan(bundle.features)
+    scores = []
+    for s in scored:
+        errors = s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale)
+        vectors = VectorScores(errors, s.scores.group_errors)
+        windows = aggregate(vectors, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)
+        scores += [w.score for w in windows]
+    x = np.asarray(scores, dtype=np.float64)
+    if len(x) < 2:
+        raise DataError(
+            f"the calibration data gives {len(x)} window(s); supply more normal data "
+            "or raise training.calibration_fraction"
+        )
+    log.info("calibrating with %s on %d window scores", cfg.method, len(x))
+    calibration = calibrate(x, cfg, window_hop_s=window_hop_s(bundle.features))
+    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale), x
 
 
 def calibrate_on(bundle: Bundle, signals: Sequence[Signal], cfg: CalibrationConfig) -> Calibration:
@@ -86,7 +227,12 @@ def calibrate_scores(
             "or raise training.calibration_fraction"
         )
     log.info("calibrating with %s on %d window scores", cfg.method, len(scores))
-    return calibrate(scores, cfg, window_hop_s=window_hop_s(bundle.features)), scores
+    calibration = calibrate(scores, cfg, window_hop_s=window_hop_s(bundle.features))
+    if bundle.calibration is not None:
+        # The scores were formed with the bundle's aggregation and group scales: the threshold is in those units.
+        old = bundle.calibration
+        calibration = replace(calibration, aggregation=old.aggregation, group_scale=old.group_scale)
+    return calibration, scores
 
 
 def window_scores(bundle: Bundle, signals: Sequence[Signal]) -> npt.NDArray[np.float64]:
@@ -96,13 +242,31 @@ def window_scores(bundle: Bundle, signals: Sequence[Signal]) -> npt.NDArray[np.f
 
 
 def calibrate_bundle(
-    path: str | Path, data: Sequence[str | Path], cfg: CalibrationConfig, *, rows: slice | None = None
+    path: str | Path, data: Sequence[str | Path], cfg: CalibrationConfig | None = None, *, rows: slice | None = None
 ) -> Calibration:
-    """`ae-monitor calibrate`: recalibrate the bundle at `path` on normal data and rewrite it in place."""
+    """`ae-monitor calibrate`: recalibrate the bundle at `path` on normal data and rewrite it in place.
+
+    Without `cfg` the bundle's own calibration settings are reused (library defaults, with a warning, for a bundle
+    that does not record them). The data should be normal data the network was not trained on.
+    """
     bundle = load_bundle(path)
+    cfg = cfg or bundle_calibration_settings(bundle)
     calibration, scores = calibrate_scores(bundle, load_signals(data, bundle.features, rows=rows), cfg)
     save_bundle(bundle.with_calibration(calibration, scores), path)
     return calibration
+
+
+def bundle_calibration_settings(bundle: Bundle) -> CalibrationConfig:
+    """The [calibration] settings `bundle` was calibrated with; library defaults (with a warning) when unrecorded."""
+    settings = None if bundle.calibration is None else bundle.calibration.settings
+    if settings is None:
+        log.warning(
+            "the bundle does not record its calibration settings (made before they were kept); using the library "
+            "defaults (method %s): pass --config to choose",
+            CalibrationConfig().method,
+        )
+        return CalibrationConfig()
+    return CalibrationConfig.model_validate(settings)
 
 
 def _result_summary(result: TrainResult) -> dict[str, float | int | bool]:

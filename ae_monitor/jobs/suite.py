@@ -1,0 +1,367 @@
+"""The detection benchmark: ae_monitor and two baselines on the same splits, each at its own threshold.
+
+Suites (each a list of `Case`s: one normal training part and one or more labelled test parts):
+- ``gutentag``: synthetic series generated at run time by timeeval-gutentag from a committed YAML with a fixed seed
+  (its `train-no-anomaly` series trains, its `test` series is predicted); split into univariate and multivariate;
+- ``skab``: SKAB's outlier protocol (per file, rows 0-399 train, every later row is predicted; windows and the
+  rolling history reach back into the training rows, as a live stream's would);
+- ``demo``: the demo pumps of `ae-monitor demo` (one healthy training pump, three replayed pumps).
+
+Detectors: ``ae_monitor`` (the product's own train path: `fit_bundle`, then the alert state of the window ending at
+each row), ``zscore`` (causal rolling z-score, previous 100 rows, max over channels) and ``pca`` (T² + Q). No
+threshold is searched on test labels and no point-adjustment is applied. Metrics per suite, pooled over its test
+parts: point-wise precision, recall and F1 (SKAB's F1 = TP / (TP + (FP + FN) / 2), the usual F1), event recall
+(share of labelled segments with at least one alert row inside), false alerts per 1,000 normal rows
+(1000 × FP / (FP + TN)), the mean per-part ROC AUC of the raw scores, and the mean detection delay in rows from a
+segment's first row to its first alert (detected segments only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ae_monitor.baselines import PcaT2Q, RollingZScore
+from ae_monitor.config import Config, dump_config
+from ae_monitor.jobs.benchmark import TRAIN_ROWS, alert_states, skab_files
+from ae_monitor.jobs.data import Signal, load_signals, score_signal
+from ae_monitor.jobs.train import fit_bundle
+from ae_monitor.scoring import out_of_range, scorer_for
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+DETECTORS = ("ae_monitor", "zscore", "pca")
+# SKAB's channels as configs/sensor-skab.toml names them (the thermal channels drift after start-up: docs/skab.md).
+SKAB_CHANNELS = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Voltage", "Volume Flow RateRMS")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One labelled test part. `context` rows precede it in the same recording (SKAB); empty for a new recording."""
+
+    name: str
+    values: F64
+    label: I64
+    context: F64
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    suite: str
+    channels: tuple[str, ...]
+    train: F64
+    parts: tuple[Part, ...]
+    kind: str = ""  # the anomaly kind, where the suite knows it (GutenTAG)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One detector on one part: per-row score (NaN where it has none) and 0/1 alert."""
+
+    score: F64
+    alert: I64
+
+
+@dataclass
+class Outcome:
+    case: Case
+    predictions: dict[str, list[Prediction]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- cases ---------------------------------------------------------------------------------------------------------
+
+
+def gutentag_cases(yaml_path: str | Path, *, only: Sequence[str] | None = None) -> list[Case]:
+    """The GutenTAG series of `yaml_path` (its top-level `seed` fixes the generator), generated in memory."""
+    # The `bench` extra (not in `dev`: see pyproject.toml), imported only when this suite runs.
+    yaml = importlib.import_module("yaml")
+    gutentag = importlib.import_module("gutenTAG")
+
+    doc = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8"))
+    seed = int(doc.pop("seed"))
+    if only is not None:
+        doc["timeseries"] = [ts for ts in doc["timeseries"] if ts["name"] in set(only)]
+    kinds = {ts["name"]: ts["anomalies"][0]["kinds"][0]["kind"] for ts in doc["timeseries"]}
+    generated = gutentag.GutenTAG.from_dict(doc, seed=seed).generate(return_timeseries=True) or []
+    tables: dict[str, dict[str, Any]] = {}
+    for ts in generated:
+        tables.setdefault(ts.name, {})[ts.training_type.value] = ts.timeseries
+    cases = []
+    for name, t in tables.items():
+        test, train = t["test"], t["train-no-anomaly"]
+        columns = tuple(c for c in test.columns if c.startswith("value"))
+        suite = "gutentag-univariate" if len(columns) == 1 else "gutentag-multivariate"
+        part = Part(name, test[list(columns)].to_numpy(np.float64), test["is_anomaly"].to_numpy(np.int64),
+                    np.zeros((0, len(columns))))  # fmt: skip
+        cases.append(Case(name, suite, columns, train[list(columns)].to_numpy(np.float64), (part,), kinds[name]))
+    return cases
+
+
+def skab_cases(config: Config, data: str | Path, *, channels: Sequence[str] = SKAB_CHANNELS) -> list[Case]:
+    """Each labelled SKAB file: rows 0-399 train, the rest is one part whose context is the training rows."""
+    root = Path(data)
+    sensor = config.features.sensor.model_copy(update={"channels": tuple(channels)})
+    features = config.features.model_copy(update={"kind": "sensor", "sensor": sensor})
+    cases = []
+    for path in skab_files(root):
+        signal = load_signals([path], features)[0]
+        assert signal.row_labels is not None, f"{path} has no anomaly column"
+        values = np.asarray(signal.samples, dtype=np.float64)
+        name = path.relative_to(root).as_posix()
+        part = Part(name, values[TRAIN_ROWS:], signal.row_labels[TRAIN_ROWS:], values[:TRAIN_ROWS])
+        cases.append(Case(name, "skab", signal.channels, values[:TRAIN_ROWS], (part,)))
+    return cases
+
+
+def demo_cases(*, seed: int = 7, train_s: int = 5000, replay_s: int = 1000) -> list[Case]:
+    """The pumps of `ae-monitor demo` (same generator and seed): one healthy training pump, three replayed ones."""
+    from ae_monitor.jobs.demo import CHANNELS, FAULTS, machine
+
+    rng = np.random.default_rng(seed)
+    train = machine(train_s, rng)[0]
+    parts = []
+    for name, fault in FAULTS.items():
+        values, labels = machine(replay_s, rng, fault)
+        parts.append(Part(name, values, labels, np.zeros((0, len(CHANNELS)))))
+    return [Case("demo-pumps", "demo", CHANNELS, train, tuple(parts))]
+
+
+# --- detectors -----------------------------------------------------------------------------------------------------
+
+
+def config_for(config: Config, case: Case) -> Config:
+    """The one shipped configuration with only the channel names changed for `case`."""
+    sensor = config.features.sensor.model_copy(update={"channels": case.channels})
+    return config.model_copy(update={"features": config.features.model_copy(update={"sensor": sensor})})
+
+
+def _signal(name: str, values: F64, channels: tuple[str, ...], period_s: float) -> Signal:
+    return Signal(name, values, np.arange(len(values), dtype=np.float64) * period_s, channels)
+
+
+def run_ae_monitor(config: Config, case: Case, notes: list[str]) -> list[Prediction]:
+    cfg = config_for(config, case)
+    period = cfg.features.sensor.sample_period_s
+    fit = fit_bundle(cfg, [_signal(case.name, case.train, case.channels, period)], name=case.name, progress=False)
+    bundle = fit.bundle
+    notes += [f"{case.name}: {n}" for n in getattr(bundle.calibration, "notes", ())]
+    predictions = []
+    for part in case.parts:
+        full = np.concatenate([part.context, part.values])
+        scored = score_signal(bundle, scorer_for(bundle), _signal(part.name, full, case.channels, period))
+        score, alert = alert_states(bundle, cfg, scored)
+        keep = slice(len(part.context), None)
+        notes += [f"{part.name}: {w.message()}" for w in out_of_range(bundle, full[keep])]
+        predictions.append(Prediction(score[keep], alert[keep]))
+    return predictions
+
+
+def run_zscore(case: Case) -> list[Prediction]:
+    detector = RollingZScore().fit(case.train)
+    out = []
+    for part in case.parts:
+        full = np.concatenate([part.context, part.values])
+        keep = slice(len(part.context), None)
+        out.append(Prediction(detector.score(full)[keep], detector.predict(full)[keep]))
+    return out
+
+
+def run_pca(case: Case) -> list[Prediction]:
+    detector = PcaT2Q().fit(case.train)
+    return [Prediction(detector.score(p.values), detector.predict(p.values)) for p in case.parts]
+
+
+def run_case(config: Config, case: Case, detectors: Sequence[str] = DETECTORS) -> Outcome:
+    outcome = Outcome(case)
+    runners: dict[str, Callable[[], list[Prediction]]] = {
+        "ae_monitor": lambda: run_ae_monitor(config, case, outcome.notes),
+        "zscore": lambda: run_zscore(case),
+        "pca": lambda: run_pca(case),
+    }
+    for name in detectors:
+        started = time.perf_counter()
+        outcome.predictions[name] = runners[name]()
+        outcome.seconds[name] = time.perf_counter() - started
+    return outcome
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+
+def segments(label: npt.NDArray[np.integer]) -> list[tuple[int, int]]:
+    """[start, end) of each run of 1s.
+
+    >>> segments(np.array([0, 1, 1, 0, 1]))
+    [(1, 3), (4, 5)]
+    """
+    padded = np.concatenate([[0], np.asarray(label, dtype=np.int64), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def part_metrics(pred: Prediction, label: I64) -> dict[str, Any]:
+    """Counts, events and AUC of one detector on one part."""
+    alert, events = pred.alert, segments(label)
+    delays = [int(np.flatnonzero(alert[a:b])[0]) for a, b in events if alert[a:b].any()]
+    finite = np.where(
+        np.isfinite(pred.score), pred.score, np.nanmin(pred.score) if np.isfinite(pred.score).any() else 0
+    )
+    auc = float(roc_auc_score(label, finite)) if 0 < label.sum() < len(label) else None
+    return {
+        "tp": int(((alert == 1) & (label == 1)).sum()),
+        "fp": int(((alert == 1) & (label == 0)).sum()),
+        "fn": int(((alert == 0) & (label == 1)).sum()),
+        "tn": int(((alert == 0) & (label == 0)).sum()),
+        "events": len(events),
+        "events_detected": len(delays),
+        "delays": delays,
+        "auc": auc,
+    }
+
+
+def summary(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled figures over parts: precision, recall, F1, event recall, false alerts per 1,000 normal rows, AUC."""
+    tp, fp, fn, tn = (sum(p[k] for p in parts) for k in ("tp", "fp", "fn", "tn"))
+    events, detected = sum(p["events"] for p in parts), sum(p["events_detected"] for p in parts)
+    delays = [d for p in parts for d in p["delays"]]
+    aucs = [p["auc"] for p in parts if p["auc"] is not None]
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": tp / (tp + (fp + fn) / 2) if tp + fp + fn else 0.0,
+        "event_recall": detected / events if events else 0.0,
+        "false_alerts_per_1000": 1000.0 * fp / (fp + tn) if fp + tn else 0.0,
+        "far": fp / (fp + tn) if fp + tn else 0.0,
+        "mar": fn / (fn + tp) if fn + tp else 0.0,
+        "auc": float(np.mean(aucs)) if aucs else None,
+        "mean_delay_rows": float(np.mean(delays)) if delays else None,
+        "counts": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+        "events": events,
+        "parts": len(parts),
+    }
+
+
+def _per_part(outcomes: Sequence[Outcome], detector: str) -> Iterator[tuple[Outcome, Part, dict[str, Any]]]:
+    for o in outcomes:
+        for part, pred in zip(o.case.parts, o.predictions[detector], strict=True):
+            yield o, part, part_metrics(pred, part.label)
+
+
+def results(config: Config, outcomes: Sequence[Outcome], seconds: float, detectors: Sequence[str]) -> dict[str, Any]:
+    suites: dict[str, Any] = {}
+    kinds: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    for suite in dict.fromkeys(o.case.suite for o in outcomes):
+        mine = [o for o in outcomes if o.case.suite == suite]
+        suites[suite] = {d: summary([m for _, _, m in _per_part(mine, d)]) for d in detectors}
+        suites[suite]["cases"] = len(mine)
+        suites[suite]["seconds"] = {d: round(sum(o.seconds[d] for o in mine), 1) for d in detectors}
+    for kind in sorted({o.case.kind for o in outcomes if o.case.kind}):
+        mine = [o for o in outcomes if o.case.kind == kind]
+        kinds[kind] = {d: _short(summary([m for _, _, m in _per_part(mine, d)])) for d in detectors}
+    for d in detectors:
+        for _, part, m in _per_part(outcomes, d):
+            files.setdefault(part.name, {})[d] = {k: m[k] for k in ("tp", "fp", "fn", "tn", "auc", "events_detected")}
+    return {
+        "protocol": __doc__.split("\n\n")[2] if __doc__ else "",
+        "suites": suites,
+        "gutentag_by_anomaly_kind": kinds,
+        "parts": files,
+        "notes": [n for o in outcomes for n in o.notes],
+        "seconds": round(seconds, 1),
+        "config": dump_config(config),
+    }
+
+
+def _short(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: s[k] for k in ("f1", "event_recall", "false_alerts_per_1000", "auc")}
+
+
+# --- reporting -----------------------------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def results_markdown(res: dict[str, Any], detectors: Sequence[str]) -> str:
+    lines = ["# Detection benchmark", "", res["protocol"], "",
+             "| suite | detector | F1 | precision | recall | event recall | false alerts / 1,000 normal rows | AUC "
+             "| mean delay (rows) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for suite, by in res["suites"].items():
+        for d in detectors:
+            s = by[d]
+            lines.append(f"| {suite} ({by['cases']} cases) | {d} | {_fmt(s['f1'])} | {_fmt(s['precision'])} | "
+                         f"{_fmt(s['recall'])} | {_fmt(s['event_recall'])} | {_fmt(s['false_alerts_per_1000'], 1)} | "
+                         f"{_fmt(s['auc'])} | {_fmt(s['mean_delay_rows'], 1)} |")  # fmt: skip
+    if res["gutentag_by_anomaly_kind"]:
+        lines += ["", "## GutenTAG by anomaly kind (F1 / event recall)", "",
+                  "| kind | " + " | ".join(detectors) + " |", "|---" * (len(detectors) + 1) + "|"]  # fmt: skip
+        for kind, by in res["gutentag_by_anomaly_kind"].items():
+            cells = [f"{_fmt(by[d]['f1'], 2)} / {_fmt(by[d]['event_recall'], 2)}" for d in detectors]
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    if res["notes"]:
+        lines += ["", f"## Notes ({len(res['notes'])})", "", *(f"- {n}" for n in res["notes"][:40])]
+    lines += ["", f"{res['seconds']} s in all.", ""]
+    return "\n".join(lines)
+
+
+def plot_summary(path: Path, res: dict[str, Any], detectors: Sequence[str]) -> None:
+    """Grouped bars: F1 and event recall per suite and detector."""
+    importlib.import_module("ae_monitor.plots")  # selects matplotlib's file-only backend
+    import matplotlib.pyplot as plt  # only when plotting
+    suites = list(res["suites"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes, ("f1", "event_recall", "false_alerts_per_1000"), strict=True):
+        width = 0.8 / len(detectors)
+        for i, d in enumerate(detectors):
+            values = [res["suites"][s][d][metric] for s in suites]
+            ax.bar(np.arange(len(suites)) + i * width, values, width, label=d)
+        ax.set_xticks(np.arange(len(suites)) + 0.4 - width / 2, suites, rotation=20, fontsize=8)
+        ax.set_title(metric.replace("_", " "))
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_suite(
+    config: Config,
+    cases: Sequence[Case],
+    out: str | Path,
+    *,
+    detectors: Sequence[str] = DETECTORS,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Run every detector on every case, then write results.json, results.md and a summary plot under `out`."""
+    started = time.perf_counter()
+    torch.set_num_threads(config.training.torch_threads)
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    for case in cases:
+        outcomes.append(run_case(config, case, detectors))
+        log.info("%s done (%s)", case.name, ", ".join(f"{k} {v:.1f} s" for k, v in outcomes[-1].seconds.items()))
+    res = results(config, outcomes, time.perf_counter() - started, detectors)
+    (target / "results.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    (target / "results.md").write_text(results_markdown(res, detectors), encoding="utf-8")
+    if plots:
+        plot_summary(target / "summary.png", res, detectors)
+    return res
