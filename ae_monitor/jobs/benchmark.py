@@ -32,7 +32,7 @@ from ae_monitor.alerting import AlertPolicy
 from ae_monitor.config import Config, dump_config
 from ae_monitor.errors import DataError
 from ae_monitor.jobs.data import ScoredSignal, Signal, fit_extractor, load_signals, score_signal, vectors_of
-from ae_monitor.jobs.train import calibrate_on
+from ae_monitor.jobs.train import calibrate_on, fit_bundle
 from ae_monitor.model.bundle import Bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import seed_everything, train_model
@@ -125,8 +125,11 @@ def fit_file_bundle(config: Config, train: Signal) -> Bundle:
 
     The last `validation_fraction` of the training windows stop training early. The threshold is calibrated on
     every training window's score: 400 rows leave too few windows for a held-out part, which is why
-    `calibration.margin` exists.
+    `calibration.margin` exists. With `calibration.folds` >= 2 the file goes through `train`'s own path instead
+    (`fit_bundle`: cross-fitted, out-of-fold calibration over all 400 rows, no margin needed).
     """
+    if config.calibration.folds >= 2:
+        return fit_bundle(config, [train], name=train.name, progress=False).bundle
     seed_everything(config.training.seed)
     extractor = fit_extractor(config.features, [train])
     x = vectors_of(extractor, [train])

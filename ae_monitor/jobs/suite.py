@@ -155,20 +155,31 @@ def _signal(name: str, values: F64, channels: tuple[str, ...], period_s: float) 
     return Signal(name, values, np.arange(len(values), dtype=np.float64) * period_s, channels)
 
 
-def run_ae_monitor(config: Config, case: Case, notes: list[str]) -> list[Prediction]:
+def run_ae_monitor(config: Config, case: Case, notes: list[str], *, dump: Path | None = None) -> list[Prediction]:
     cfg = config_for(config, case)
     period = cfg.features.sensor.sample_period_s
     fit = fit_bundle(cfg, [_signal(case.name, case.train, case.channels, period)], name=case.name, progress=False)
     bundle = fit.bundle
     notes += [f"{case.name}: {n}" for n in getattr(bundle.calibration, "notes", ())]
-    predictions = []
-    for part in case.parts:
+    predictions, arrays = [], {}
+    for i, part in enumerate(case.parts):
         full = np.concatenate([part.context, part.values])
         scored = score_signal(bundle, scorer_for(bundle), _signal(part.name, full, case.channels, period))
         score, alert = alert_states(bundle, cfg, scored)
         keep = slice(len(part.context), None)
-        notes += [f"{part.name}: {w.message()}" for w in out_of_range(bundle, full[keep])]
+        found = out_of_range(bundle, full[keep])
+        if found:
+            worst = max(found, key=lambda o: abs(o.z))
+            notes.append(f"{part.name}: {len(found)} channel(s) out of range, e.g. {worst.message()}")
         predictions.append(Prediction(score[keep], alert[keep]))
+        arrays |= {f"test{i}_groups": scored.scores.group_errors, f"test{i}_end": scored.vectors.end_sample,
+                   f"test{i}_label": part.label, f"test{i}_context": np.array(len(part.context))}  # fmt: skip
+    if dump is not None:
+        # Everything needed to compare operating points offline without retraining (scripts/bench_detection.py).
+        oof = [s.scores.group_errors for s in fit.calibration_scored]
+        arrays |= {"calibration_groups": np.concatenate(oof), "steps": np.array(bundle.extractor.vector_shape[0])}
+        dump.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(dump / f"{case.name.replace('/', '_')}.npz", **arrays)
     return predictions
 
 
@@ -187,10 +198,12 @@ def run_pca(case: Case) -> list[Prediction]:
     return [Prediction(detector.score(p.values), detector.predict(p.values)) for p in case.parts]
 
 
-def run_case(config: Config, case: Case, detectors: Sequence[str] = DETECTORS) -> Outcome:
+def run_case(
+    config: Config, case: Case, detectors: Sequence[str] = DETECTORS, *, dump: Path | None = None
+) -> Outcome:
     outcome = Outcome(case)
     runners: dict[str, Callable[[], list[Prediction]]] = {
-        "ae_monitor": lambda: run_ae_monitor(config, case, outcome.notes),
+        "ae_monitor": lambda: run_ae_monitor(config, case, outcome.notes, dump=dump),
         "zscore": lambda: run_zscore(case),
         "pca": lambda: run_pca(case),
     }
@@ -324,8 +337,10 @@ def results_markdown(res: dict[str, Any], detectors: Sequence[str]) -> str:
 
 def plot_summary(path: Path, res: dict[str, Any], detectors: Sequence[str]) -> None:
     """Grouped bars: F1 and event recall per suite and detector."""
-    importlib.import_module("ae_monitor.plots")  # selects matplotlib's file-only backend
-    import matplotlib.pyplot as plt  # only when plotting
+    import matplotlib  # only when plotting
+
+    matplotlib.use("Agg")  # files only; never open a window
+    import matplotlib.pyplot as plt
     suites = list(res["suites"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, metric in zip(axes, ("f1", "event_recall", "false_alerts_per_1000"), strict=True):
@@ -349,6 +364,7 @@ def run_suite(
     *,
     detectors: Sequence[str] = DETECTORS,
     plots: bool = True,
+    dump: bool = False,
 ) -> dict[str, Any]:
     """Run every detector on every case, then write results.json, results.md and a summary plot under `out`."""
     started = time.perf_counter()
@@ -357,7 +373,7 @@ def run_suite(
     target.mkdir(parents=True, exist_ok=True)
     outcomes = []
     for case in cases:
-        outcomes.append(run_case(config, case, detectors))
+        outcomes.append(run_case(config, case, detectors, dump=target / "scores" if dump else None))
         log.info("%s done (%s)", case.name, ", ".join(f"{k} {v:.1f} s" for k, v in outcomes[-1].seconds.items()))
     res = results(config, outcomes, time.perf_counter() - started, detectors)
     (target / "results.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")

@@ -55,6 +55,9 @@ class FitReport:
     result: TrainResult
     n_train_vectors: int
     n_validation_vectors: int
+    # The normal signals the calibration was fitted on, as scored before it (out-of-fold with `folds`): audits and
+    # the benchmark's offline comparisons of operating points use them.
+    calibration_scored: tuple[ScoredSignal, ...] = ()
 
 
 def train_bundle(
@@ -90,7 +93,8 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
     fit = _fit_network(config, train, validation, name=name, progress=progress)
     scored = _scored(fit.bundle, calibration or validation)
     bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
-    return replace(fit, bundle=replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]}))
+    bundle = replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]})
+    return replace(fit, bundle=bundle, calibration_scored=tuple(scored))
 
 
 def _fit_network(
@@ -146,7 +150,7 @@ def _fit_cross_fitted(config: Config, signals: Sequence[Signal], *, name: str, p
     calibration = replace(calibration, notes=notes + calibration.notes)
     bundle = fit.bundle.with_calibration(calibration, scores)
     extra = {**bundle.extra, "training_files": [s.name for s in signals], "calibration_folds": k}
-    return replace(fit, bundle=replace(bundle, extra=extra))
+    return replace(fit, bundle=replace(bundle, extra=extra), calibration_scored=tuple(out_of_fold))
 
 
 def fold_split(
