@@ -2,8 +2,8 @@
 
 Suites: the GutenTAG series of benchmarks/gutentag.yaml (generated now, fixed seed), SKAB's outlier protocol
 (skipped, with a note, when the data folder is absent) and the demo pumps. ae_monitor runs with ONE configuration
-(configs/sensor-skab.toml, the shipped one, by default); only the channel names change per data set. Writes results.json,
-results.md and summary.png under --out. See ae_monitor/jobs/suite.py for the protocol and the metrics.
+(configs/sensor-skab.toml, the shipped one, by default); only the channel names change per data set. Writes
+results.json, results.md and summary.png under --out. See ae_monitor/jobs/suite.py for the protocol and the metrics.
 
     .venv/bin/python scripts/bench_detection.py --out bench-out [--config FILE] [--skab PATH] [--only SUITE ...]
 """
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skab", type=Path, default=DEFAULT_SKAB, help="SKAB data folder (valve1/, valve2/, other/)")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES), help="run only these suites")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--dump-scores", action="store_true", help="also keep per-case error arrays (npz) under OUT/scores")
+    parser.add_argument("--dump-scores", action="store_true", help="also keep per-case errors (npz) in OUT/scores")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ae_monitor.model.training").setLevel(logging.WARNING)

@@ -161,7 +161,8 @@ def run_ae_monitor(config: Config, case: Case, notes: list[str], *, dump: Path |
     fit = fit_bundle(cfg, [_signal(case.name, case.train, case.channels, period)], name=case.name, progress=False)
     bundle = fit.bundle
     notes += [f"{case.name}: {n}" for n in getattr(bundle.calibration, "notes", ())]
-    predictions, arrays = [], {}
+    predictions: list[Prediction] = []
+    arrays: dict[str, npt.NDArray[Any]] = {}
     for i, part in enumerate(case.parts):
         full = np.concatenate([part.context, part.values])
         scored = score_signal(bundle, scorer_for(bundle), _signal(part.name, full, case.channels, period))
@@ -179,7 +180,8 @@ def run_ae_monitor(config: Config, case: Case, notes: list[str], *, dump: Path |
         oof = [s.scores.group_errors for s in fit.calibration_scored]
         arrays |= {"calibration_groups": np.concatenate(oof), "steps": np.array(bundle.extractor.vector_shape[0])}
         dump.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(dump / f"{case.name.replace('/', '_')}.npz", **arrays)
+        savez: Any = np.savez_compressed  # its stubs read **arrays as its own keyword arguments
+        savez(dump / f"{case.name.replace('/', '_')}.npz", **arrays)
     return predictions
 
 
@@ -198,9 +200,7 @@ def run_pca(case: Case) -> list[Prediction]:
     return [Prediction(detector.score(p.values), detector.predict(p.values)) for p in case.parts]
 
 
-def run_case(
-    config: Config, case: Case, detectors: Sequence[str] = DETECTORS, *, dump: Path | None = None
-) -> Outcome:
+def run_case(config: Config, case: Case, detectors: Sequence[str] = DETECTORS, *, dump: Path | None = None) -> Outcome:
     outcome = Outcome(case)
     runners: dict[str, Callable[[], list[Prediction]]] = {
         "ae_monitor": lambda: run_ae_monitor(config, case, outcome.notes, dump=dump),
@@ -341,6 +341,7 @@ def plot_summary(path: Path, res: dict[str, Any], detectors: Sequence[str]) -> N
 
     matplotlib.use("Agg")  # files only; never open a window
     import matplotlib.pyplot as plt
+
     suites = list(res["suites"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, metric in zip(axes, ("f1", "event_recall", "false_alerts_per_1000"), strict=True):
