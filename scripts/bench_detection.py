@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gutentag", type=Path, default=ROOT / "benchmarks" / "gutentag.yaml")
     parser.add_argument("--skab", type=Path, default=DEFAULT_SKAB, help="SKAB data folder (valve1/, valve2/, other/)")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES), help="run only these suites")
+    parser.add_argument("--detectors", nargs="+", default=["ae_monitor", "zscore", "pca"],
+                        help="also: ae_monitor_tracked (inputs minus a slowly tracking level; an experiment)")  # fmt: skip
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--dump-scores", action="store_true", help="also keep per-case errors (npz) in OUT/scores")
     args = parser.parse_args(argv)
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.warning("SKAB skipped: no data under %s (pass --skab PATH)", args.skab)
     if "demo" in args.only:
         cases += suite.demo_cases()
-    res = suite.run_suite(config, cases, args.out, plots=not args.no_plots, dump=args.dump_scores)
+    res = suite.run_suite(
+        config, cases, args.out, detectors=args.detectors, plots=not args.no_plots, dump=args.dump_scores
+    )
     sys.stdout.write((args.out / "results.md").read_text(encoding="utf-8"))
     return 0 if res["suites"] else 1
 

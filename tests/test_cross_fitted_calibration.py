@@ -117,3 +117,26 @@ def test_inputs_far_outside_the_training_range_are_reported_per_channel() -> Non
     assert found[0].z < -OUT_OF_RANGE_Z
     assert "outside the range the model was trained on" in found[0].message()
     assert out_of_range(bundle, _signal(50, seed=5).samples) == []
+
+
+def test_the_skab_benchmark_fits_each_file_through_trains_cross_fitted_path() -> None:
+    from ae_monitor.jobs.benchmark import fit_file_bundle
+
+    bundle = fit_file_bundle(_config(folds=2), _signal(400))
+    assert bundle.extra["calibration_folds"] == 2
+    assert bundle.calibration is not None
+    assert bundle.calibration.method == "target"
+
+
+def test_the_calibrate_command_takes_a_stated_false_alert_rate(tmp_path: Path) -> None:
+    from ae_monitor.cli import main
+
+    bundle = fit_bundle(_config(folds=0, method="quantile", aggregation="mean"), [_signal()], name="x",
+                        progress=False).bundle  # fmt: skip
+    save_bundle(bundle, tmp_path / "b")
+    np.savetxt(tmp_path / "new.csv", _signal(600, seed=6).samples, delimiter=",", header="a,b,c", comments="")
+    args = ["calibrate", "--bundle", str(tmp_path / "b"), "--data", str(tmp_path / "new.csv")]
+    assert main([*args, "--target-false-alerts-per-1000", "5"]) == 0
+    cal = load_bundle(tmp_path / "b").calibration
+    assert cal is not None
+    assert (cal.method, cal.parameters["target_false_alerts_per_1000_windows"]) == ("target", 5.0)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy.signal import lfilter
 from sklearn.metrics import roc_auc_score
 
 from ae_monitor.baselines import PcaT2Q, RollingZScore
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 DETECTORS = ("ae_monitor", "zscore", "pca")
+TRACKING_HALFLIFE_ROWS = 100.0  # the z-score baseline's history, as a half-life
 # SKAB's channels as configs/sensor-skab.toml names them (the thermal channels drift after start-up: docs/skab.md).
 SKAB_CHANNELS = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Voltage", "Volume Flow RateRMS")
 
@@ -185,6 +187,34 @@ def run_ae_monitor(config: Config, case: Case, notes: list[str], *, dump: Path |
     return predictions
 
 
+def track_levels(values: F64, *, halflife_rows: float = TRACKING_HALFLIFE_ROWS) -> F64:
+    """`values` minus a causal, slowly tracking per-channel level: an exponentially weighted mean of the previous
+    rows (half-life `halflife_rows`), started at the first row. An experiment for the issue's point 5: a stream that
+    settles at a new level stops looking anomalous after a few half-lives, while a fast change still stands out.
+
+    >>> track_levels(np.array([[1.0], [1.0], [5.0], [5.0]]), halflife_rows=1.0)[:, 0].tolist()
+    [0.0, 0.0, 4.0, 2.0]
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return x
+    alpha = 1.0 - 0.5 ** (1.0 / halflife_rows)
+    # level[t] = level[t-1] + alpha * (x[t-1] - level[t-1]), level[0] = x[0]: a first-order filter of x delayed by one.
+    delayed = np.concatenate([x[:1], x[:-1]])
+    level = lfilter([alpha], [1.0, alpha - 1.0], delayed, axis=0, zi=(1.0 - alpha) * x[:1])[0]
+    return np.asarray(x - level, dtype=np.float64)
+
+
+def run_ae_monitor_tracked(config: Config, case: Case, notes: list[str]) -> list[Prediction]:
+    """ae_monitor on level-tracked inputs (`track_levels`), training and test alike; the rest is unchanged."""
+    tracked_parts = []
+    for part in case.parts:
+        full = track_levels(np.concatenate([part.context, part.values]))
+        tracked_parts.append(Part(part.name, full[len(part.context) :], part.label, full[: len(part.context)]))
+    tracked = Case(case.name, case.suite, case.channels, track_levels(case.train), tuple(tracked_parts), case.kind)
+    return run_ae_monitor(config, tracked, [])
+
+
 def run_zscore(case: Case) -> list[Prediction]:
     detector = RollingZScore().fit(case.train)
     out = []
@@ -204,6 +234,7 @@ def run_case(config: Config, case: Case, detectors: Sequence[str] = DETECTORS, *
     outcome = Outcome(case)
     runners: dict[str, Callable[[], list[Prediction]]] = {
         "ae_monitor": lambda: run_ae_monitor(config, case, outcome.notes, dump=dump),
+        "ae_monitor_tracked": lambda: run_ae_monitor_tracked(config, case, outcome.notes),
         "zscore": lambda: run_zscore(case),
         "pca": lambda: run_pca(case),
     }
