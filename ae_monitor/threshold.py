@@ -120,13 +120,36 @@ class Calibration:
         """Natural log of `tail_probability`, computed in log space: no floor, so far tails stay distinct."""
         if math.isnan(score):
             raise DataError("tail_probability needs a score, got NaN")
-        p = self.parameters
+        return float(self.log_tail_probabilities(np.array([score]))[0])
+
+    def log_tail_probabilities(self, scores: npt.ArrayLike) -> Scores:
+        """`log_tail_probability` of every score at once (NaN stays NaN); vectorised for live use."""
+        x = np.asarray(scores, dtype=np.float64)
+        out = np.full(x.shape, np.nan)
+        ok = ~np.isnan(x)
+        v, p = x[ok], self.parameters
         if self.method == "gamma":
-            return min(0.0, float(stats.gamma.logsf(score, p["shape"], loc=p["loc"], scale=p["scale"])))
-        if all(key in p for key in _GPD_KEYS) and score >= p["t"]:
-            log_sf = float(stats.genpareto.logsf(score - p["t"], p["xi"], scale=p["sigma"]))
-            return min(0.0, math.log(p["n_peaks"] / self.n_samples) + log_sf)
-        return math.log(self.tail_probability(score))
+            logs = stats.gamma.logsf(v, p["shape"], loc=p["loc"], scale=p["scale"])
+        else:
+            with np.errstate(divide="ignore"):
+                logs = np.log(self._empirical_tails(v))
+            if all(key in p for key in _GPD_KEYS):
+                log_rate = math.log(p["n_peaks"] / self.n_samples)
+                above = v >= p["t"]
+                # Below t the empirical tail, never under the peak rate (monotone across t); above it the GPD.
+                logs = np.where(above, log_rate, np.maximum(logs, log_rate))
+                logs[above] += stats.genpareto.logsf(v[above] - p["t"], p["xi"], scale=p["sigma"])
+        out[ok] = np.minimum(np.asarray(logs, dtype=np.float64), 0.0)
+        return out
+
+    def _empirical_tails(self, v: Scores) -> Scores:
+        floor = 1.0 / (self.n_samples + 1)
+        quantiles = np.asarray(self.reference_quantiles)
+        levels = np.linspace(0.0, 1.0, quantiles.size)
+        values, first = np.unique(quantiles, return_index=True)
+        tails = 1.0 - np.interp(v, values, levels[first])
+        tails[v > quantiles[-1]] = floor
+        return np.maximum(tails, floor)
 
     def surprise(self, score: float) -> float:
         """-log10 P(normal score >= `score`): 0 for ordinary scores, 3 for a one-in-1,000 window, inf past the
@@ -139,12 +162,8 @@ class Calibration:
         return -self.log_tail_probability(score) / math.log(10.0)
 
     def surprises(self, scores: npt.ArrayLike) -> Scores:
-        """`surprise` of each score (NaN stays NaN)."""
-        x = np.asarray(scores, dtype=np.float64)
-        out = np.full(x.shape, np.nan)
-        finite = ~np.isnan(x)
-        out[finite] = [self.surprise(float(v)) for v in x[finite]]
-        return out
+        """`surprise` of every score at once (NaN stays NaN): what the scores topic and alerts should carry."""
+        return -self.log_tail_probabilities(scores) / math.log(10.0)
 
     def _gamma_tail(self, score: float) -> float:
         p = self.parameters

@@ -134,3 +134,14 @@ def test_online_thresholds_start_on_short_calibration_data() -> None:
     online = OnlineThresholds(np.linspace(0, 1, 12), CalibrationConfig(online="dspot"), fallback_threshold=2.0)
     assert online.threshold("pump-1") == 2.0
     assert len(range(MIN_PEAKS)) == MIN_PEAKS
+
+
+@pytest.mark.parametrize("method", ["quantile", "gamma", "pot", "target"])
+def test_surprise_is_minus_log10_of_the_tail_probability_for_every_method(method: str) -> None:
+    scores = np.random.default_rng(8).gamma(2.0, 1.0, 5_000)
+    cal = calibrate(scores, CalibrationConfig(method=method), window_hop_s=1.0)  # type: ignore[arg-type]
+    grid = np.linspace(0.0, 20.0, 41)
+    expected = [-math.log10(cal.tail_probability(float(v))) for v in grid]
+    assert np.allclose(cal.surprises(grid), expected, rtol=1e-9, atol=1e-12)
+    assert cal.surprise(float(grid[7])) == pytest.approx(expected[7])
+    assert np.isnan(cal.surprises([np.nan])[0])
