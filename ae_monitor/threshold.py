@@ -81,6 +81,9 @@ class Calibration:
     notes: tuple[str, ...] = ()
     # The [calibration] settings that produced this record; `calibrate` reuses them unless told otherwise.
     settings: dict[str, Any] | None = None
+    # A generalised Pareto tail (t, sigma, xi, ...) over the top scores, for `surprise` past the largest score when
+    # the method itself fits none; None for old records and where the data is too short.
+    tail_fit: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -133,6 +136,13 @@ class Calibration:
         else:
             with np.errstate(divide="ignore"):
                 logs = np.log(self._empirical_tails(v))
+            tail = self.tail_fit
+            if tail is not None and not all(key in p for key in _GPD_KEYS):
+                # Past the largest calibration score the empirical tail is flat; the fitted tail keeps decaying.
+                top = self.reference_quantiles[-1]
+                beyond = v > top
+                decay = stats.genpareto.logsf(v[beyond] - tail["t"], tail["xi"], scale=tail["sigma"])
+                logs[beyond] += decay - stats.genpareto.logsf(top - tail["t"], tail["xi"], scale=tail["sigma"])
             if all(key in p for key in _GPD_KEYS):
                 log_rate = math.log(p["n_peaks"] / self.n_samples)
                 above = v >= p["t"]
@@ -201,6 +211,7 @@ class Calibration:
             "group_scale": None if self.group_scale is None else list(self.group_scale),
             "notes": list(self.notes),
             "settings": self.settings,
+            "tail_fit": self.tail_fit,
         }
 
     @staticmethod
@@ -219,6 +230,7 @@ class Calibration:
                 group_scale=None if d.get("group_scale") is None else tuple(float(v) for v in d["group_scale"]),
                 notes=tuple(str(n) for n in d.get("notes", ())),
                 settings=None if d.get("settings") is None else dict(d["settings"]),
+                tail_fit=None if d.get("tail_fit") is None else {str(k): float(v) for k, v in d["tail_fit"].items()},
             )
         except KeyError as exc:
             raise BundleError("missing from the manifest", field=f"calibration.{exc.args[0]}") from exc
@@ -245,6 +257,12 @@ def calibrate(
         threshold, parameters = _METHOD_FUNCTIONS[cfg.method](x, cfg, window_hop_s)
     if cfg.margin != 1.0:
         parameters = {**parameters, "margin": cfg.margin}
+    # Methods without a tail of their own (quantile, ...) get one for `surprise` beyond the largest score.
+    tail_fit = (
+        None
+        if cfg.method == "gamma" or all(k in parameters for k in _GPD_KEYS)
+        else _tail_fit(x, cfg.pot_initial_quantile)
+    )
     for note in notes:
         log.warning("calibration: %s", note)
     return Calibration(
@@ -257,6 +275,7 @@ def calibrate(
         reference_quantiles=tuple(np.quantile(x, np.linspace(0.0, 1.0, N_REFERENCE_QUANTILES)).tolist()),
         notes=tuple(notes),
         settings=cfg.model_dump(mode="json"),
+        tail_fit=tail_fit,
     )
 
 

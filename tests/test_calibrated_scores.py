@@ -92,10 +92,10 @@ def test_the_calibration_record_keeps_aggregation_scales_notes_and_settings_thro
 
 def test_a_calibration_record_without_the_new_fields_still_loads_as_mean_aggregation() -> None:
     old = calibrate(np.arange(100.0), CalibrationConfig(method="quantile"), window_hop_s=1.0).to_dict()
-    for key in ("aggregation", "group_scale", "notes", "settings"):
+    for key in ("aggregation", "group_scale", "notes", "settings", "tail_fit"):
         del old[key]
     cal = Calibration.from_dict(old)
-    assert (cal.aggregation, cal.group_scale, cal.notes, cal.settings) == ("mean", None, (), None)
+    assert (cal.aggregation, cal.group_scale, cal.notes, cal.settings, cal.tail_fit) == ("mean", None, (), None, None)
 
 
 def test_max_aggregation_without_group_scales_is_rejected() -> None:
@@ -140,8 +140,23 @@ def test_online_thresholds_start_on_short_calibration_data() -> None:
 def test_surprise_is_minus_log10_of_the_tail_probability_for_every_method(method: str) -> None:
     scores = np.random.default_rng(8).gamma(2.0, 1.0, 5_000)
     cal = calibrate(scores, CalibrationConfig(method=method), window_hop_s=1.0)  # type: ignore[arg-type]
-    grid = np.linspace(0.0, 20.0, 41)
+    grid = np.linspace(0.0, float(scores.max()), 41)  # inside the sample (beyond it, see the next test)
     expected = [-math.log10(cal.tail_probability(float(v))) for v in grid]
     assert np.allclose(cal.surprises(grid), expected, rtol=1e-9, atol=1e-12)
     assert cal.surprise(float(grid[7])) == pytest.approx(expected[7])
     assert np.isnan(cal.surprises([np.nan])[0])
+
+
+def test_surprise_keeps_rising_past_the_largest_score_for_an_empirical_threshold() -> None:
+    scores = np.random.default_rng(9).exponential(1.0, 2_000)
+    cal = calibrate(scores, CalibrationConfig(method="quantile", quantile=0.99), window_hop_s=1.0)
+    top = float(scores.max())
+    assert cal.tail_probability(top + 1.0) == cal.tail_probability(top + 5.0)  # the empirical tail is flat there
+    assert cal.surprise(top) < cal.surprise(top + 1.0) < cal.surprise(top + 5.0)
+    tail = cal.tail_fit
+    assert tail is not None
+    decay = stats.genpareto.logsf(top + 5.0 - tail["t"], tail["xi"], scale=tail["sigma"]) - stats.genpareto.logsf(
+        top + 1.0 - tail["t"], tail["xi"], scale=tail["sigma"]
+    )
+    assert cal.surprise(top + 5.0) - cal.surprise(top + 1.0) == pytest.approx(-decay / math.log(10))
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
