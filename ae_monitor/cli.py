@@ -169,7 +169,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ae_monitor.service import replay
+    from ae_monitor.serve.offline import replay
 
     config = load_config(args.config)
     bundle = args.bundle or config.replay.bundle_path
@@ -207,7 +207,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ae_monitor.service import demo
+    from ae_monitor.jobs.demo import demo
 
     if args.out is not None:
         return demo(args.out, duration_s=args.duration, metrics_port=args.metrics_port)
@@ -314,7 +314,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ae_monitor.service import serve
+    from ae_monitor.serve.app import serve
 
     config = load_config(args.config)
     configure_logging(level=logging.WARNING if args.quiet else logging.INFO,

@@ -20,12 +20,14 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from ae_monitor.config import Config, RouteConfig, config_from_dict, dump_config
+from ae_monitor.engine import Engine
 from ae_monitor.jobs.demo import CHANNELS, DEMO_CONFIG
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle, save_bundle
-from ae_monitor.pipeline import Pipeline
 from ae_monitor.records import Alert, DeadLetter
-from ae_monitor.service import serve
+from ae_monitor.serve.app import serve
+from ae_monitor.serve.offline import Runner
+from ae_monitor.serve.outputs import Outputs
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.decode import decode_message
 from ae_monitor.sources.files import read_sensor_csv
@@ -85,13 +87,13 @@ def _read(bootstrap: str, topic: str, until: Callable[[list[Any]], bool], *, tim
 
 
 def _expected_alerts(bundle: Path, messages: list[Message], config: Config) -> list[Alert]:
-    """The alerts the pipeline raises for `messages`, computed offline: ids are deterministic."""
+    """The alerts the engine raises for `messages`, computed offline: ids are deterministic."""
     sink: MemorySink[Alert] = MemorySink()
-    pipeline = Pipeline(load_bundle(bundle), alerting=config.alerting, alerts=sink,
-                        dead_letters=MemorySink[DeadLetter](), metrics=Metrics(_registry()),
-                        max_gap_s=config.replay.max_gap_s)  # fmt: skip
+    metrics = Metrics(_registry())
+    engine = Engine(load_bundle(bundle), alerting=config.alerting, metrics=metrics, max_gap_s=config.replay.max_gap_s)
+    runner = Runner(engine, Outputs(alerts=sink, dead_letters=MemorySink[DeadLetter]()), metrics)
     for key, value in messages:
-        pipeline.process([decode_message(key, value, [])])
+        runner.process([decode_message(key, value, [])])
     return sink.items
 
 

@@ -20,13 +20,17 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import Config, config_from_dict
+from ae_monitor.config import Config, MetricsConfig, config_from_dict
+from ae_monitor.engine import Engine
 from ae_monitor.jobs.train import train_bundle
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
-from ae_monitor.pipeline import Pipeline
 from ae_monitor.records import Alert, DeadLetter
+from ae_monitor.serve.http import metrics_server
+from ae_monitor.serve.offline import Runner
+from ae_monitor.serve.outputs import Outputs
 from ae_monitor.sinks import AlertSink
+from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.replay import ReplaySource
 
@@ -150,15 +154,11 @@ def run_demo(
         sleep=sleep,
     )
     memory: MemorySink[Alert] = MemorySink()
-    pipeline = Pipeline(
-        load_bundle(out / "bundle"),
-        alerting=config.alerting,
-        alerts=_Tee(alerts, memory),
-        dead_letters=MemorySink[DeadLetter](),
-        metrics=Metrics(registry),
-        max_gap_s=config.replay.max_gap_s,
-    )
-    windows = pipeline.run(source, max_records=len(FAULTS))
+    metrics = Metrics(registry)
+    engine = Engine(load_bundle(out / "bundle"), alerting=config.alerting, metrics=metrics,
+                    max_gap_s=config.replay.max_gap_s)  # fmt: skip
+    outputs = Outputs(alerts=_Tee(alerts, memory), dead_letters=MemorySink[DeadLetter]())
+    windows = Runner(engine, outputs, metrics).run(source, max_records=len(FAULTS))
     return _summarise(memory, windows)
 
 
@@ -184,3 +184,14 @@ def _summarise(memory: MemorySink[Alert], windows: int) -> DemoResult:
         detected[name] = any(lo - 30 <= a.event_time_s <= hi for a in mine)
         false_alarms += sum(not (lo - 30 <= a.event_time_s <= hi) for a in mine)
     return DemoResult(len(memory.items), detected, false_alarms, windows)
+
+
+def demo(out: Path, *, duration_s: float, metrics_port: int) -> int:
+    """`ae-monitor demo`: run the embedded demo with /metrics served; exit status 0 when every fault was detected."""
+    registry = CollectorRegistry()
+    with metrics_server(MetricsConfig(port=metrics_port), registry):
+        result = run_demo(out, duration_s=duration_s, alerts=JsonlSink.open("-"), registry=registry)
+    for stream, found in result.detected.items():
+        log.info("%s: injected fault %s", stream, "DETECTED" if found else "MISSED")
+    log.info("%d windows scored, %d alert events, %d false alarms", result.windows, result.alerts, result.false_alarms)
+    return 0 if all(result.detected.values()) else 1

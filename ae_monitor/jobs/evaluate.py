@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import roc_auc_score
 
-from ae_monitor.errors import DataError
 from ae_monitor.jobs import dcase
 from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal
+from ae_monitor.jobs.predictions import Predictions, predictions_for, row_predictions
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.scoring import scorer_for
 
@@ -61,50 +60,6 @@ def _window_rows(bundle: Bundle, scored: ScoredSignal) -> list[dict[str, Any]]:
         }
         for w in scored.windows
     ]
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """One row per clip (audio) or per input row (sensor)."""
-
-    source: list[str]
-    index: npt.NDArray[np.int64]
-    score: F64
-    label: npt.NDArray[np.int64]
-
-    def alerts(self, threshold: float) -> npt.NDArray[np.int64]:
-        return (np.nan_to_num(self.score, nan=-np.inf) > threshold).astype(np.int64)
-
-
-def predictions_for(bundle: Bundle, scored: Sequence[ScoredSignal]) -> Predictions:
-    if bundle.features.kind == "sensor":
-        return _row_predictions(scored)
-    labels = [s.signal.clip_label for s in scored]
-    if any(label is None for label in labels):
-        unlabelled = [s.signal.name for s in scored if s.signal.clip_label is None][:3]
-        raise DataError(f"cannot tell normal from anomalous clips by name, e.g. {unlabelled}")
-    return Predictions(
-        source=[s.signal.name for s in scored],
-        index=np.zeros(len(scored), dtype=np.int64),
-        score=np.asarray([s.clip_score for s in scored]),
-        label=np.asarray(labels, dtype=np.int64),
-    )
-
-
-def _row_predictions(scored: Sequence[ScoredSignal]) -> Predictions:
-    sources, index, scores, labels = [], [], [], []
-    for item in scored:
-        if item.signal.row_labels is None:
-            raise DataError(f"{item.signal.name} has no `anomaly` column to evaluate against")
-        n = len(item.signal.samples)
-        row_score = np.full(n, np.nan)
-        for window in item.windows:
-            row_score[int(window.end) - 1] = window.score
-        sources += [item.signal.name] * n
-        index.append(np.arange(n))
-        scores.append(row_score)
-        labels.append(item.signal.row_labels)
-    return Predictions(sources, np.concatenate(index), np.concatenate(scores), np.concatenate(labels))
 
 
 def detection_metrics(pred: Predictions, threshold: float) -> dict[str, float | int | None]:
@@ -158,7 +113,7 @@ def evaluate(
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _write_predictions(out / "predictions.csv", pred, bundle.threshold)
     if plots:
-        from ae_monitor import plots as plotting  # matplotlib is only needed when plotting
+        from ae_monitor.jobs import plots as plotting  # matplotlib is only needed when plotting
 
         figures = plotting.evaluation_plots(out, pred, scored, bundle)
         figures += reconstruction.reconstruction_plots(out / "reconstruction", bundle, scored)
@@ -169,7 +124,7 @@ def evaluate(
 def _file_metrics(bundle: Bundle, scored: ScoredSignal) -> dict[str, Any]:
     if bundle.features.kind != "sensor":
         return {"score": scored.clip_score, "label": scored.signal.clip_label}
-    return detection_metrics(_row_predictions([scored]), bundle.threshold)
+    return detection_metrics(row_predictions([scored]), bundle.threshold)
 
 
 def _write_predictions(path: Path, pred: Predictions, threshold: float) -> None:

@@ -22,6 +22,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
 from ae_monitor.errors import AeMonitorError, RecordError
+from ae_monitor.kafka_client import client_configs, connect
 from ae_monitor.records import Record, SampleRows
 from ae_monitor.sources.batch import decode_batch
 
@@ -94,41 +95,22 @@ ConsumerFactory = Callable[[], Any]
 
 
 def consumer_factory(conn: KafkaConnectionConfig, cfg: KafkaSourceConfig) -> ConsumerFactory:
-    """A factory for the real consumer; the daemon's tests and users inject their own for other setups."""
-
-    def build() -> Any:
-        return KafkaConsumer(
-            bootstrap_servers=list(conn.bootstrap_servers),
-            security_protocol=conn.security_protocol,
-            client_id=conn.client_id,
-            group_id=cfg.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=cfg.start_from,
-            max_poll_records=cfg.max_poll_records,
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
-            # Cooperative rebalancing (KIP-429): a rebalance that leaves a partition where it is keeps its stream
-            # state and fetch position, instead of revoking everything and warming every stream up again.
-            partition_assignment_strategy=(CooperativeStickyAssignor,),
-            **conn.extra,
-        )
-
-    return build
-
-
-def connect(factory: ConsumerFactory, *, timeout_s: float, sleep: Callable[[float], None] = time.sleep) -> Any:
-    """Build the consumer, retrying with backoff while the brokers do not answer (kafka-python 3 blocks, then
-    raises). Gives up after `timeout_s` with an error naming the bootstrap servers' setting."""
-    deadline, delay = time.monotonic() + timeout_s, 0.5
-    while True:
-        try:
-            return factory()
-        except KafkaError as exc:
-            if time.monotonic() + delay > deadline:
-                raise AeMonitorError(f"cannot reach Kafka (kafka.bootstrap_servers): {exc}") from exc
-            log.warning("Kafka not reachable yet (%s); retrying in %.1f s", exc, delay)
-            sleep(delay)
-            delay = min(delay * 2, 10.0)
+    """A factory for the real consumer, connected with backoff (kafka_client.connect); the daemon's tests and users
+    inject their own for other setups."""
+    configs = {
+        **client_configs(conn),
+        "group_id": cfg.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": cfg.start_from,
+        "max_poll_records": cfg.max_poll_records,
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
+        # Cooperative rebalancing (KIP-429): a rebalance that leaves a partition where it is keeps its stream
+        # state and fetch position, instead of revoking everything and warming every stream up again.
+        "partition_assignment_strategy": (CooperativeStickyAssignor,),
+        **conn.extra,
+    }
+    return lambda: connect(lambda: KafkaConsumer(**configs), what="consumer", timeout_s=conn.connect_timeout_s)
 
 
 class KafkaSource:

@@ -11,11 +11,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt
 import numpy as np
+import numpy.typing as npt
 from sklearn.metrics import roc_curve
 
 if TYPE_CHECKING:
     from ae_monitor.jobs.data import ScoredSignal
-    from ae_monitor.jobs.evaluate import Predictions
+    from ae_monitor.jobs.predictions import Predictions
     from ae_monitor.model.bundle import Bundle
 
 
@@ -71,7 +72,7 @@ def timeline(path: Path, scored: ScoredSignal, threshold: float) -> Path:
     return _save(fig, path)
 
 
-def _shade(ax: Any, labels: np.ndarray | None) -> None:
+def _shade(ax: Any, labels: npt.NDArray[Any] | None) -> None:
     if labels is None or not labels.any():
         return
     edges = np.diff(np.concatenate([[0], labels.astype(int), [0]]))
@@ -87,7 +88,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def benchmark_timeline(path: Path, scored: ScoredSignal, threshold: float, rows: np.ndarray, alert: np.ndarray) -> Path:
+def benchmark_timeline(
+    path: Path, scored: ScoredSignal, threshold: float, rows: npt.NDArray[Any], alert: npt.NDArray[Any]
+) -> Path:
     """One benchmark file: score (log scale) with the threshold, alert state per test row, labelled rows shaded."""
     fig, ax = plt.subplots(figsize=(11, 3.5))
     ends = np.asarray([int(w.end) - 1 for w in scored.windows], dtype=np.int64)

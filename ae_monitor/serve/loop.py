@@ -1,0 +1,191 @@
+"""`ae-monitor serve`'s main loop: poll, process, deliver, commit, housekeeping, reload.
+
+One iteration: poll up to `max_poll_records` messages (waiting at most `scoring.max_batch_delay_ms`), apply
+rebalance events, score the poll as one micro-batch (engine), deliver what it produced (serve.outputs.deliver, which
+dead-letters what did not decode too), and commit every partition up to its longest completed prefix — only while no
+alert is waiting for delivery and every pipelined output has settled. See docs/serve.md for restart and rebalance
+behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from ae_monitor.config import KafkaSourceConfig, ScoringConfig, ServiceConfig
+from ae_monitor.engine import Engine
+from ae_monitor.errors import AeMonitorError, SinkError
+from ae_monitor.health import Health, SystemdNotifier
+from ae_monitor.metrics import Metrics
+from ae_monitor.model.bundle import load_bundle
+from ae_monitor.serve.commits import CommitBook
+from ae_monitor.serve.outputs import Outputs, Settling, deliver, send_dead_letters
+from ae_monitor.sinks.delivery import DeliveryQueue
+from ae_monitor.sources.decode import dead_letter
+from ae_monitor.sources.kafka import KafkaSource, Polled
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_EVERY_S = 1.0  # idle eviction, lag gauges and reload checks need no more than this
+
+
+class Daemon:
+    """Owns the source, the engine and the outputs for one `serve` process."""
+
+    def __init__(
+        self,
+        *,
+        source_cfg: KafkaSourceConfig,
+        scoring: ScoringConfig,
+        service: ServiceConfig,
+        source: KafkaSource,
+        engine: Engine,
+        outputs: Outputs,
+        queue: DeliveryQueue,
+        metrics: Metrics,
+        health: Health,
+        notifier: SystemdNotifier,
+        bundle_paths: Mapping[str, Path],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._source, self._engine, self._out, self._queue = source, engine, outputs, queue
+        self._metrics, self._health, self._notifier, self._clock = metrics, health, notifier, clock
+        self._service, self._poll_timeout_ms = service, int(scoring.max_batch_delay_ms)
+        self._commit_interval_s = source_cfg.commit_interval_s
+        self._paths = dict(bundle_paths)
+        self._commits = CommitBook()
+        self._last_commit = self._last_housekeeping = self._last_reload_check = 0.0
+        self._mtimes = {name: _mtime(path) for name, path in self._paths.items()}
+        self.reload_requested = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until `stop` is set, then drain: finish the batch, deliver, commit, close."""
+        self._health.set("bundles", True)
+        self._health.set("source", True)
+        self._notifier.ready()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self._drain()
+
+    def step(self) -> None:
+        """One iteration of the main loop (public so tests can drive the daemon deterministically)."""
+        timeout_ms = self._poll_timeout_ms
+        if self._queue.full:
+            polled = Polled.empty()  # back-pressure: nothing more is consumed until the sinks take what is queued
+            time.sleep(timeout_ms / 1000)
+        else:
+            polled = self._source.poll(timeout_ms=max(1, timeout_ms))
+        self._apply_rebalance()
+        arrival = self._clock()
+        if polled.chunks:
+            self._process(polled, arrival)
+        self._queue.retry()
+        self._maybe_commit(force=False)
+        self._housekeeping()
+        self._health.beat()
+        self._metrics.heartbeat.set(self._clock())
+        if self._service.watchdog:
+            self._notifier.watchdog()
+
+    def _process(self, polled: Polled, arrival: float) -> None:
+        if polled.rejected:
+            letters = [dead_letter(m.error, value=m.raw, topic=m.topic, partition=m.partition, offset=m.offset)
+                       for m in polled.rejected]  # fmt: skip
+            send_dead_letters(letters, self._out.dead_letters, self._metrics)
+        result = self._engine.process(polled.items, arrival_s=arrival)
+        self._commits.add(polled.chunks, result.progress)
+        deliver(result, self._out, self._metrics)
+
+    def _apply_rebalance(self) -> None:
+        for event in self._source.take_rebalance_events():
+            if event.kind in ("revoked", "lost"):
+                streams = self._commits.release(event.partitions)
+                self._engine.drop_streams(streams, reason=event.kind)
+                log.info("partitions %s %s; dropped %d streams", sorted(event.partitions), event.kind, len(streams))
+            else:
+                log.info("partitions assigned: %s", sorted(event.partitions))
+        owned = self._source.assignment()
+        self._health.set("partitions", bool(owned))
+        self._metrics.partitions.set(len(owned))
+        self._metrics.ready.set(1 if self._health.ready()[0] else 0)
+
+    def _maybe_commit(self, *, force: bool) -> None:
+        now = self._clock()
+        if not force and now - self._last_commit < self._commit_interval_s:
+            return
+        if not self._queue.idle:
+            return  # never commit past an alert that is still waiting for delivery
+        for output in (self._out.state, self._out.dead_letters):
+            if isinstance(output, Settling):
+                try:
+                    output.settle()
+                except SinkError as exc:
+                    log.warning("%s; no commit this time (the records are kept, nothing is lost)", exc)
+                    return
+        offsets = self._commits.committable(self._engine.is_done, every=force or self._source.stalled)
+        if offsets:
+            self._source.commit(offsets, wait=force)
+        if self._source.last_commit_s is not None:
+            self._metrics.last_commit.set(self._source.last_commit_s)
+        self._last_commit = now
+
+    def _housekeeping(self) -> None:
+        now = self._clock()
+        if now - self._last_housekeeping < HOUSEKEEPING_EVERY_S:
+            return
+        self._last_housekeeping = now
+        self._commits.forget_streams(self._engine.evict_idle(now))
+        if self._source.stalled:
+            self._source.recover()  # its revocations reach _apply_rebalance on the next step
+        for (topic, partition), lag in self._source.lag().items():
+            self._metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+        if self.reload_requested.is_set() or now - self._last_reload_check >= self._service.reload_check_s:
+            self._last_reload_check = now
+            self._check_reload()
+
+    def _check_reload(self) -> None:
+        changed = {n for n, p in self._paths.items() if _mtime(p) != self._mtimes.get(n)}
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            changed = set(self._paths)
+        for name in changed:
+            self._reload(name)
+
+    def _reload(self, name: str) -> None:
+        path = self._paths[name]
+        self._mtimes[name] = _mtime(path)
+        try:
+            bundle = load_bundle(path)
+            if bundle.version == self._engine.bundles[name].version:
+                return
+            self._engine.swap_bundle(name, bundle)
+        except AeMonitorError as exc:
+            self._metrics.reloads.labels("failed").inc()
+            log.error("bundle reload of %s failed, keeping the loaded one: %s", path, exc)
+            return
+        self._metrics.reloads.labels("ok").inc()
+        log.info("bundle %s reloaded: version %s", path, bundle.version)
+
+    def _drain(self) -> None:
+        self._notifier.stopping()
+        deadline = time.monotonic() + self._service.shutdown_grace_s * 0.8
+        try:
+            self._queue.drain(max(0.0, deadline - time.monotonic()))
+            self._maybe_commit(force=True)
+        except AeMonitorError as exc:  # undelivered alerts or a failed commit: the records are read again later
+            log.error("shutting down without a final commit (records since the last one will be read again): %s", exc)
+        finally:
+            self._source.close()
+            self._out.close()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return (path / "manifest.json").stat().st_mtime
+    except OSError:
+        return 0.0
