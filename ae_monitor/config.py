@@ -266,7 +266,7 @@ class KafkaSinkConfig(_Section):
 class HttpSinkConfig(_Section):
     url: str | None = None
     timeout_s: float = Field(5.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0)  # unused since the delivery queue does all retrying; kept so configs load
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)

@@ -48,7 +48,7 @@ class Engine:
         named = {bundles.name: bundles} if isinstance(bundles, Bundle) else dict(bundles)
         self._alerting, self._batch_size, self._drift = alerting, batch_size, drift or DriftConfig()
         self._online, self._want_codes, self._want_cleaned = online, codes, cleaned
-        self._metrics, self._clock = metrics, clock
+        self._metrics, self._clock, self._max_gap_s = metrics, clock, max_gap_s
         self._slots = {name: self._slot(bundle) for name, bundle in named.items()}
         self._router = Router(routes or [(RouteConfig(bundle_path=""), next(iter(named)))])
         self._streams = StreamTable(streams or StreamsConfig(), on_drop=self._dropped)
@@ -125,6 +125,11 @@ class Engine:
         idle = self._streams.idle(now_wall_s)
         self.drop_streams(idle, reason="idle")
         return idle
+
+    def release_stalled(self, now_wall_s: float) -> list[str]:
+        """Streams that took no sample for longer than the restart gap no longer hold commits back (see
+        StreamTable.release_stalled); returns their names."""
+        return self._streams.release_stalled(now_wall_s, after_s=self._max_gap_s)
 
     def restore_alert_states(self, states: Mapping[str, Mapping[str, Any]]) -> None:
         """Alert states read back after a restart; applied when each stream is next seen."""

@@ -162,6 +162,7 @@ class Ingest:
             state = self._streams.restart(item.stream, state, self._slots[state.slot])
         vectors = state.features.push(item.samples)
         state.clock.advance(item.stamp, len(item.samples))
+        state.accepted_wall_s = state.seen_wall_s
         self._metrics.samples.inc(len(item.samples))
         segments = [Segment(item.stream, state, len(vectors))] if len(vectors) else []
         return Pushed(state.slot, vectors, segments), RecordPosition(item.stream, state.generation, state.samples - 1)
@@ -262,7 +263,7 @@ class Ingest:
         vectors, made = push_many(features, values, counts.tolist())  # type: ignore[arg-type]
         now, row = self._clock(), 0
         for state, n in zip(states, counts.tolist(), strict=True):
-            state.seen_wall_s = now
+            state.seen_wall_s = state.accepted_wall_s = now
             state.clock.advance(ts[row : row + n])
             row += n
         self._metrics.samples.inc(len(ts))

@@ -44,7 +44,9 @@ class StreamState:
     generation: int = 0
     warming: bool = True
     last_window_start: int = -1  # first sample of the newest window scored
-    seen_wall_s: float = 0.0
+    seen_wall_s: float = 0.0  # wall time of its newest record
+    accepted_wall_s: float = 0.0  # wall time of its newest sample taken (not late)
+    released_through: int = -1  # samples up to here count as done for commits (see StreamTable.release_stalled)
     alert_changed: bool = False
     last_score: float | None = None  # the newest window's, for the per-stream gauges
     last_threshold: float | None = None
@@ -132,7 +134,25 @@ class StreamTable:
         state = self._states.get(position.stream)
         if state is None or state.generation != position.generation:
             return True
-        return state.last_window_start > position.last_sample
+        return state.last_window_start > position.last_sample or position.last_sample <= state.released_through
+
+    def release_stalled(self, now_wall_s: float, *, after_s: float) -> list[str]:
+        """Let commits pass the samples of streams that took no sample for `after_s` (wall clock); returns them.
+
+        Such a stream's open window needs samples that have not come: when the stream comes back more than the
+        restart gap later, its windows start afresh and those samples would never be part of a window anyway. So
+        commits need not wait for them (without this, one silent stream would hold back every later offset of its
+        partition until idle eviction). The cost, documented: if the process stops before the stream comes back
+        within the gap, the window those samples began is not scored after the restart."""
+        released = []
+        for name, state in self._states.items():
+            pending = state.samples - 1
+            if pending > max(state.released_through, state.last_window_start - 1) and (
+                now_wall_s - state.accepted_wall_s > after_s
+            ):
+                state.released_through = pending
+                released.append(name)
+        return released
 
     def restore_alert_states(self, states: Mapping[str, Mapping[str, Any]]) -> None:
         """Alert states read back after a restart; applied when each stream is next seen."""

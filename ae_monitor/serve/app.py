@@ -10,6 +10,7 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
 
     if config.source is None:
         raise ConfigError("serve needs a [source] table (topics or topic_pattern)", key="source")
+    # Handlers first: a SIGTERM while startup waits for the brokers ends serve cleanly (exit 0) once it can.
+    stop, reload = stop or threading.Event(), threading.Event()
+    _install_signals(stop, reload)
     torch.set_num_threads(config.scoring.torch_threads)
     bundles, routes, paths = load_routed_bundles(config)
     if registry is None:  # an injected registry is the caller's to fill
@@ -45,7 +49,6 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
     health = Health(stale_after_s=config.service.heartbeat_stale_s)
     server = HealthServer(config.service.http_host, config.service.http_port, registry=registry, health=health).start()
     log.info("serving /metrics /healthz /readyz on http://%s:%d", config.service.http_host, server.port)
-    stop = stop or threading.Event()
     outputs, queue = build_outputs(config.sinks, config.kafka, metrics)
     try:
         states = load_alert_states(config.sinks.kafka, config.kafka)
@@ -59,8 +62,9 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
                              tags=routing_fields([route for route, _ in routes]))  # fmt: skip
         daemon = Daemon(source_cfg=config.source, scoring=config.scoring, service=config.service, source=source,
                         engine=engine, outputs=outputs, queue=queue, metrics=metrics, health=health,
-                        notifier=SystemdNotifier(), bundle_paths=paths)  # fmt: skip
-        _install_signals(stop, daemon.reload_requested)
+                        notifier=SystemdNotifier(), bundle_paths=paths,
+                        load_states=_state_reader(config.sinks.kafka, config.kafka),
+                        reload_requested=reload)  # fmt: skip
         # Everything loaded so far (torch, numpy, the bundles) lives as long as the process: moved out of the
         # collector's sight, the full collections the main loop's garbage triggers no longer walk it. Measured
         # by scripts/bench_serve.py: about a quarter more records per second.
@@ -111,6 +115,16 @@ def load_alert_states(cfg: KafkaSinkConfig, kafka: KafkaConnectionConfig) -> dic
     states = load_state(state_consumer_factory(kafka), cfg.state_topic)
     log.info("restored the alert state of %d streams from %s", len(states), cfg.state_topic)
     return states
+
+
+def _state_reader(cfg: KafkaSinkConfig, kafka: KafkaConnectionConfig) -> Callable[[], dict[str, dict[str, Any]]] | None:
+    """Reads the whole alert-state topic (when there is one): on every partition assignment."""
+    if cfg.state_topic is None:
+        return None
+    from ae_monitor.sinks.kafka import load_state, state_consumer_factory
+
+    topic, factory = cfg.state_topic, state_consumer_factory(kafka)
+    return lambda: load_state(factory, topic)
 
 
 def _install_signals(stop: threading.Event, reload: threading.Event) -> None:

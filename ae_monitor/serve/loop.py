@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ae_monitor.config import KafkaSourceConfig, ScoringConfig, ServiceConfig
 from ae_monitor.engine import Engine
@@ -49,6 +50,8 @@ class Daemon:
         health: Health,
         notifier: SystemdNotifier,
         bundle_paths: Mapping[str, Path],
+        load_states: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+        reload_requested: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._source, self._engine, self._out, self._queue = source, engine, outputs, queue
@@ -56,15 +59,15 @@ class Daemon:
         self._service, self._poll_timeout_ms = service, int(scoring.max_batch_delay_ms)
         self._commit_interval_s = source_cfg.commit_interval_s
         self._paths = dict(bundle_paths)
+        self._load_states = load_states  # the alert states saved by every process of the group, read on assignment
         self._commits = CommitBook()
         self._last_commit = self._last_housekeeping = self._last_reload_check = 0.0
         self._mtimes = {name: _mtime(path) for name, path in self._paths.items()}
-        self.reload_requested = threading.Event()
+        self.reload_requested = reload_requested or threading.Event()  # SIGHUP sets it
 
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set, then drain: finish the batch, deliver, commit, close."""
         self._health.set("bundles", True)
-        self._health.set("source", True)
         self._notifier.ready()
         try:
             while not stop.is_set():
@@ -104,12 +107,15 @@ class Daemon:
     def _apply_rebalance(self) -> None:
         for event in self._source.take_rebalance_events():
             if event.kind in ("revoked", "lost"):
+                self._settle_outputs()  # the next owner reads the alert states this process saved
                 streams = self._commits.release(event.partitions)
                 self._engine.drop_streams(streams, reason=event.kind)
                 log.info("partitions %s %s; dropped %d streams", sorted(event.partitions), event.kind, len(streams))
             else:
                 log.info("partitions assigned: %s", sorted(event.partitions))
+                self._restore_states()
         owned = self._source.assignment()
+        self._health.set("source", self._source.connected)
         self._health.set("partitions", bool(owned))
         self._metrics.partitions.set(len(owned))
         self._metrics.ready.set(1 if self._health.ready()[0] else 0)
@@ -120,13 +126,8 @@ class Daemon:
             return
         if not self._queue.idle:
             return  # never commit past an alert that is still waiting for delivery
-        for output in (self._out.state, self._out.dead_letters):
-            if isinstance(output, Settling):
-                try:
-                    output.settle()
-                except SinkError as exc:
-                    log.warning("%s; no commit this time (the records are kept, nothing is lost)", exc)
-                    return
+        if not self._settle_outputs():
+            return
         offsets = self._commits.committable(self._engine.is_done, every=force or self._source.stalled)
         if offsets:
             self._source.commit(offsets, wait=force)
@@ -134,16 +135,43 @@ class Daemon:
             self._metrics.last_commit.set(self._source.last_commit_s)
         self._last_commit = now
 
+    def _settle_outputs(self) -> bool:
+        """Wait for the acknowledgements of pipelined outputs; False (and a warning) when one failed."""
+        for output in (self._out.state, self._out.dead_letters):
+            if isinstance(output, Settling):
+                try:
+                    output.settle()
+                except SinkError as exc:
+                    log.warning("%s; no commit this time (the records are kept, nothing is lost)", exc)
+                    return False
+        return True
+
+    def _restore_states(self) -> None:
+        """Read back the alert states of the group, so that a stream whose partition moved here continues its
+        episode (same alert id) instead of firing anew. Streams live in this process keep their own state."""
+        if self._load_states is None:
+            return
+        try:
+            states = self._load_states()
+        except AeMonitorError as exc:
+            log.warning("could not read the alert states back (%s); streams new here start without theirs", exc)
+            return
+        live = self._engine.streams
+        self._engine.restore_alert_states({name: state for name, state in states.items() if name not in live})
+
     def _housekeeping(self) -> None:
         now = self._clock()
         if now - self._last_housekeeping < HOUSEKEEPING_EVERY_S:
             return
         self._last_housekeeping = now
         self._commits.forget_streams(self._engine.evict_idle(now))
+        self._engine.release_stalled(now)
         if self._source.stalled:
             self._source.recover()  # its revocations reach _apply_rebalance on the next step
         for (topic, partition), lag in self._source.lag().items():
             self._metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+        for (topic, partition), behind in self._source.uncommitted().items():
+            self._metrics.uncommitted.labels(topic, str(partition)).set(behind)
         if self.reload_requested.is_set() or now - self._last_reload_check >= self._service.reload_check_s:
             self._last_reload_check = now
             self._check_reload()
