@@ -399,3 +399,51 @@ def test_a_changed_bundle_is_swapped_in_and_a_bad_one_is_refused(
     (served / "manifest.json").touch()
     _wait(lambda: (registry.get_sample_value("ae_monitor_bundle_reloads_total", {"result": "failed"}) or 0) >= 1)
     assert registry.get_sample_value(info, {"bundle": "pump", "version": new.version}) == 1
+
+
+# --- faults: silent streams, takeovers, broker outages ------------------------------------------------------------
+
+
+def test_a_stream_that_stops_completing_windows_does_not_hold_back_the_commits_of_its_partition(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, replay={"max_gap_s": 2.0})
+    ok = _messages(sensor_data[1] / "pump-1.csv", "ok", config, slice(0, 300))
+    first = _messages(sensor_data[1] / "pump-1.csv", "dup", config, slice(0, 1))[0]
+    # `dup` sends one sample, then only that timestamp again (late: dropped); `ok` goes on normally.
+    messages = [first, *_interleave(ok, [first] * 300)]
+    running(config)
+    _produce(kafka_bootstrap, topic, messages)
+    group = config.source.group_id if config.source else ""
+    _wait(lambda: _committed(kafka_bootstrap, group, topic, 1) == len(messages), timeout_s=45)
+
+
+def test_a_peer_taking_over_a_partition_continues_the_firing_episode_under_its_id(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    daemons: Callable[[Config, str], Daemon],
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    tag = topic.rsplit("-", 1)[-1]
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    messages = _messages(sensor_data[1] / "pump-3.csv", "pump-3", config)  # a pressure fault over rows 250-450
+    # Both start before anything fires: the peer cannot have read the episode at its startup.
+    a, b = daemons(config, "a"), daemons(config, "b")
+    owned = "ae_monitor_partitions_assigned"
+    _wait(lambda: a.metric(owned) + b.metric(owned) == 1)
+    owner, peer = (a, b) if a.metric(owned) == 1 else (b, a)
+    _produce(kafka_bootstrap, topic, messages[:380])
+    alerts_topic = f"alerts-{tag}"
+    firing = _read(kafka_bootstrap, alerts_topic, lambda seen: any(b'"firing"' in m.value for m in seen))
+    episode = json.loads(next(m.value for m in firing if b'"firing"' in m.value))["id"]
+    group = config.source.group_id if config.source else ""
+    # Committed well past the episode's start: the peer will not see where it began, only the saved state can tell.
+    _wait(lambda: _committed(kafka_bootstrap, group, topic, 1) >= 340)
+    owner.stop(signal.SIGKILL)
+    _wait(lambda: peer.metric(owned) == 1, timeout_s=60)
+    _produce(kafka_bootstrap, topic, messages[380:])
+    got = _read(kafka_bootstrap, alerts_topic, lambda seen: any(b'"resolved"' in m.value for m in seen), timeout_s=90)
+    events = [(json.loads(m.value)["status"], json.loads(m.value)["id"]) for m in got]
+    assert ("resolved", episode) in events
+    assert {i for status, i in events if status == "firing"} == {episode}, "the peer fired the episode again"
