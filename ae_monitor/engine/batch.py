@@ -40,6 +40,24 @@ class Progress:
     def __len__(self) -> int:
         return len(self.stream)
 
+    @property
+    def names(self) -> list[str]:
+        """Stream names by the ids in `stream`."""
+        return self._names
+
+    def done(self, start: int, stop: int, generations: npt.NDArray[np.int64],
+             marks: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:  # fmt: skip
+        """Whether each row of [start, stop) is done, given per stream id its generation and first sample not yet
+        done (Engine.done_marks over `names`)."""
+        ids = self.stream[start:stop]
+        if not len(generations):
+            return np.ones(len(ids), dtype=bool)
+        known = ids >= 0
+        safe = np.where(known, ids, 0)
+        current = self.generation[start:stop] == generations[safe]
+        undone: npt.NDArray[np.bool_] = known & current & (self.last_sample[start:stop] >= marks[safe])
+        return ~undone
+
     def set(self, row: int, position: RecordPosition) -> None:
         self.stream[row] = self._id(position.stream)
         self.generation[row], self.last_sample[row] = position.generation, position.last_sample

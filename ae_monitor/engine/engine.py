@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ae_monitor.config import AlertingConfig, CalibrationConfig, DriftConfig, RouteConfig, StreamsConfig
 from ae_monitor.engine.batch import BatchResult, Progress, Scored
 from ae_monitor.engine.decide import decide
@@ -112,6 +115,10 @@ class Engine:
     def is_done(self, position: RecordPosition) -> bool:
         """True once every window containing the record's samples was scored, or never will be."""
         return self._streams.is_done(position)
+
+    def done_marks(self, names: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """`is_done` for many rows at once: per stream, its generation and first sample not yet done."""
+        return self._streams.done_marks(names)
 
     def drop_streams(self, names: Sequence[str], *, reason: str = "revoked") -> None:
         """Forget streams (their partitions moved to another process); their new owner warms up."""

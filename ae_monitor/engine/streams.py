@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ae_monitor.alerting import StreamAlertState
 from ae_monitor.config import StreamsConfig
 from ae_monitor.engine.slots import Slot
@@ -135,6 +138,18 @@ class StreamTable:
         if state is None or state.generation != position.generation:
             return True
         return state.last_window_start > position.last_sample or position.last_sample <= state.released_through
+
+    def done_marks(self, names: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Per stream: its generation and the first sample index not yet done (is_done for many rows at once).
+        A stream without state gets generation -1 and an infinite mark: all its rows are done."""
+        generations = np.full(len(names), -1, dtype=np.int64)
+        marks = np.full(len(names), np.iinfo(np.int64).max, dtype=np.int64)
+        for i, name in enumerate(names):
+            state = self._states.get(name)
+            if state is not None:
+                generations[i] = state.generation
+                marks[i] = max(state.last_window_start, state.released_through + 1)
+        return generations, marks
 
     def release_stalled(self, now_wall_s: float, *, after_s: float) -> list[str]:
         """Let commits pass the samples of streams that took no sample for `after_s` (wall clock); returns them.

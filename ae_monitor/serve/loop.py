@@ -128,7 +128,8 @@ class Daemon:
             return  # never commit past an alert that is still waiting for delivery
         if not self._settle_outputs():
             return
-        offsets = self._commits.committable(self._engine.is_done, every=force or self._source.stalled)
+        offsets = self._commits.committable(self._engine.is_done, every=force or self._source.stalled,
+                                            done_marks=self._engine.done_marks)  # fmt: skip
         if offsets:
             self._source.commit(offsets, wait=force)
         if self._source.last_commit_s is not None:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError
@@ -52,6 +54,7 @@ class Chunk:
     last_offset: int
     first_row: int
     end_row: int
+    row_offsets: npt.NDArray[np.int64] | None = None  # the offset of each row (rows are the good messages, in order)
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,8 @@ class KafkaSource:
             first = rows
             rows += sum(len(item) if isinstance(item, SampleRows) else 1 for item in decoded)
             items += decoded
-            chunks.append(Chunk(tp.topic, tp.partition, records[-1].offset, first, rows))
+            chunks.append(Chunk(tp.topic, tp.partition, records[-1].offset, first, rows,
+                                _row_offsets(records, errors, rows - first)))  # fmt: skip
         return Polled(items, chunks, rejected)
 
     def take_rebalance_events(self) -> list[RebalanceEvent]:
@@ -309,6 +313,16 @@ class KafkaSource:
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
+
+
+def _row_offsets(
+    records: Sequence[Any], errors: Sequence[tuple[int, RecordError]], rows: int
+) -> npt.NDArray[np.int64] | None:
+    """The offset of each decoded row: every good message is one row, in order (None if that does not hold)."""
+    offsets = np.fromiter((m.offset for m in records), dtype=np.int64, count=len(records))
+    if errors:
+        offsets = np.delete(offsets, [i for i, _ in errors])
+    return offsets if len(offsets) == rows else None
 
 
 def _heartbeat_silence_s(consumer: Any) -> float | None:
