@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench clean
+.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench chaos clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -31,6 +31,10 @@ kafka-jars:
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_offline.py
+
+# Fault drills through a real local broker (scripts/chaos.py); prints the table of docs/serve.md (~25 min).
+chaos: $(VENV)/.installed kafka-jars
+	$(BIN)/python scripts/chaos.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
