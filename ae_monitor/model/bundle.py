@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -96,6 +97,7 @@ def save_bundle(bundle: Bundle, path: str | Path, *, environ: Mapping[str, str] 
             save_file({"scores": torch.from_numpy(bundle.calibration_scores.copy())}, str(staging / CALIBRATION_SCORES))
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         _write_manifest(staging / MANIFEST, seal(_manifest(bundle, files), key=key))
+        _match_umask(staging)
         _replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -322,7 +324,7 @@ def _write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
 
 def _staging_dir(target: Path) -> Path:
     # Not tempfile.mkdtemp: it creates 0700 whatever the umask, and the daemon's user could not read the bundle.
-    # mkdir(0o777) gives what the umask allows (0755 under 022); the files inside follow the umask as well.
+    # mkdir(0o777) gives what the umask allows (0755 under 022); _match_umask gives the files the same.
     while True:
         staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
         try:
@@ -330,6 +332,13 @@ def _staging_dir(target: Path) -> Path:
         except FileExistsError:
             continue
         return staging
+
+
+def _match_umask(staging: Path) -> None:
+    # safetensors writes 0600 whatever the umask: give every file what the umask gave the directory, less execute.
+    mode = stat.S_IMODE(staging.stat().st_mode) & 0o666
+    for path in staging.iterdir():
+        path.chmod(mode)
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
