@@ -101,9 +101,11 @@ def _bundle_sign(args: argparse.Namespace) -> int:
 
 def _seal_text(found: Seal) -> str:
     if found.state == "signed":
-        return f"digest {found.digest}, signed (key id {found.key_id})"
+        return f"digest {found.digest}, signature verified (key id {found.signer})"
+    if found.state == "sealed" and found.signer is not None:
+        return f"digest {found.digest}, signed by key id {found.signer}: NOT CHECKED, AE_MONITOR_BUNDLE_KEY is not set"
     if found.state == "sealed":
-        return f"digest {found.digest}, signature not checked (no AE_MONITOR_BUNDLE_KEY)"
+        return f"digest {found.digest}, not signed"
     return "UNVERIFIED: no digest (written before ae_monitor sealed bundles; `ae-monitor bundle sign` adds one)"
 
 

@@ -183,7 +183,9 @@ def test_bundle_verify_says_ok_and_a_modified_bundle_stops_with_one_line(
     monkeypatch.delenv(KEY_ENV, raising=False)
     bundle = Path(shutil.copytree(sensor_bundle, tmp_path / "pump"))
     assert main(["-q", "bundle", "verify", str(bundle)]) == 0
-    assert f"{bundle}: ok, pump version" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith(f"{bundle}: ok, pump version")
+    assert out.rstrip().endswith(", not signed")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["calibration"]["threshold"] *= 100
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -203,7 +205,7 @@ def test_with_the_key_set_bundles_are_signed_and_calibrate_keeps_them_signed(
     assert main(["-q", "bundle", "verify", str(bundle)]) == 2  # written without the key: refused
     assert "integrity.signature: the bundle is not signed" in capsys.readouterr().err
     assert main(["-q", "bundle", "sign", str(bundle)]) == 0
-    assert "signed (key id" in capsys.readouterr().out
+    assert "signature verified (key id" in capsys.readouterr().out
     assert main(["-q", "calibrate", "--bundle", str(bundle), "--data", str(sensor_data[0]), "--rows", "0:1000",
                  "--method", "quantile"]) == 0  # fmt: skip
     assert check_bundle(bundle, environ={KEY_ENV: key}).state == "signed"

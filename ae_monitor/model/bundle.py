@@ -42,7 +42,7 @@ import ae_monitor
 from ae_monitor.config import FeaturesConfig, ModelConfig, TrainingConfig
 from ae_monitor.errors import BundleError
 from ae_monitor.features import FeatureExtractor, build_extractor
-from ae_monitor.model.integrity import Seal, reseal, seal, signing_key, verify
+from ae_monitor.model.integrity import Seal, reseal, seal, signing_key, verify, warn_unchecked
 from ae_monitor.model.networks import Autoencoder, build_model
 from ae_monitor.threshold import Calibration
 
@@ -122,8 +122,9 @@ def load_bundle(
     When `environ` (default: the process environment) holds a bundle key, only bundles signed with it load."""
     root = Path(path)
     manifest = _read_manifest(root)
-    verify(manifest, key=signing_key(os.environ if environ is None else environ), where=root)
+    found = verify(manifest, key=signing_key(os.environ if environ is None else environ))
     _verify_files(root, manifest)
+    warn_unchecked(found, where=root)
     features = _section(manifest, "features_config", FeaturesConfig)
     if expected_features is not None:
         _check_features_match(features, expected_features)
@@ -147,10 +148,10 @@ def load_bundle(
 
 def check_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Seal:
     """Verify the manifest's digest, the signature (when a key is set) and every file's sha256, without loading the
-    model; say how the bundle is sealed. Raises BundleError as `load_bundle` does."""
+    model; say how the bundle is sealed (logging nothing). Raises BundleError as `load_bundle` does."""
     root = Path(path)
     manifest = _read_manifest(root)
-    found = verify(manifest, key=signing_key(os.environ if environ is None else environ), where=root)
+    found = verify(manifest, key=signing_key(os.environ if environ is None else environ))
     _verify_files(root, manifest)
     return found
 

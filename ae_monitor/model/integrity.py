@@ -48,11 +48,12 @@ _REBUILD = "restore the bundle from where it was built, or rebuild it (`ae-monit
 @dataclass(frozen=True)
 class Seal:
     """What the integrity check found: `signed` (digest and signature verified), `sealed` (digest verified, no
-    signature checked) or `unsealed` (a bundle written before digests existed)."""
+    signature checked: none, or no key to check it) or `unsealed` (a bundle written before digests existed).
+    `signer` is the key id the bundle says signed it, verified only when `state` is `signed`."""
 
     state: Literal["signed", "sealed", "unsealed"]
     digest: str | None = None
-    key_id: str | None = None
+    signer: str | None = None
 
 
 def signing_key(environ: Mapping[str, str]) -> bytes | None:
@@ -100,20 +101,34 @@ def seal(manifest: Mapping[str, Any], *, key: bytes | None) -> dict[str, Any]:
     return {**content, FIELD: record}
 
 
-def verify(manifest: Mapping[str, Any], *, key: bytes | None, where: object) -> Seal:
+def verify(manifest: Mapping[str, Any], *, key: bytes | None) -> Seal:
     """Check the digest (and, when `key` is given, the signature) of a manifest as read from disk.
 
     Raises BundleError naming the manifest section that changed since the bundle was written.
     """
     if manifest.get(FIELD) is None:
-        return _unsealed(key, where)
+        if key is not None:
+            raise BundleError(
+                f"the bundle has no digest or signature and {KEY_ENV} is set, so only signed bundles load; "
+                "check it and sign it with `ae-monitor bundle sign`, or rebuild it",
+                field=FIELD,
+            )
+        return Seal("unsealed")
     digest, signature = _verified_digest(manifest)
+    signer = None if signature is None else str(signature.get("key_id"))
     if key is None:
-        if signature is not None:
-            log.warning("bundle %s is signed but %s is not set: its signature is not checked", where, KEY_ENV)
-        return Seal("sealed", digest)
+        return Seal("sealed", digest, signer)
     _check_signature(signature, key, digest)
     return Seal("signed", digest, key_id(key))
+
+
+def warn_unchecked(found: Seal, *, where: object) -> None:
+    """Log what a load could not check: a bundle without a digest, or a signature without a key to check it."""
+    if found.state == "unsealed":
+        log.warning("bundle %s has no digest (written before ae_monitor sealed bundles): it loads unverified; "
+                    "`ae-monitor bundle sign` adds one", where)  # fmt: skip
+    elif found.state == "sealed" and found.signer is not None:
+        log.warning("bundle %s is signed but %s is not set: its signature is not checked", where, KEY_ENV)
 
 
 def reseal(manifest: Mapping[str, Any], *, key: bytes | None) -> dict[str, Any]:
@@ -133,18 +148,6 @@ def _verified_digest(manifest: Mapping[str, Any]) -> tuple[str, Mapping[str, Any
     if _digest(sections) != digest:
         raise BundleError(f"the recorded digest does not match its sections; {_REBUILD}", field=f"{FIELD}.digest")
     return digest, signature
-
-
-def _unsealed(key: bytes | None, where: object) -> Seal:
-    if key is not None:
-        raise BundleError(
-            f"the bundle has no digest or signature and {KEY_ENV} is set, so only signed bundles load; "
-            "check it and sign it with `ae-monitor bundle sign`, or rebuild it",
-            field=FIELD,
-        )
-    log.warning("bundle %s has no digest (written before ae_monitor sealed bundles): it loads unverified; "
-                "`ae-monitor bundle sign` adds one", where)  # fmt: skip
-    return Seal("unsealed")
 
 
 def _parts(record: Any) -> tuple[dict[str, str], str, Mapping[str, Any] | None]:
@@ -184,11 +187,15 @@ def _check_signature(signature: Mapping[str, Any] | None, key: bytes, digest: st
                           f"{SIGNATURE_ALGORITHM}", field=f"{FIELD}.signature.algorithm")  # fmt: skip
     value = signature.get("value")
     if not (isinstance(value, str) and hmac.compare_digest(value.encode(), _sign(key, digest).encode())):
-        signer = signature.get("key_id")
-        which = f"key id {signer}, " if signer != key_id(key) else ""
-        raise BundleError(f"the signature does not match ({which}{KEY_ENV} is key id {key_id(key)}): the bundle was "
-                          f"signed with another key or changed since; {_REBUILD}",
-                          field=f"{FIELD}.signature")  # fmt: skip
+        signer, mine = signature.get("key_id"), key_id(key)
+        if signer == mine:
+            cause = f"the bundle changed after it was signed with key id {mine}; {_REBUILD}"
+        else:
+            cause = (
+                f"it says key id {signer} signed it and {KEY_ENV} is key id {mine}; set the key it was signed "
+                "with, or sign it again with this one (`ae-monitor bundle sign`) only if you trust its content"
+            )
+        raise BundleError(f"the signature does not match: {cause}", field=f"{FIELD}.signature")
 
 
 def _normalized(manifest: Mapping[str, Any]) -> dict[str, Any]:
