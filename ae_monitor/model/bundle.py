@@ -121,9 +121,7 @@ def load_bundle(
 
     When `environ` (default: the process environment) holds a bundle key, only bundles signed with it load."""
     root = Path(path)
-    manifest = _read_manifest(root)
-    found = verify(manifest, key=signing_key(os.environ if environ is None else environ))
-    _verify_files(root, manifest)
+    manifest, found = _verified_manifest(root, environ)
     warn_unchecked(found, where=root)
     features = _section(manifest, "features_config", FeaturesConfig)
     if expected_features is not None:
@@ -149,11 +147,7 @@ def load_bundle(
 def check_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Seal:
     """Verify the manifest's digest, the signature (when a key is set) and every file's sha256, without loading the
     model; say how the bundle is sealed (logging nothing). Raises BundleError as `load_bundle` does."""
-    root = Path(path)
-    manifest = _read_manifest(root)
-    found = verify(manifest, key=signing_key(os.environ if environ is None else environ))
-    _verify_files(root, manifest)
-    return found
+    return _verified_manifest(Path(path), environ)[1]
 
 
 def sign_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Seal:
@@ -173,6 +167,13 @@ def sign_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     finally:
         staged.unlink(missing_ok=True)
     return check_bundle(root, environ=env)
+
+
+def _verified_manifest(root: Path, environ: Mapping[str, str] | None) -> tuple[dict[str, Any], Seal]:
+    manifest = _read_manifest(root)
+    found = verify(manifest, key=signing_key(os.environ if environ is None else environ))
+    _verify_files(root, manifest)
+    return manifest, found
 
 
 def _manifest(bundle: Bundle, files: dict[str, str]) -> dict[str, Any]:
