@@ -178,10 +178,11 @@ def test_signing_again_without_the_key_would_drop_the_signature_and_is_refused(s
     load_bundle(bundle, environ={KEY_ENV: OTHER_KEY})
 
 
-def test_the_key_may_come_from_a_file_with_a_trailing_newline(tmp_path: Path) -> None:
+def test_the_key_is_the_same_from_a_file_or_a_variable_with_or_without_a_trailing_newline(tmp_path: Path) -> None:
     path = tmp_path / "bundle.key"
     path.write_text(KEY + "\n")
     assert signing_key({KEY_FILE_ENV: str(path)}) == KEY.encode()
+    assert signing_key({KEY_ENV: KEY + "\n"}) == KEY.encode()
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,8 @@ def signing_key(environ: Mapping[str, str]) -> bytes | None:
         except OSError as exc:
             raise ConfigError(f"cannot read the bundle key file: {exc}", key=KEY_FILE_ENV) from exc
         return _checked(key, KEY_FILE_ENV)
-    return None if value is None else _checked(value.encode("utf-8"), KEY_ENV)
+    # A trailing newline is never part of the key: a Kubernetes Secret made from `openssl rand -hex 32 > key` has one.
+    return None if value is None else _checked(value.encode("utf-8").rstrip(b"\r\n"), KEY_ENV)
 
 
 def _checked(key: bytes, name: str) -> bytes:
