@@ -190,7 +190,9 @@ class Daemon:
         self._mtimes[name] = _mtime(path)
         try:
             bundle = load_bundle(path)
-            if bundle.version == self._engine.bundles[name].version:
+            loaded = self._engine.bundles[name]
+            # The version hashes the weights: a recalibrated bundle keeps it, and is swapped in all the same.
+            if bundle.version == loaded.version and bundle.calibration == loaded.calibration:
                 return
             self._engine.swap_bundle(name, bundle)
         except AeMonitorError as exc:
