@@ -269,9 +269,23 @@ class Drill:
         else:
             self.sent += len(messages)
 
-    def caught_up(self, serve: Serve, timeout_s: float = 180) -> None:
-        _wait(lambda: serve.metric("ae_monitor_records_total") + serve.metric("ae_monitor_dead_letters_total")
-              >= self.sent + self.bad - self.consumed_before, timeout_s, "serve to consume everything")  # fmt: skip
+    def caught_up(self, serve: Serve, timeout_s: float = 300) -> None:
+        def counted() -> float:
+            return serve.metric("ae_monitor_records_total") + serve.metric("ae_monitor_dead_letters_total")
+
+        try:
+            _wait(lambda: counted() >= self.sent + self.bad - self.consumed_before, timeout_s, "serve to catch up")
+        except TimeoutError as exc:
+            wanted = self.sent + self.bad - self.consumed_before
+            raise TimeoutError(f"{exc}: it counted {counted():,.0f} of {wanted:,} records") from None
+
+    def kill_all(self) -> None:
+        """After a failed drill: no serve process may outlive it."""
+        for serve in self.serves:
+            if serve.proc.poll() is None:
+                serve.stop(signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.producer.close(timeout=5)
 
     def finish(self, streams: dict[str, tuple[np.ndarray, bool]], rows: int) -> Row:
         serve = self.serves[-1]
@@ -336,6 +350,16 @@ def _uncommitted(bootstrap: str, group: str, topic: str) -> int:
 def run_scenario(name: str, settings: Settings, broker: Any, bundle: Path, workdir: Path, webhook: Webhook) -> Row:
     streams = _streams(settings, seed=len(name))
     drill = Drill(name, broker[0].bootstrap, bundle, workdir, webhook)
+    try:
+        return _drill(drill, name, streams, settings, broker, webhook)
+    except Exception as exc:  # one drill that goes wrong is a row that says so; the next drills still run
+        drill.kill_all()
+        webhook.down = False
+        return Row(name, notes=[f"{type(exc).__name__}: {exc}"], faults=(-1, 0))
+
+
+def _drill(drill: Drill, name: str, streams: dict[str, tuple[np.ndarray, bool]], settings: Settings, broker: Any,
+           webhook: Webhook) -> Row:  # fmt: skip
     serve = drill.serve()
     half = settings.rows // 2
     drill.produce(_messages(streams, slice(0, half)))
@@ -417,7 +441,7 @@ def _print(rows: list[Row]) -> None:
         print(f"{r.scenario:<16}{f'{r.faults[0]}/{r.faults[1]}':>8}{r.duplicates:>12}{r.refired:>10}"
               f"{r.read_again:>12}{f'{r.uncommitted} (<= {r.open_bound})':>13}"
               f"{f'{r.dead[0]} / {r.dead[1]}':>16}{f'{r.rss_mb[0]:.0f} -> {r.rss_mb[1]:.0f}':>16}  "
-              f"{'yes' if r.holds else 'NO'}")  # fmt: skip
+              f"{'yes' if r.holds else 'NO'}{'  ' + '; '.join(r.notes) if r.notes else ''}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,12 +449,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every scenario small (a smoke test)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--soak-s", type=float, help="soak duration in seconds (600; quick: 15)")
+    parser.add_argument("--soak-rate", type=float, help="soak records per second (20,000; quick: 2,000)")
     args = parser.parse_args(argv)
     names = [n for n in args.scenarios.split(",") if n]
     unknown = sorted(set(names) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}")
     settings = Settings.quick() if args.quick else Settings()
+    if args.soak_s is not None:
+        settings.soak_s = args.soak_s
+    if args.soak_rate is not None:
+        settings.soak_rate = args.soak_rate
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ae-monitor-chaos-") as tmp:
         workdir = Path(tmp)
