@@ -87,7 +87,7 @@ class FeaturesConfig(_Section):
 class ModelConfig(_Section):
     """The autoencoder network. Each kind is a pure torch.nn.Module built from these fields."""
 
-    kind: Literal["dense", "conv1d", "lstm", "vae"] = "dense"
+    kind: Literal["dense", "conv1d", "lstm", "vae", "interp"] = "dense"
     hidden_units: tuple[int, ...] = (128, 128, 128, 128)
     latent_dim: int = Field(8, gt=0)
     batch_norm: bool = True

@@ -324,7 +324,8 @@ def summary(results: Sequence[MachineResult], methods: Sequence[str]) -> dict[st
 
 
 def goals(results: Sequence[MachineResult], table: dict[str, dict[str, dict[str, float]]]) -> dict[str, bool]:
-    """The issue's goals for the recipe: none inverted, real window AUC >= 0.90, synthetic mean >= 0.95, beats both."""
+    """The goals for the recipe: no machine inverted (window or clip), every real window AUC >= 0.90, synthetic mean
+    window AUC >= 0.95, and mean window and clip AUC above both baselines in every group."""
     recipe = [r.figures["recipe"] for r in results]
     out = {"no_inverted_machine": all(f["window_auc"] >= 0.5 and f["clip_auc"] >= 0.5 for f in recipe)}
     real = [r.figures["recipe"]["window_auc"] for r in results if r.group == "real"]
@@ -334,12 +335,17 @@ def goals(results: Sequence[MachineResult], table: dict[str, dict[str, dict[str,
         out["synthetic_mean_window_auc_at_least_0.95"] = table["synthetic"]["recipe"]["mean_window_auc"] >= 0.95
     for baseline in ("dcase2020", "zscore"):
         out[f"above_{baseline}"] = all(
-            table[g]["recipe"]["mean_window_auc"] > table[g][baseline]["mean_window_auc"]
-            and table[g]["recipe"]["mean_clip_auc"] >= table[g][baseline]["mean_clip_auc"]
+            _above(table[g]["recipe"][key], table[g][baseline][key])
             for g in table
-            if g != "all" and baseline in table[g]
+            if g != "all"
+            for key in ("mean_window_auc", "mean_clip_auc")
         )
     return out
+
+
+def _above(recipe: float, baseline: float) -> bool:
+    """Strictly above, or level with a baseline that is already perfect (nothing is above an AUC of 1)."""
+    return recipe > baseline or recipe >= baseline >= 1.0 - 1e-9
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
