@@ -95,7 +95,13 @@ class LogMelExtractor:
     ) -> None:
         self.cfg = cfg
         self.band_mean, self.band_std = _band_statistics(cfg, band_mean, band_std)
-        self._inverse_std = None if self.band_std is None else (1.0 / self.band_std).astype(_DTYPE)
+        # dB = 10 log10(mel); scaled = (dB - mean) / std = log10(mel) * (10 / std) - mean / std: one multiply and one
+        # add per value, so band scaling costs what the plain dB conversion costs.
+        self._gain: F32 | np.float32 = np.float32(10.0)
+        self._offset: F32 | None = None
+        if self.band_mean is not None and self.band_std is not None:
+            self._gain = (10.0 / self.band_std).astype(_DTYPE)
+            self._offset = (-self.band_mean / self.band_std).astype(_DTYPE)
         self.vector_shape: tuple[int, int] = (cfg.frames, cfg.n_mels)
         self.group_names: tuple[str, ...] = tuple(f"mel_{i:03d}" for i in range(cfg.n_mels))
         self.sample_rate_hz: float = float(cfg.sample_rate_hz)
@@ -169,10 +175,10 @@ class LogMelExtractor:
         square = self.cfg.power == 2.0
         power = spectrum.real**2 + spectrum.imag**2 if square else np.abs(spectrum) ** self.cfg.power
         mel = np.asarray(self._mel_basis @ power.astype(_DTYPE, copy=False).T).T
-        log_mel: F32 = (10.0 * np.log10(np.maximum(mel, EPS))).astype(_DTYPE, copy=False)
-        if self.band_mean is not None and self._inverse_std is not None:
-            log_mel -= self.band_mean
-            log_mel *= self._inverse_std
+        log_mel: F32 = np.log10(np.maximum(mel, EPS)).astype(_DTYPE, copy=False)
+        log_mel *= self._gain
+        if self._offset is not None:
+            log_mel += self._offset
         return log_mel
 
 

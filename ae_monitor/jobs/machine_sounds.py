@@ -185,7 +185,7 @@ def _valve(spec: MachineSpec, rng: np.random.Generator, t: F64, phase: F64, load
     click = np.exp(-click_t / 0.008) * (np.sin(2 * np.pi * 1500 * click_t) + 0.6 * np.sin(2 * np.pi * 4200 * click_t))
     hiss_n = int(0.2 * SAMPLE_RATE_HZ)
     hiss_env = np.sin(np.pi * np.arange(hiss_n) / hiss_n) ** 2
-    for i, start in enumerate(starts):
+    for i, start in enumerate(starts.tolist()):
         if fault == "sticking" and i % 2 == 1:
             continue  # stuck: this actuation never happens
         gain = (0.35 if fault == "sticking" else 1.0) * float(rng.uniform(0.85, 1.15))
