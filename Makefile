@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench clean
+.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench bench-audio clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -31,6 +31,11 @@ kafka-jars:
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_offline.py
+
+# The audio benchmark (docs/audio.md): real clips from ../shared/data/audio (skipped when absent) and the synthetic
+# fault suite, the shipped recipe against two baselines; results.json, results.md and plots in build/bench-audio.
+bench-audio: $(VENV)/.installed
+	$(BIN)/python scripts/bench_audio.py --out build/bench-audio
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
