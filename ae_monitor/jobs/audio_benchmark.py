@@ -37,7 +37,7 @@ import numpy.typing as npt
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ae_monitor.config import Config, FeaturesConfig, dump_config
+from ae_monitor.config import Config, FeaturesConfig, LogMelConfig, dump_config
 from ae_monitor.features import FeatureExtractor, build_extractor
 from ae_monitor.features.logmel import prepare_audio
 from ae_monitor.jobs import machine_sounds
@@ -216,10 +216,9 @@ class ZScoreDetector(Detector):
         return float(self._z2(self._bands(y).mean(axis=0)))
 
 
-def _plain_logmel(features: FeaturesConfig) -> Any:
+def _plain_logmel(features: FeaturesConfig) -> LogMelConfig:
     """The log-mel settings in dB, whatever per-band scaling the config under test adds."""
-    cfg = features.logmel
-    return cfg.model_copy(update={"band_scaling": "none"}) if "band_scaling" in type(cfg).model_fields else cfg
+    return features.logmel.model_copy(update={"band_scaling": "none"})
 
 
 def _signal(name: str, y: F32, features: FeaturesConfig) -> Signal:
