@@ -122,11 +122,15 @@ class LogMelExtractor:
         if cfg.band_scaling == "none":
             return cls(cfg)
         plain = cls(cfg.model_copy(update={"band_scaling": "none"}))
-        frames = [plain.frames_db(np.asarray(y, dtype=_DTYPE)) for y in signals]
-        db = np.concatenate(frames, dtype=np.float64) if frames else np.zeros((0, cfg.n_mels))
-        if len(db) < 2:
+        # Sums per signal, not one array of every frame: hours of training audio stay a few KB here.
+        count, total, squares = 0, np.zeros(cfg.n_mels), np.zeros(cfg.n_mels)
+        for y in signals:
+            db = plain.frames_db(np.asarray(y, dtype=_DTYPE)).astype(np.float64)
+            count, total, squares = count + len(db), total + db.sum(axis=0), squares + np.square(db).sum(axis=0)
+        if count < 2:
             raise DataError("band scaling needs at least 2 log-mel frames of training audio")
-        return cls(cfg, band_mean=db.mean(axis=0), band_std=db.std(axis=0))
+        mean = total / count
+        return cls(cfg, band_mean=mean, band_std=np.sqrt(np.maximum(squares / count - mean**2, 0.0)))
 
     @classmethod
     def from_manifest(cls, cfg: LogMelConfig, manifest: Mapping[str, Any] | None) -> LogMelExtractor:
