@@ -107,6 +107,11 @@ def test_real_pairs_split_every_mimii_channel_into_a_mono_stream(shared_data: Pa
     assert len(by_name["mimii-fan"].train[0]) == 96000
     assert len(by_name["mimii-fan"].normal[0]) == 64000
     assert len(by_name["dcase-pump-id06"].train) == 1
+    by_channel = by_name["mimii-fan-by-channel"]
+    assert len(by_channel.train) == 5
+    assert len(by_channel.normal) == 3
+    assert len(by_channel.train[0]) == 160000
+    assert "dcase-pump-id06-by-channel" not in by_name
 
 
 def test_a_small_slice_runs_every_method_and_writes_results_and_plots(tmp_path: Path) -> None:
