@@ -457,7 +457,7 @@ def _plot_aucs(target: Path, results: Sequence[MachineResult]) -> None:
         ax.axhline(0.5, color="black", lw=0.8, linestyle="--")
         ax.set_xticks(x, [r.name for r in results], rotation=45, ha="right", fontsize="small")
         ax.set(ylim=(0, 1.02), ylabel=f"{level} AUC", title=f"{level} AUC per machine (dashed: chance)")
-        ax.legend(loc="lower left", fontsize="small")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
         fig.tight_layout()
         fig.savefig(target / f"{level}_auc.png", dpi=100)
         plt.close(fig)
