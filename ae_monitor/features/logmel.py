@@ -5,6 +5,7 @@ frames (`pad_mode` padding of n_fft // 2 samples at both ends), power spectrum, 
 filters), `10 * log10(max(mel, eps))` with eps = `sys.float_info.epsilon`, then 5 consecutive frames stacked
 frame-major into one 640-value vector, sliding by one frame. A 10 s clip gives 313 frames and 309 vectors; the
 values equal `librosa.feature.melspectrogram(y, sr=16000, n_fft=1024, hop_length=512, n_mels=128)` in dB.
+With `band_scaling = "standard"` each band is then standardised by statistics fitted on training audio (`fit`).
 
 The STFT is computed here rather than by librosa so that the same code runs incrementally: a stream emits every
 frame whose samples have all arrived and applies the end padding on `flush`.
@@ -125,7 +126,7 @@ class LogMelExtractor:
         # Sums per signal, not one array of every frame: hours of training audio stay a few KB here.
         count, total, squares = 0, np.zeros(cfg.n_mels), np.zeros(cfg.n_mels)
         for y in signals:
-            db = plain.frames_db(np.asarray(y, dtype=_DTYPE)).astype(np.float64)
+            db = plain.log_mel_frames(np.asarray(y, dtype=_DTYPE)).astype(np.float64)
             count, total, squares = count + len(db), total + db.sum(axis=0), squares + np.square(db).sum(axis=0)
         if count < 2:
             raise DataError("band scaling needs at least 2 log-mel frames of training audio")
@@ -145,7 +146,7 @@ class LogMelExtractor:
     def stream(self) -> LogMelStream:
         return LogMelStream(self)
 
-    def frames_db(self, samples: npt.NDArray[np.floating]) -> F32:
+    def log_mel_frames(self, samples: npt.NDArray[np.floating]) -> F32:
         """The unstacked log-mel frames (T, n_mels) of a whole mono signal, in this extractor's units."""
         stream = self.stream()
         mels = [stream.push_frames(samples), stream.flush_frames()]
@@ -169,7 +170,7 @@ class LogMelExtractor:
         return np.asarray(values * self.band_std + self.band_mean, dtype=_DTYPE)
 
     def log_mel(self, frames: np.ndarray) -> F32:
-        """Log-mel spectra (T, n_mels) in dB of T frames of n_fft samples (T, n_fft)."""
+        """Log-mel spectra (T, n_mels) of T frames of n_fft samples (T, n_fft): dB, band-scaled if configured."""
         parts = [self._log_mel_block(frames[i : i + _BLOCK_FRAMES]) for i in range(0, len(frames), _BLOCK_FRAMES)]
         return np.concatenate(parts) if parts else np.zeros((0, self.cfg.n_mels), dtype=_DTYPE)
 
