@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench bench-audio clean
+.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -32,11 +32,6 @@ kafka-jars:
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_offline.py
 
-# The audio benchmark (docs/audio.md): real clips from ../shared/data/audio (skipped when absent) and the synthetic
-# fault suite, the shipped recipe against two baselines; results.json, results.md and plots in build/bench-audio.
-bench-audio: $(VENV)/.installed
-	$(BIN)/python scripts/bench_audio.py --out build/bench-audio
-
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -52,6 +47,12 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
+
+# The audio benchmark (docs/audio.md): real clips from ../shared/data/audio (skipped when absent) and the synthetic
+# fault suite, the shipped recipe against two baselines; results.json, results.md and plots in build/bench-audio.
+.PHONY: bench-audio
+bench-audio: $(VENV)/.installed
+	$(BIN)/python scripts/bench_audio.py --out build/bench-audio
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
