@@ -52,5 +52,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# The audio benchmark (docs/audio.md): real clips from ../shared/data/audio (skipped when absent) and the synthetic
+# fault suite, the shipped recipe against two baselines; results.json, results.md and plots in build/bench-audio.
+.PHONY: bench-audio
+bench-audio: $(VENV)/.installed
+	$(BIN)/python scripts/bench_audio.py --out build/bench-audio
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -52,6 +52,9 @@ class LogMelConfig(_Section):
     resample: bool = False
     score_window_s: float = Field(1.0, gt=0)
     score_hop_s: float = Field(0.5, gt=0)
+    # "standard": each mel band's dB is standardised by its mean and standard deviation over the training audio
+    # (fitted by `train`, stored in the bundle); "none" keeps dB as DCASE does (and as bundles without it load).
+    band_scaling: Literal["none", "standard"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> LogMelConfig:
@@ -96,7 +99,7 @@ class FeaturesConfig(_Section):
 class ModelConfig(_Section):
     """The autoencoder network. Each kind is a pure torch.nn.Module built from these fields."""
 
-    kind: Literal["dense", "conv1d", "lstm", "vae"] = "dense"
+    kind: Literal["dense", "conv1d", "lstm", "vae", "interp"] = "dense"
     hidden_units: tuple[int, ...] = (128, 128, 128, 128)
     latent_dim: int = Field(8, gt=0)
     batch_norm: bool = True

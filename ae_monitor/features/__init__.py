@@ -71,7 +71,7 @@ def build_extractor(features: FeaturesConfig, manifest: Mapping[str, Any] | None
     if features.kind == "logmel":
         from ae_monitor.features.logmel import LogMelExtractor
 
-        extractor = LogMelExtractor(features.logmel)
+        extractor = LogMelExtractor.from_manifest(features.logmel, manifest)
     else:
         from ae_monitor.features.sensor import SensorExtractor
 

@@ -11,8 +11,8 @@ import numpy.typing as npt
 
 from ae_monitor.config import FeaturesConfig
 from ae_monitor.errors import DataError
-from ae_monitor.features import FeatureExtractor, build_extractor
-from ae_monitor.features.logmel import prepare_audio
+from ae_monitor.features import FeatureExtractor
+from ae_monitor.features.logmel import LogMelExtractor, prepare_audio
 from ae_monitor.features.sensor import SensorExtractor
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Vectors
@@ -88,9 +88,9 @@ def _cut(signal: Signal, lo: int, hi: int) -> Signal:
 
 
 def fit_extractor(features: FeaturesConfig, signals: Sequence[Signal]) -> FeatureExtractor:
-    """The extractor, with sensor scaling fitted on `signals` (the training part only)."""
-    if features.kind != "sensor":
-        return build_extractor(features)
+    """The extractor, with sensor scaling (or log-mel band scaling) fitted on `signals` (the training part only)."""
+    if features.kind == "logmel":
+        return LogMelExtractor.fit(features.logmel, [s.samples for s in signals])
     channels = signals[0].channels
     for signal in signals:
         if signal.channels != channels:
