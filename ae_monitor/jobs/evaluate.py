@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import roc_auc_score
 
+from ae_monitor.errors import DataError
 from ae_monitor.jobs import dcase
 from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal
 from ae_monitor.jobs.predictions import Predictions, predictions_for, row_predictions
@@ -24,6 +26,8 @@ from ae_monitor.model.bundle import Bundle
 from ae_monitor.scoring import scorer_for
 
 F64 = npt.NDArray[np.float64]
+
+log = logging.getLogger(__name__)
 
 
 def score_files(bundle: Bundle, paths: Sequence[str | Path], out: IO[str], *, fmt: str = "jsonl") -> int:
@@ -34,15 +38,33 @@ def score_files(bundle: Bundle, paths: Sequence[str | Path], out: IO[str], *, fm
     if writer is not None:
         writer.writerow(["stream", "start_s", "end_s", "score", "threshold", "anomaly", *groups])
     count = 0
+    short: list[str] = []
     for signal in load_signals(paths, bundle.features):
         scored = score_signal(bundle, scorer, signal)
+        if not scored.windows:
+            short.append(f"{signal.name} ({len(signal.samples)} {_unit(bundle)})")
         for row in _window_rows(bundle, scored):
             if writer is None:
                 out.write(json.dumps(row) + "\n")
             else:
                 writer.writerow([*list(row.values())[:-1], *row["contributions"].values()])
             count += 1
+    too_short = f"shorter than one window of the bundle ({_window_text(bundle)}): {', '.join(short)}"
+    if count == 0:
+        raise DataError(f"no window to score: every input is {too_short}")
+    if short:
+        log.warning("not scored, %s", too_short)
     return count
+
+
+def _unit(bundle: Bundle) -> str:
+    return "rows" if bundle.features.kind == "sensor" else "samples"
+
+
+def _window_text(bundle: Bundle) -> str:
+    if bundle.features.kind == "sensor":
+        return f"{bundle.features.sensor.window_samples} rows"
+    return f"{bundle.features.logmel.score_window_s:g} s of audio"
 
 
 def _window_rows(bundle: Bundle, scored: ScoredSignal) -> list[dict[str, Any]]:
@@ -93,6 +115,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score labelled data, write report.json, predictions.csv and (optionally) PNG plots to `report_dir`."""
     out = Path(report_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"the report folder {out} is an existing file; name a folder (it receives report.json, "
+                        "predictions.csv and plots)")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     scorer = scorer_for(bundle)
     paths = dcase.test_folders(paths) if bundle.features.kind == "logmel" else paths

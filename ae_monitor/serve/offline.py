@@ -13,16 +13,18 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import Config
+from ae_monitor.config import Config, FeaturesConfig
 from ae_monitor.engine import BatchResult, Engine
+from ae_monitor.errors import DataError, SampleRateError
+from ae_monitor.health import Health
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
 from ae_monitor.records import DeadLetter, Record, SampleRows, WindowScore
-from ae_monitor.serve.http import metrics_server
+from ae_monitor.serve.http import OFFLINE_CONDITIONS, metrics_server, offline_health
 from ae_monitor.serve.outputs import Outputs, deliver, send_dead_letters
 from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sources.base import Source
-from ae_monitor.sources.replay import ReplaySource
+from ae_monitor.sources.replay import ReplaySource, list_inputs
 from ae_monitor.sources.stdin import JsonLinesSource
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,10 @@ def replay(config: Config, bundle_path: Path, inputs: Sequence[str | Path]) -> i
     """Stream `inputs` (files, or `-` for JSON lines on stdin) through the engine with the bundle; alerts go to
     `replay.alerts_path`, dead letters to `replay.dead_letters_path` (stderr when unset). Returns windows scored."""
     bundle = load_bundle(bundle_path, expected_features=config.features)
+    check_audio_rates(inputs, config.features)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    health = offline_health()
     alerts = JsonlSink.open(config.replay.alerts_path)
     path = config.replay.dead_letters_path
     dead = JsonlSink.open(path) if path else JsonlSink(sys.stderr)
@@ -70,8 +74,10 @@ def replay(config: Config, bundle_path: Path, inputs: Sequence[str | Path]) -> i
     engine = Engine(bundle, alerting=config.alerting, metrics=metrics, drift=config.drift, online=config.calibration,
                     max_gap_s=config.replay.max_gap_s, batch_size=config.scoring.batch_size)  # fmt: skip
     try:
-        with metrics_server(config.metrics, registry):
+        with metrics_server(config.metrics, registry, health=health):
+            mark_ready(health, metrics, True)
             windows = Runner(engine, Outputs(alerts=alerts, dead_letters=dead), metrics).run(source)
+            mark_ready(health, metrics, False)
     finally:
         alerts.close()
         dead.close()
@@ -88,3 +94,28 @@ def _replay_source(config: Config, inputs: Sequence[str | Path], dead: JsonlSink
         send_dead_letters([letter], dead, metrics)
 
     return JsonLinesSource(sys.stdin, on_dead_letter=dead_letter)
+
+
+def mark_ready(health: Health, metrics: Metrics, ready: bool) -> None:
+    """Bundle loaded and source open (or, at the end, closed): /readyz and `ae_monitor_ready` say so."""
+    for condition in OFFLINE_CONDITIONS:
+        health.set(condition, ready)
+    metrics.ready.set(1 if ready else 0)
+
+
+def check_audio_rates(inputs: Sequence[str | Path], features: FeaturesConfig) -> None:
+    """Stop before streaming when an audio file's sample rate is not the features' (and resampling is off): each
+    of its records would otherwise be dead-lettered, one by one."""
+    if features.kind != "logmel" or features.logmel.resample or [str(i) for i in inputs] == ["-"]:
+        return
+    import soundfile
+
+    expected = features.logmel.sample_rate_hz
+    for path, _ in list_inputs(inputs, features):
+        try:
+            rate = int(soundfile.info(str(path)).samplerate)
+        except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            raise DataError(f"cannot read audio file {path}: {exc}") from exc
+        if rate != expected:
+            raise SampleRateError(f"{path} is sampled at {rate} Hz; the bundle's features expect {expected} Hz: "
+                                  "resample the file, or set features.logmel.resample = true")  # fmt: skip
