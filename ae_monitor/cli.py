@@ -289,16 +289,21 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=9108,
         help="serve /metrics /healthz /readyz on 127.0.0.1 here (0 = any free port)",
     )
+    p.add_argument("--alertmanager-url", help="also send the alerts to this Alertmanager (e.g. http://127.0.0.1:9093)")
+    p.add_argument("--webhook-url", help="also POST each alert's JSON to this URL")
     p.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ae_monitor.config import HttpSinkConfig, SinksConfig
     from ae_monitor.jobs.demo import demo
 
+    sinks = SinksConfig(alertmanager=HttpSinkConfig(url=args.alertmanager_url),
+                        webhook=HttpSinkConfig(url=args.webhook_url))  # fmt: skip
     if args.out is not None:
-        return demo(args.out, duration_s=args.duration, metrics_port=args.metrics_port)
+        return demo(args.out, duration_s=args.duration, metrics_port=args.metrics_port, sinks=sinks)
     with tempfile.TemporaryDirectory(prefix="ae-monitor-demo-") as tmp:
-        return demo(Path(tmp), duration_s=args.duration, metrics_port=args.metrics_port)
+        return demo(Path(tmp), duration_s=args.duration, metrics_port=args.metrics_port, sinks=sinks)
 
 
 def _add_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

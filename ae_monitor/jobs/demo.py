@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import Config, MetricsConfig, config_from_dict
+from ae_monitor.config import Config, MetricsConfig, SinksConfig, config_from_dict
 from ae_monitor.engine import Engine
 from ae_monitor.health import Health
 from ae_monitor.jobs.train import train_bundle
@@ -34,7 +34,7 @@ from ae_monitor.model.bundle import load_bundle
 from ae_monitor.records import Alert, DeadLetter
 from ae_monitor.serve.http import metrics_server, offline_health
 from ae_monitor.serve.offline import Runner, mark_ready
-from ae_monitor.serve.outputs import Outputs
+from ae_monitor.serve.outputs import Outputs, TeeSink, http_alert_sinks
 from ae_monitor.sinks import AlertSink
 from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sinks.memory import MemorySink
@@ -167,7 +167,7 @@ def run_demo(
     metrics = Metrics(registry)
     engine = Engine(load_bundle(out / "bundle"), alerting=config.alerting, metrics=metrics,
                     max_gap_s=config.replay.max_gap_s, clock=_ReplayedClock(START_S, speed))  # fmt: skip
-    outputs = Outputs(alerts=_Tee(alerts, memory), dead_letters=MemorySink[DeadLetter]())
+    outputs = Outputs(alerts=TeeSink(alerts, memory), dead_letters=MemorySink[DeadLetter]())
     mark_ready(health or offline_health(), metrics, True)
     windows = Runner(engine, outputs, metrics).run(source, max_records=len(FAULTS))
     mark_ready(health or offline_health(), metrics, False)
@@ -187,15 +187,6 @@ class _ReplayedClock:
         if self._started is None:
             self._started = now
         return self._origin_s + (now - self._started) * self._speed
-
-
-class _Tee:
-    def __init__(self, *sinks: AlertSink) -> None:
-        self._sinks = sinks
-
-    def send(self, alerts: Sequence[Alert]) -> None:
-        for sink in self._sinks:
-            sink.send(alerts)
 
 
 def _summarise(memory: MemorySink[Alert], windows: int) -> DemoResult:
@@ -226,12 +217,19 @@ def summary_lines(result: DemoResult) -> list[str]:
     return lines
 
 
-def demo(out: Path, *, duration_s: float, metrics_port: int) -> int:
-    """`ae-monitor demo`: run the embedded demo with /metrics served; exit status 0 when every fault was detected."""
+def demo(out: Path, *, duration_s: float, metrics_port: int, sinks: SinksConfig | None = None) -> int:
+    """`ae-monitor demo`: run the embedded demo with /metrics served; exit status 0 when every fault was detected.
+    Alerts print as JSON lines and also go to the Alertmanager and webhook of `sinks` that have a url."""
     registry = CollectorRegistry()
     health = offline_health()
-    with metrics_server(MetricsConfig(port=metrics_port), registry, health=health):
-        result = run_demo(out, duration_s=duration_s, alerts=JsonlSink.open("-"), registry=registry, health=health)
+    with metrics_server(MetricsConfig(port=metrics_port), registry, health=health) as port:
+        http, closers = http_alert_sinks(sinks or SinksConfig(), generator_url=f"http://127.0.0.1:{port}/metrics")
+        try:
+            alerts = TeeSink(JsonlSink.open("-"), *http.values())
+            result = run_demo(out, duration_s=duration_s, alerts=alerts, registry=registry, health=health)
+        finally:
+            for close in closers:
+                close()
     for line in summary_lines(result):
         log.info("%s", line)
     log.info("%d windows scored, %d alert events, %d false alarms", result.windows, result.alerts, result.false_alarms)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -21,7 +21,7 @@ from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
 from ae_monitor.records import DeadLetter, Record, SampleRows, WindowScore
 from ae_monitor.serve.http import OFFLINE_CONDITIONS, metrics_server, offline_health
-from ae_monitor.serve.outputs import Outputs, deliver, send_dead_letters
+from ae_monitor.serve.outputs import Outputs, TeeSink, deliver, http_alert_sinks, send_dead_letters
 from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sources.base import Source
 from ae_monitor.sources.replay import ReplaySource, list_inputs
@@ -61,7 +61,8 @@ class Runner:
 
 def replay(config: Config, bundle_path: Path, inputs: Sequence[str | Path]) -> int:
     """Stream `inputs` (files, or `-` for JSON lines on stdin) through the engine with the bundle; alerts go to
-    `replay.alerts_path`, dead letters to `replay.dead_letters_path` (stderr when unset). Returns windows scored."""
+    `replay.alerts_path` and to the Alertmanager and webhook sinks of `[sinks]` that have a url, dead letters to
+    `replay.dead_letters_path` (stderr when unset). Returns windows scored."""
     bundle = load_bundle(bundle_path, expected_features=config.features)
     check_audio_rates(inputs, config.features)
     registry = CollectorRegistry()
@@ -73,14 +74,19 @@ def replay(config: Config, bundle_path: Path, inputs: Sequence[str | Path]) -> i
     source = _replay_source(config, inputs, dead, metrics)
     engine = Engine(bundle, alerting=config.alerting, metrics=metrics, drift=config.drift, online=config.calibration,
                     max_gap_s=config.replay.max_gap_s, batch_size=config.scoring.batch_size)  # fmt: skip
+    closers: list[Callable[[], None]] = [alerts.close, dead.close]
     try:
-        with metrics_server(config.metrics, registry, health=health):
+        with metrics_server(config.metrics, registry, health=health) as port:
+            url = None if port is None else f"http://{config.metrics.host}:{port}/metrics"
+            http, close_http = http_alert_sinks(config.sinks, generator_url=url)
+            closers += close_http
+            outputs = Outputs(alerts=TeeSink(alerts, *http.values()), dead_letters=dead)
             mark_ready(health, metrics, True)
-            windows = Runner(engine, Outputs(alerts=alerts, dead_letters=dead), metrics).run(source)
+            windows = Runner(engine, outputs, metrics).run(source)
             mark_ready(health, metrics, False)
     finally:
-        alerts.close()
-        dead.close()
+        for close in closers:
+            close()
     log.info("replay done: %d windows scored over %d streams", windows, len(engine.streams))
     return windows
 
