@@ -153,7 +153,13 @@ def _train(args: argparse.Namespace) -> int:
     from ae_monitor.jobs.data import parse_rows
     from ae_monitor.jobs.train import train_bundle
 
-    report = train_bundle(load_config(args.config), args.data, args.out, rows=parse_rows(args.rows), name=args.name)
+    config = load_config(args.config)
+    report = train_bundle(config, args.data, args.out, rows=parse_rows(args.rows), name=args.name)
+    result = report.result
+    stop = (f"stopped early after {result.epochs_run} of {config.training.epochs} epochs (no better validation loss "
+            f"for {config.training.early_stopping_patience})" if result.stopped_early
+            else f"ran all {result.epochs_run} epochs")  # fmt: skip
+    log.info("trained in %.1f s: %s; best epoch %d", result.seconds, stop, result.best_epoch)
     cal = report.bundle.calibration
     log.info("wrote %s (version %s); threshold %.6g by %s", report.path, report.bundle.version,
              report.bundle.threshold, cal.method if cal else "?")  # fmt: skip
@@ -186,21 +192,23 @@ def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("score", help="score files: one line per window")
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory (from `train`)")
     p.add_argument("paths", nargs="+", help="audio files/folders or sensor CSV files/folders")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format")
     p.add_argument("--out", default="-", help="output file ('-' = stdout)")
+    p.add_argument("--rows", help="START:END rows (sensor) or samples (audio) of each file to score")
     p.set_defaults(handler=_score)
 
 
 def _score(args: argparse.Namespace) -> int:
+    from ae_monitor.jobs.data import parse_rows
     from ae_monitor.jobs.evaluate import score_files
     from ae_monitor.model.bundle import load_bundle
 
-    bundle = load_bundle(args.bundle)
+    bundle, rows = load_bundle(args.bundle), parse_rows(args.rows)
     if args.out == "-":
-        score_files(bundle, args.paths, sys.stdout, fmt=args.format)
+        score_files(bundle, args.paths, sys.stdout, fmt=args.format, rows=rows)
         return 0
     with open(args.out, "w", encoding="utf-8", newline="") as handle:
-        score_files(bundle, args.paths, handle, fmt=args.format)
+        score_files(bundle, args.paths, handle, fmt=args.format, rows=rows)
     return 0
 
 
@@ -208,7 +216,8 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("evaluate", help="AUC, pAUC, F1, FAR, MAR on labelled data, with plots")
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory (from `train`)")
     p.add_argument("--data", nargs="+", required=True, help="labelled files/folders (each folder's files are streams)")
-    p.add_argument("--report", type=Path, required=True, help="folder for report.json, predictions.csv, plots")
+    p.add_argument("--report", "--out", type=Path, required=True, dest="report",
+                   help="folder for report.json, predictions.csv, plots")
     p.add_argument("--rows", help="START:END rows of each file to evaluate")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(handler=_evaluate)
@@ -237,7 +246,8 @@ def _fmt(value: float | None) -> str:
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replay", help="stream files through the pipeline; alerts as JSON lines")
     p.add_argument("--config", type=Path, required=True, help="config file (TOML): features, alerting, replay")
-    p.add_argument("--input", nargs="+", required=True, help="files or folders; '-' reads JSON lines from stdin")
+    p.add_argument("--input", "--data", nargs="+", required=True, dest="input",
+                   help="files or folders; '-' reads JSON lines from stdin")
     p.add_argument("--bundle", type=Path, help="bundle directory (default: replay.bundle_path)")
     port = p.add_mutually_exclusive_group()
     port.add_argument("--metrics-port", type=int, help="serve /metrics /healthz /readyz here (0 = any free port; "

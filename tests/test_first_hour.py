@@ -209,3 +209,34 @@ def test_option_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 9108)" in text
     assert "(default: 60.0)" in text
+
+
+def test_score_names_each_windows_rows_and_takes_rows_like_the_other_commands(
+    sensor_bundle: Path, sensor_data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pump = str(sensor_data[1] / "pump-1.csv")
+    assert main(["-q", "score", "--bundle", str(sensor_bundle), pump, "--rows", "100:200"]) == 0
+    windows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(windows) == 100 - 30 + 1
+    assert (windows[0]["start_row"], windows[0]["end_row"]) == (100, 130)
+    assert windows[-1]["end_row"] == 200
+
+
+def test_train_says_whether_it_stopped_early(
+    sensor_config: Path, sensor_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--config", str(sensor_config), "--data", str(sensor_data[0]), "--out", str(tmp_path / "b"),
+            "--rows", "0:600"]  # fmt: skip
+    assert main(args) == 0
+    assert "ran all 2 epochs" in capsys.readouterr().err  # the CLI's log handler writes to stderr
+
+
+def test_evaluate_takes_out_and_replay_takes_data_like_the_other_commands(
+    sensor_bundle: Path, sensor_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    pump = str(sensor_data[1] / "pump-1.csv")
+    assert main(["-q", "evaluate", "--bundle", str(sensor_bundle), "--data", pump, "--out", str(tmp_path / "r"),
+                 "--no-plots"]) == 0  # fmt: skip
+    assert (tmp_path / "r" / "report.json").is_file()
+    config = _replay_config(tmp_path, 0)
+    assert main(["-q", "replay", "--config", str(config), "--bundle", str(sensor_bundle), "--data", pump]) == 0

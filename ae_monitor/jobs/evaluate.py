@@ -30,20 +30,26 @@ F64 = npt.NDArray[np.float64]
 log = logging.getLogger(__name__)
 
 
-def score_files(bundle: Bundle, paths: Sequence[str | Path], out: IO[str], *, fmt: str = "jsonl") -> int:
-    """Write one line per window of every file under `paths` to `out`; returns the number of windows."""
+def score_files(
+    bundle: Bundle, paths: Sequence[str | Path], out: IO[str], *, fmt: str = "jsonl", rows: slice | None = None
+) -> int:
+    """Write one line per window of every file under `paths` to `out`; returns the number of windows.
+
+    `start_row` and `end_row` are the window's rows (sensor) or samples (audio) of the file, start inclusive, end
+    exclusive (of the selection, when `rows` starts from the end of the file)."""
     scorer = scorer_for(bundle)
     groups = bundle.extractor.group_names
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(["stream", "start_s", "end_s", "score", "threshold", "anomaly", *groups])
+        writer.writerow(["stream", "start_s", "end_s", "start_row", "end_row", "score", "threshold", "anomaly",
+                         *groups])  # fmt: skip
     count = 0
     short: list[str] = []
-    for signal in load_signals(paths, bundle.features):
+    for signal in load_signals(paths, bundle.features, rows=rows):
         scored = score_signal(bundle, scorer, signal)
         if not scored.windows:
             short.append(f"{signal.name} ({len(signal.samples)} {_unit(bundle)})")
-        for row in _window_rows(bundle, scored):
+        for row in _window_rows(bundle, scored, first_row=max(rows.start or 0, 0) if rows else 0):
             if writer is None:
                 out.write(json.dumps(row) + "\n")
             else:
@@ -67,12 +73,14 @@ def _window_text(bundle: Bundle) -> str:
     return f"{bundle.features.logmel.score_window_s:g} s of audio"
 
 
-def _window_rows(bundle: Bundle, scored: ScoredSignal) -> list[dict[str, Any]]:
+def _window_rows(bundle: Bundle, scored: ScoredSignal, *, first_row: int = 0) -> list[dict[str, Any]]:
     return [
         {
             "stream": scored.signal.name,
             "start_s": scored.window_time_s(int(w.start)),
             "end_s": scored.window_end_s(int(w.end)),
+            "start_row": first_row + int(w.start),
+            "end_row": first_row + int(w.end),
             "score": w.score,
             "threshold": bundle.threshold,
             "anomaly": int(w.score > bundle.threshold),
