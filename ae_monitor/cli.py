@@ -216,8 +216,14 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("evaluate", help="AUC, pAUC, F1, FAR, MAR on labelled data, with plots")
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory (from `train`)")
     p.add_argument("--data", nargs="+", required=True, help="labelled files/folders (each folder's files are streams)")
-    p.add_argument("--report", "--out", type=Path, required=True, dest="report",
-                   help="folder for report.json, predictions.csv, plots")
+    p.add_argument(
+        "--report",
+        "--out",
+        type=Path,
+        required=True,
+        dest="report",
+        help="folder for report.json, predictions.csv, plots",
+    )
     p.add_argument("--rows", help="START:END rows of each file to evaluate")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(handler=_evaluate)
@@ -246,8 +252,14 @@ def _fmt(value: float | None) -> str:
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replay", help="stream files through the pipeline; alerts as JSON lines")
     p.add_argument("--config", type=Path, required=True, help="config file (TOML): features, alerting, replay")
-    p.add_argument("--input", "--data", nargs="+", required=True, dest="input",
-                   help="files or folders; '-' reads JSON lines from stdin")
+    p.add_argument(
+        "--input",
+        "--data",
+        nargs="+",
+        required=True,
+        dest="input",
+        help="files or folders; '-' reads JSON lines from stdin",
+    )
     p.add_argument("--bundle", type=Path, help="bundle directory (default: replay.bundle_path)")
     port = p.add_mutually_exclusive_group()
     port.add_argument("--metrics-port", type=int, help="serve /metrics /healthz /readyz here (0 = any free port; "
