@@ -87,16 +87,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    config = sub.add_parser("config", help="inspect configuration files")
-    check = config.add_subparsers(required=True, metavar="ACTION").add_parser(
+    config = sub.add_parser("config", help="inspect configuration files, or print a starting one")
+    actions = config.add_subparsers(required=True, metavar="ACTION")
+    check = actions.add_parser(
         "check", help="print the resolved config (file + AE_MONITOR_* environment), or every error"
     )
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="config file (TOML)")
     check.set_defaults(handler=_config_check)
+    example = actions.add_parser("example", help="print a commented starting config")
+    example.add_argument("kind", choices=["sensor", "audio"], help="sensor CSVs/records, or machine sound")
+    example.set_defaults(handler=_config_example)
 
 
 def _config_check(args: argparse.Namespace) -> int:
     print(dump_config(load_config(args.file)), end="")
+    return 0
+
+
+def _config_example(args: argparse.Namespace) -> int:
+    from ae_monitor.starters import EXAMPLES
+
+    print(EXAMPLES[args.kind], end="")
     return 0
 
 

@@ -240,3 +240,19 @@ def test_evaluate_takes_out_and_replay_takes_data_like_the_other_commands(
     assert (tmp_path / "r" / "report.json").is_file()
     config = _replay_config(tmp_path, 0)
     assert main(["-q", "replay", "--config", str(config), "--bundle", str(sensor_bundle), "--data", pump]) == 0
+
+
+@pytest.mark.parametrize(("kind", "topic"), [("sensor", "sensors"), ("audio", "audio")])
+def test_config_example_prints_a_commented_config_that_loads(
+    kind: str, topic: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "example", kind]) == 0
+    text = capsys.readouterr().out
+    settings = [line for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    assert all("#" in line for line in settings)  # every key it sets says what it is for
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(text)
+    assert main(["config", "check", str(path)]) == 0
+    resolved = capsys.readouterr().out
+    assert f'topics = ["{topic}"]' in resolved
+    assert f'kind = "{"logmel" if kind == "audio" else "sensor"}"' in resolved
