@@ -209,6 +209,9 @@ def test_option_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 9108)" in text
     assert "(default: 60.0)" in text
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "random seed (default: 0)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_score_names_each_windows_rows_and_takes_rows_like_the_other_commands(
