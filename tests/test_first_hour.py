@@ -259,3 +259,16 @@ def test_config_example_prints_a_commented_config_that_loads(
     resolved = capsys.readouterr().out
     assert f'topics = ["{topic}"]' in resolved
     assert f'kind = "{"logmel" if kind == "audio" else "sensor"}"' in resolved
+
+
+def test_replay_refuses_files_of_two_folders_that_would_share_a_stream_name(
+    sensor_bundle: Path, sensor_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for valve in ("valve1", "valve2"):
+        (tmp_path / valve).mkdir()
+        shutil.copy(sensor_data[1] / "pump-1.csv", tmp_path / valve / "0.csv")
+    args = ["replay", "--config", str(_replay_config(tmp_path, 0)), "--bundle", str(sensor_bundle), "--input",
+            str(tmp_path / "valve1"), str(tmp_path / "valve2")]  # fmt: skip
+    assert main(args) == 2
+    assert "would both be stream '0'" in _one_line_error(capsys)
+    assert main(["-q", *args[:-2], str(tmp_path)]) == 0  # their common folder: streams valve1/0 and valve2/0

@@ -24,7 +24,7 @@ from ae_monitor.serve.http import OFFLINE_CONDITIONS, metrics_server, offline_he
 from ae_monitor.serve.outputs import Outputs, TeeSink, deliver, http_alert_sinks, send_dead_letters
 from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sources.base import Source
-from ae_monitor.sources.replay import ReplaySource, list_inputs
+from ae_monitor.sources.replay import ReplaySource, list_inputs, stream_name
 from ae_monitor.sources.stdin import JsonLinesSource
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def replay(config: Config, bundle_path: Path, inputs: Sequence[str | Path]) -> i
     `replay.alerts_path` and to the Alertmanager and webhook sinks of `[sinks]` that have a url, dead letters to
     `replay.dead_letters_path` (stderr when unset). Returns windows scored."""
     bundle = load_bundle(bundle_path, expected_features=config.features)
+    check_stream_names(inputs, config.features)
     check_audio_rates(inputs, config.features)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -107,6 +108,20 @@ def mark_ready(health: Health, metrics: Metrics, ready: bool) -> None:
     for condition in OFFLINE_CONDITIONS:
         health.set(condition, ready)
     metrics.ready.set(1 if ready else 0)
+
+
+def check_stream_names(inputs: Sequence[str | Path], features: FeaturesConfig) -> None:
+    """Refuse inputs whose files would share a stream name (`valve1/0.csv` and `valve2/0.csv` given as the folders
+    `valve1` and `valve2` are both stream `0`): their samples would merge into one stream."""
+    if [str(i) for i in inputs] == ["-"]:
+        return
+    seen: dict[str, Path] = {}
+    for path, root in list_inputs(inputs, features):
+        name = stream_name(path, root)
+        if name in seen and seen[name] != path:
+            raise DataError(f"{seen[name]} and {path} would both be stream {name!r}: replay the folder that holds "
+                            "both (streams are named by the path below it), or one folder at a time")  # fmt: skip
+        seen[name] = path
 
 
 def check_audio_rates(inputs: Sequence[str | Path], features: FeaturesConfig) -> None:
