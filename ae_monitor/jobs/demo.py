@@ -168,6 +168,8 @@ def run_demo(
     engine = Engine(load_bundle(out / "bundle"), alerting=config.alerting, metrics=metrics,
                     max_gap_s=config.replay.max_gap_s, clock=_ReplayedClock(START_S, speed))  # fmt: skip
     outputs = Outputs(alerts=TeeSink(alerts, memory), dead_letters=MemorySink[DeadLetter]())
+    for name, fault in FAULTS.items():
+        log.info("replaying %s: %s", name, "healthy" if fault is None else fault.describe())
     mark_ready(health or offline_health(), metrics, True)
     windows = Runner(engine, outputs, metrics).run(source, max_records=len(FAULTS))
     mark_ready(health or offline_health(), metrics, False)
