@@ -169,7 +169,7 @@ def _train(args: argparse.Namespace) -> int:
     report = train_bundle(config, args.data, args.out, rows=parse_rows(args.rows), name=args.name)
     result = report.result
     stop = (f"stopped early after {result.epochs_run} of {config.training.epochs} epochs (no better validation loss "
-            f"for {config.training.early_stopping_patience})" if result.stopped_early
+            f"for {config.training.early_stopping_patience} epochs)" if result.stopped_early
             else f"ran all {result.epochs_run} epochs")  # fmt: skip
     log.info("trained in %.1f s: %s; best epoch %d", result.seconds, stop, result.best_epoch)
     cal = report.bundle.calibration
