@@ -170,9 +170,10 @@ def run_demo(
     outputs = Outputs(alerts=TeeSink(alerts, memory), dead_letters=MemorySink[DeadLetter]())
     for name, fault in FAULTS.items():
         log.info("replaying %s: %s", name, "healthy" if fault is None else fault.describe())
-    mark_ready(health or offline_health(), metrics, True)
+    health = health or offline_health()
+    mark_ready(health, metrics, True)
     windows = Runner(engine, outputs, metrics).run(source, max_records=len(FAULTS))
-    mark_ready(health or offline_health(), metrics, False)
+    mark_ready(health, metrics, False)
     return _summarise(memory, windows)
 
 
