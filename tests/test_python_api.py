@@ -62,3 +62,16 @@ def test_scoring_an_array_shorter_than_a_window_gives_no_windows_and_a_wrong_sha
     assert len(detector.score(_normal(5))) == 0
     with pytest.raises(DataError, match="3 channel names for 2 columns"):
         detector.score(_normal(50), channels=["a", "b", "c"])
+
+
+def test_mono_audio_arrays_train_and_score_with_a_share_per_mel_band() -> None:
+    t = np.arange(16000 * 3) / 16000
+    hum = (0.3 * np.sin(2 * np.pi * 120 * t)).astype(np.float32)
+    config = {"features": {"kind": "logmel", "logmel": {"n_mels": 32, "score_window_s": 0.25, "score_hop_s": 0.125}},
+              "model": {"hidden_units": [16], "latent_dim": 4}, "training": {"epochs": 2, "calibration_fraction": 0.3},
+              "calibration": {"method": "quantile"}}  # fmt: skip
+    detector = ae_monitor.train([hum, hum], config, name="hum")
+    scores = detector.score(hum)
+    assert len(scores) > 0
+    assert scores.contributions.shape == (len(scores), 32)
+    assert int(scores.end[-1]) <= len(hum)
