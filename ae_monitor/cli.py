@@ -299,8 +299,8 @@ def _add_benchmark(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("suite", choices=["skab"])
     p.add_argument("--data", type=Path, required=True, help="the SKAB data folder (valve1/, valve2/, other/)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, results.json/.md, plots")
-    p.add_argument("--config", type=Path, default=Path("configs/sensor-skab.toml"), help="the benchmark's config")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--config", type=Path, default=Path("configs/sensor-skab.toml"))
+    p.add_argument("--no-plots", action="store_true")
     p.set_defaults(handler=_benchmark)
 
 
