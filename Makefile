@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench chaos clean
+.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench chaos dist clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -35,6 +35,12 @@ bench: $(VENV)/.installed
 # Fault drills through a real local broker (scripts/chaos.py); prints the table of docs/serve.md (~25 min).
 chaos: $(VENV)/.installed kafka-jars
 	$(BIN)/python scripts/chaos.py
+
+# The wheel to install elsewhere (docs/operations.md): dist/ae_monitor-<version>-py3-none-any.whl. ae-monitor is
+# not on a package index. Built without isolation from the venv's setuptools and wheel, so it needs no network.
+dist: $(VENV)/.installed
+	$(BIN)/pip install --quiet "setuptools>=77" wheel
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -124,13 +124,34 @@ def test_the_alert_json_in_docs_alerts_md_is_what_to_json_writes_with_a_real_id(
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "alerts.md").read_text()
     example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
-    fields = {k: v for k, v in example.items() if k != "top_contributors"}
+    fields = {k: v for k, v in example.items() if k in Alert.__dataclass_fields__ and k != "top_contributors"}
     contributors = tuple((c["name"], c["share"]) for c in example["top_contributors"])
     assert json.loads(to_json(Alert(**fields, top_contributors=contributors))) == example
     assert example["id"] == alert_id(example["stream"], example["event_time_s"], example["bundle_version"])
 
 
+def test_alert_json_gives_each_epoch_time_beside_it_in_iso_8601_utc() -> None:
+    firing = json.loads(to_json(_alert()))
+    assert firing["event_time"] == "2024-11-26T05:46:40.250Z"
+    assert firing["event_time_s"] == 1732600000.25
+    assert firing["ends_at"] is None
+    resolved = json.loads(to_json(_alert(status="resolved", ends_at_s=1732600060.0)))
+    assert resolved["ends_at"] == "2024-11-26T05:47:40.000Z"
+    assert resolved["detection_time"].endswith("Z")
+
+
 # --- Alertmanager payload ------------------------------------------------------------------------------------------
+
+
+def test_alertmanager_alerts_carry_a_runbook_url_and_a_generator_url_by_default(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    _am(client, receiver).send([_alert()])
+    (item,) = receiver.requests[0].body
+    assert item["annotations"]["runbook_url"] == "docs/operations.md#runbook-aemonitoranomaly"
+    assert item["generatorURL"] == f"http://{socket.getfqdn()}/"
+    runbook = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    assert "### Runbook: AeMonitorAnomaly" in runbook
 
 
 def test_a_firing_alert_posts_labels_annotations_and_starts_at_without_ends_at(

@@ -147,16 +147,39 @@ def _kafka_outputs(sinks: SinksConfig, kafka: KafkaConnectionConfig, alert_sinks
 
 
 def _http_sinks(sinks: SinksConfig, alert_sinks: dict[str, AlertSink], closers: list[Callable[[], None]]) -> None:
+    found, close = http_alert_sinks(sinks)
+    alert_sinks.update(found)
+    closers.extend(close)
+
+
+def http_alert_sinks(
+    sinks: SinksConfig, *, generator_url: str | None = None
+) -> tuple[dict[str, AlertSink], list[Callable[[], None]]]:
+    """The Alertmanager and webhook sinks that `[sinks]` names (none when neither has a url), and their closers.
+    `generator_url` is the Alertmanager alerts' source link (sinks/alertmanager.py)."""
     if sinks.alertmanager.url is None and sinks.webhook.url is None:
-        return
+        return {}, []
     import httpx
 
     from ae_monitor.sinks.alertmanager import AlertmanagerSink
     from ae_monitor.sinks.webhook import WebhookSink
 
     client = httpx.Client()
-    closers.append(client.close)
+    found: dict[str, AlertSink] = {}
     if sinks.alertmanager.url is not None:
-        alert_sinks["alertmanager"] = AlertmanagerSink.from_config(sinks.alertmanager, client)
+        found["alertmanager"] = AlertmanagerSink.from_config(sinks.alertmanager, client, generator_url=generator_url)
     if sinks.webhook.url is not None:
-        alert_sinks["webhook"] = WebhookSink.from_config(sinks.webhook, client)
+        found["webhook"] = WebhookSink.from_config(sinks.webhook, client)
+    return found, [client.close]
+
+
+class TeeSink:
+    """Sends each batch of alerts to every sink in turn (replay and the demo: stdout or a file, plus HTTP sinks).
+    Without a delivery queue, a sink that refuses raises SinkError, which ends the offline run with its message."""
+
+    def __init__(self, *sinks: AlertSink) -> None:
+        self._sinks = sinks
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        for sink in self._sinks:
+            sink.send(alerts)

@@ -2,7 +2,10 @@
 
 Mapping (docs/alerts.md): labels `alertname="AeMonitorAnomaly"`, `stream`, `bundle`, `severity` (`critical` when
 score/threshold >= 2, else `warning`) plus the configured static labels (which cannot override those four);
-annotations carry the details (alert_id, scores, contributors). `startsAt` is the event time.
+annotations carry the details (alert_id, scores, contributors) and `runbook_url`, docs/operations.md's runbook for
+this alert (the same form as the Prometheus rules' runbook_url). `startsAt` is the event time; `generatorURL` (the
+"Source" link in Alertmanager's UI) is the sending process: the /metrics URL of replay and the demo, or
+`http://<host name>/` when the caller gives none.
 
 Alertmanager semantics (prometheus.io/docs/alerting/clients): `endsAt` is set only when the end is known; a firing
 alert without it ends `resolve_timeout` (default 5 min) after it was last received, and clients are expected to
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +41,7 @@ ALERTNAME = "AeMonitorAnomaly"
 CRITICAL_SEVERITY = 2.0  # score/threshold at which an alert is critical rather than a warning
 RESERVED_LABELS = ("alertname", "stream", "bundle", "severity")
 API_PATH = "/api/v2/alerts"
+RUNBOOK_URL = "docs/operations.md#runbook-aemonitoranomaly"
 
 
 class AlertmanagerSink:
@@ -51,11 +56,13 @@ class AlertmanagerSink:
         *,
         labels: Mapping[str, str] | None = None,
         generator_url: str | None = None,
+        runbook_url: str = RUNBOOK_URL,
         resend_interval_s: float = 60.0,
     ) -> None:
         self._target = target
         self._labels = dict(labels or {})
-        self._generator_url = generator_url
+        self._generator_url = generator_url or f"http://{socket.getfqdn()}/"
+        self._runbook_url = runbook_url
         self._resend_interval_s = resend_interval_s
         self._active: dict[str, dict[str, Any]] = {}  # alert id -> the firing payload item, for re-sends
         self._last_resend_s: float | None = None
@@ -111,13 +118,12 @@ class AlertmanagerSink:
         labels["severity"] = severity
         item: dict[str, Any] = {
             "labels": labels,
-            "annotations": alert_annotations(alert),
+            "annotations": {**alert_annotations(alert), "runbook_url": self._runbook_url},
             "startsAt": rfc3339(alert.event_time_s),
+            "generatorURL": self._generator_url,
         }
         if alert.status == "resolved":
             item["endsAt"] = rfc3339(alert.detection_time_s if alert.ends_at_s is None else alert.ends_at_s)
-        if self._generator_url:
-            item["generatorURL"] = self._generator_url
         return item
 
 
