@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,8 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
     health = Health(stale_after_s=config.service.heartbeat_stale_s)
     server = HealthServer(config.service.http_host, config.service.http_port, registry=registry, health=health).start()
     log.info("serving /metrics /healthz /readyz on http://%s:%d", config.service.http_host, server.port)
-    outputs, queue = build_outputs(config.sinks, config.kafka, metrics)
+    here = f"http://{socket.getfqdn() if config.service.http_host in ('0.0.0.0', '::') else config.service.http_host}"
+    outputs, queue = build_outputs(config.sinks, config.kafka, metrics, generator_url=f"{here}:{server.port}/metrics")
     try:
         states = load_alert_states(config.sinks.kafka, config.kafka)
         engine = Engine(bundles, alerting=config.alerting, metrics=metrics, routes=routes, streams=config.streams,

@@ -97,8 +97,10 @@ class QueueSink:
             log.warning("alert delivery queue is full; consumption pauses until sinks recover: %s", exc)
 
 
-def build_outputs(sinks: SinksConfig, kafka: KafkaConnectionConfig, metrics: Metrics) -> tuple[Outputs, DeliveryQueue]:
-    """The alert delivery queue and the dead-letter, scores and state outputs named by `[sinks]`."""
+def build_outputs(sinks: SinksConfig, kafka: KafkaConnectionConfig, metrics: Metrics, *,
+                  generator_url: str | None = None) -> tuple[Outputs, DeliveryQueue]:  # fmt: skip
+    """The alert delivery queue and the dead-letter, scores and state outputs named by `[sinks]`; `generator_url`
+    is where Alertmanager alerts link back to (this process's /metrics)."""
     alert_sinks: dict[str, AlertSink] = {}
     closers: list[Callable[[], None]] = []
     topics = _kafka_outputs(sinks, kafka, alert_sinks, closers)
@@ -106,7 +108,9 @@ def build_outputs(sinks: SinksConfig, kafka: KafkaConnectionConfig, metrics: Met
         jsonl = JsonlSink.open(sinks.jsonl_path)
         alert_sinks["jsonl"] = jsonl
         closers.append(jsonl.close)
-    _http_sinks(sinks, alert_sinks, closers)
+    found, close = http_alert_sinks(sinks, generator_url=generator_url)
+    alert_sinks.update(found)
+    closers.extend(close)
     if not alert_sinks:
         raise ConfigError("no alert sink configured: set sinks.kafka.alerts_topic, jsonl_path, alertmanager.url "
                           "or webhook.url", key="sinks")  # fmt: skip
@@ -144,12 +148,6 @@ def _kafka_outputs(sinks: SinksConfig, kafka: KafkaConnectionConfig, alert_sinks
     if cfg.state_topic:
         found["state"] = ks.KafkaStateStore(producer, cfg.state_topic, timeout_s=timeout_s)
     return found
-
-
-def _http_sinks(sinks: SinksConfig, alert_sinks: dict[str, AlertSink], closers: list[Callable[[], None]]) -> None:
-    found, close = http_alert_sinks(sinks)
-    alert_sinks.update(found)
-    closers.extend(close)
 
 
 def http_alert_sinks(
