@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench bench-detection clean
+.PHONY: demo test lint typecheck unit kafka-jars ops-tools install install-dev bench bench-detection chaos dist clean
 
 demo: $(VENV)/.installed
 	$(BIN)/ae-monitor demo
@@ -32,8 +32,8 @@ kafka-jars:
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_offline.py
 
-# The detection benchmark (GutenTAG, SKAB, demo; ae_monitor against a rolling z-score and PCA T²+Q), about 15 min
-# on 2 cores. GutenTAG needs scipy < 1.15, so it runs in its own virtual environment (pyproject's `bench` extra).
+# The detection benchmark (GutenTAG, SKAB, demo; ae_monitor against a rolling z-score and PCA T²+Q), 2-5 min on
+# 2 idle cores. GutenTAG needs scipy < 1.15, so it runs in its own virtual environment (pyproject's `bench` extra).
 BENCH_VENV := out/.venv-bench
 bench-detection: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python scripts/bench_detection.py --out out/bench-detection
@@ -43,6 +43,16 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/pip install --quiet -e '.[bench]'
 	touch $@
+
+# Fault drills through a real local broker (scripts/chaos.py); prints the table of docs/serve.md (~25 min).
+chaos: $(VENV)/.installed kafka-jars
+	$(BIN)/python scripts/chaos.py
+
+# The wheel to install elsewhere (docs/operations.md): dist/ae_monitor-<version>-py3-none-any.whl. ae-monitor is
+# not on a package index. Built without isolation from the venv's setuptools and wheel, so it needs no network.
+dist: $(VENV)/.installed
+	$(BIN)/pip install --quiet "setuptools>=77" wheel
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -59,6 +69,12 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
+
+# The audio benchmark (docs/audio.md): real clips from ../shared/data/audio (skipped when absent) and the synthetic
+# fault suite, the shipped recipe against two baselines; results.json, results.md and plots in build/bench-audio.
+.PHONY: bench-audio
+bench-audio: $(VENV)/.installed
+	$(BIN)/python scripts/bench_audio.py --out build/bench-audio
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

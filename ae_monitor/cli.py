@@ -8,10 +8,15 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
+from ae_monitor import __version__
 from ae_monitor.config import dump_config, load_config
 from ae_monitor.errors import AeMonitorError, ConfigError
 from ae_monitor.logs import configure as configure_logging
+
+if TYPE_CHECKING:
+    from ae_monitor.model.integrity import Seal
 
 log = logging.getLogger("ae_monitor")
 
@@ -24,18 +29,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except AeMonitorError as exc:
-        print(f"ae-monitor: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), args.log_json, status=2)
+    except OSError as exc:  # a file that cannot be read or written: the OS names it
+        return _fail(str(exc), args.log_json, status=1)
     except KeyboardInterrupt:
         return 130
 
 
+def _fail(message: str, log_json: bool, *, status: int) -> int:
+    """One line on stderr: a JSON log line under --log-json, else `ae-monitor: error: ...`."""
+    if log_json:
+        log.error("%s", message)
+    else:
+        print(f"ae-monitor: error: {message}", file=sys.stderr)
+    return status
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, except where there is none to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if hidden or "%(default)" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ae-monitor", description=__doc__)
+    parser = _Parser(prog="ae-monitor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.add_argument("--log-json", action="store_true", help="structured JSON log lines (serve uses them always)")
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    # Every subcommand's parser is a _Parser (defaults in its help); the _add_* functions need only ArgumentParser.
+    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]",
+               parser.add_subparsers(required=True, metavar="COMMAND"))  # fmt: skip
     _add_config(sub)
+    _add_bundle(sub)
     _add_train(sub)
     _add_calibrate(sub)
     _add_score(sub)
@@ -52,12 +88,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    config = sub.add_parser("config", help="inspect configuration files")
-    check = config.add_subparsers(required=True, metavar="ACTION").add_parser(
+    config = sub.add_parser("config", help="inspect configuration files, or print a starting one")
+    actions = config.add_subparsers(required=True, metavar="ACTION")
+    check = actions.add_parser(
         "check", help="print the resolved config (file + AE_MONITOR_* environment), or every error"
     )
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="config file (TOML)")
     check.set_defaults(handler=_config_check)
+    example = actions.add_parser("example", help="print a commented starting config")
+    example.add_argument("kind", choices=["sensor", "audio"], help="sensor CSVs/records, or machine sound")
+    example.set_defaults(handler=_config_example)
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -65,9 +105,55 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_example(args: argparse.Namespace) -> int:
+    from ae_monitor.starters import EXAMPLES
+
+    print(EXAMPLES[args.kind], end="")
+    return 0
+
+
+def _add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    actions = sub.add_parser("bundle", help="verify or sign model bundles").add_subparsers(required=True,
+                                                                                          metavar="ACTION")  # fmt: skip
+    verify = actions.add_parser("verify", help="check digest, signature (when AE_MONITOR_BUNDLE_KEY is set), files")
+    verify.add_argument("paths", nargs="+", type=Path)
+    verify.set_defaults(handler=_bundle_verify)
+    sign = actions.add_parser("sign", help="seal a bundle again in place: add its digest, sign it with the key if set")
+    sign.add_argument("paths", nargs="+", type=Path)
+    sign.set_defaults(handler=_bundle_sign)
+
+
+def _bundle_verify(args: argparse.Namespace) -> int:
+    from ae_monitor.model.bundle import check_bundle, load_bundle
+
+    for path in args.paths:
+        found = check_bundle(path)
+        bundle = load_bundle(path)  # the weights and configs load too: what serve would accept
+        print(f"{path}: ok, {bundle.name} version {bundle.version}, {_seal_text(found)}")
+    return 0
+
+
+def _bundle_sign(args: argparse.Namespace) -> int:
+    from ae_monitor.model.bundle import sign_bundle
+
+    for path in args.paths:
+        print(f"{path}: {_seal_text(sign_bundle(path))}")
+    return 0
+
+
+def _seal_text(found: Seal) -> str:
+    if found.state == "signed":
+        return f"digest {found.digest}, signature verified (key id {found.signer})"
+    if found.state == "sealed" and found.signer is not None:
+        return f"digest {found.digest}, signed by key id {found.signer}: NOT CHECKED, AE_MONITOR_BUNDLE_KEY is not set"
+    if found.state == "sealed":
+        return f"digest {found.digest}, not signed"
+    return "UNVERIFIED: no digest (written before ae_monitor sealed bundles; `ae-monitor bundle sign` adds one)"
+
+
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="train and calibrate a model bundle on normal data")
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="config file (TOML; `ae-monitor config check` shows it)")
     p.add_argument("--data", nargs="+", required=True, help="audio files/folders or sensor CSV files/folders")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--rows", help="START:END rows (sensor) or samples (audio) of each file to use")
@@ -79,7 +165,13 @@ def _train(args: argparse.Namespace) -> int:
     from ae_monitor.jobs.data import parse_rows
     from ae_monitor.jobs.train import train_bundle
 
-    report = train_bundle(load_config(args.config), args.data, args.out, rows=parse_rows(args.rows), name=args.name)
+    config = load_config(args.config)
+    report = train_bundle(config, args.data, args.out, rows=parse_rows(args.rows), name=args.name)
+    result = report.result
+    stop = (f"stopped early after {result.epochs_run} of {config.training.epochs} epochs (no better validation loss "
+            f"for {config.training.early_stopping_patience} epochs)" if result.stopped_early
+            else f"ran all {result.epochs_run} epochs")  # fmt: skip
+    log.info("trained in %.1f s: %s; best epoch %d", result.seconds, stop, result.best_epoch)
     cal = report.bundle.calibration
     log.info("wrote %s (version %s); threshold %.6g by %s", report.path, report.bundle.version,
              report.bundle.threshold, cal.method if cal else "?")  # fmt: skip
@@ -88,8 +180,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("calibrate", help="recalibrate a bundle's threshold on normal data")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory to recalibrate in place")
+    p.add_argument("--data", nargs="+", required=True, help="normal data: audio or sensor CSV files/folders")
     p.add_argument("--method", choices=["quantile", "gamma", "pot", "false_alarm_rate", "target"])
     p.add_argument("--target-false-alerts-per-1000", type=float, dest="target",
                    help="method 'target': tolerated false alerts per 1,000 normal windows")  # fmt: skip
@@ -118,33 +210,42 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("score", help="score files: one line per window")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory (from `train`)")
+    p.add_argument("paths", nargs="+", help="audio files/folders or sensor CSV files/folders")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format")
     p.add_argument("--out", default="-", help="output file ('-' = stdout)")
+    p.add_argument("--rows", help="START:END rows (sensor) or samples (audio) of each file to score")
     p.set_defaults(handler=_score)
 
 
 def _score(args: argparse.Namespace) -> int:
+    from ae_monitor.jobs.data import parse_rows
     from ae_monitor.jobs.evaluate import score_files
     from ae_monitor.model.bundle import load_bundle
 
-    bundle = load_bundle(args.bundle)
+    bundle, rows = load_bundle(args.bundle), parse_rows(args.rows)
     if args.out == "-":
-        score_files(bundle, args.paths, sys.stdout, fmt=args.format)
+        score_files(bundle, args.paths, sys.stdout, fmt=args.format, rows=rows)
         return 0
     with open(args.out, "w", encoding="utf-8", newline="") as handle:
-        score_files(bundle, args.paths, handle, fmt=args.format)
+        score_files(bundle, args.paths, handle, fmt=args.format, rows=rows)
     return 0
 
 
 def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("evaluate", help="AUC, pAUC, F1, FAR, MAR on labelled data, with plots")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--data", nargs="+", required=True)
-    p.add_argument("--report", type=Path, required=True, help="folder for report.json, predictions.csv, plots")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory (from `train`)")
+    p.add_argument("--data", nargs="+", required=True, help="labelled files/folders (each folder's files are streams)")
+    p.add_argument(
+        "--report",
+        "--out",
+        type=Path,
+        required=True,
+        dest="report",
+        help="folder for report.json, predictions.csv, plots",
+    )
     p.add_argument("--rows", help="START:END rows of each file to evaluate")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(handler=_evaluate)
 
 
@@ -170,16 +271,30 @@ def _fmt(value: float | None) -> str:
 
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replay", help="stream files through the pipeline; alerts as JSON lines")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--input", nargs="+", required=True, help="files or folders; '-' reads JSON lines from stdin")
+    p.add_argument("--config", type=Path, required=True, help="config file (TOML): features, alerting, replay")
+    p.add_argument(
+        "--input",
+        "--data",
+        nargs="+",
+        required=True,
+        dest="input",
+        help="files or folders; '-' reads JSON lines from stdin",
+    )
     p.add_argument("--bundle", type=Path, help="bundle directory (default: replay.bundle_path)")
+    port = p.add_mutually_exclusive_group()
+    port.add_argument("--metrics-port", type=int, help="serve /metrics /healthz /readyz here (0 = any free port; "
+                      "default: metrics.port)")  # fmt: skip
+    port.add_argument("--no-metrics", action="store_true", help="serve no HTTP endpoint")
     p.set_defaults(handler=_replay)
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ae_monitor.service import replay
+    from ae_monitor.serve.offline import replay
 
     config = load_config(args.config)
+    if args.metrics_port is not None or args.no_metrics:
+        update = {"enabled": False} if args.no_metrics else {"enabled": True, "port": args.metrics_port}
+        config = config.model_copy(update={"metrics": config.metrics.model_copy(update=update)})
     bundle = args.bundle or config.replay.bundle_path
     if bundle is None:
         raise ConfigError("no bundle given: pass --bundle or set it", key="replay.bundle_path")
@@ -210,23 +325,33 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="train on a synthetic machine and replay it with injected faults")
     p.add_argument("--duration", type=float, default=60.0, help="about how long the demo runs, in seconds")
     p.add_argument("--out", type=Path, help="keep the generated data and bundle here (default: a temp folder)")
-    p.add_argument("--metrics-port", type=int, default=9108, help="serve /metrics on 127.0.0.1 here (0 = any)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9108,
+        help="serve /metrics /healthz /readyz on 127.0.0.1 here (0 = any free port)",
+    )
+    p.add_argument("--alertmanager-url", help="also send the alerts to this Alertmanager (e.g. http://127.0.0.1:9093)")
+    p.add_argument("--webhook-url", help="also POST each alert's JSON to this URL")
     p.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ae_monitor.service import demo
+    from ae_monitor.config import HttpSinkConfig, SinksConfig
+    from ae_monitor.jobs.demo import demo
 
+    sinks = SinksConfig(alertmanager=HttpSinkConfig(url=args.alertmanager_url),
+                        webhook=HttpSinkConfig(url=args.webhook_url))  # fmt: skip
     if args.out is not None:
-        return demo(args.out, duration_s=args.duration, metrics_port=args.metrics_port)
+        return demo(args.out, duration_s=args.duration, metrics_port=args.metrics_port, sinks=sinks)
     with tempfile.TemporaryDirectory(prefix="ae-monitor-demo-") as tmp:
-        return demo(Path(tmp), duration_s=args.duration, metrics_port=args.metrics_port)
+        return demo(Path(tmp), duration_s=args.duration, metrics_port=args.metrics_port, sinks=sinks)
 
 
 def _add_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("encode", help="store each window's latent code (compression); prints the ratio and cost")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("paths", nargs="+")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory (from `train`)")
+    p.add_argument("paths", nargs="+", help="audio files/folders or sensor CSV files/folders to encode")
     p.add_argument("--out", type=Path, required=True, help="codes file to write (safetensors)")
     p.add_argument("--dtype", choices=["float32", "float16", "int8"], default="float32")
     p.set_defaults(handler=_encode)
@@ -270,7 +395,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 def _add_denoise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("denoise", help="clean signals with a denoising bundle, or measure its PSNR/SSIM gain")
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, required=True, help="a denoising bundle directory")
     p.add_argument("--input", type=Path, required=True, help="a file or folder of audio clips or sensor CSVs")
     p.add_argument("--out", type=Path, help="cleaned file (one input file) or folder")
     p.add_argument("--gain-snr-db", type=float, help="instead: add white noise at this SNR and print the gain")
@@ -299,10 +424,10 @@ def _denoise(args: argparse.Namespace) -> int:
 
 def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sample", help="synthetic normal windows from a variational (VAE) bundle")
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, required=True, help="a variational (VAE) bundle directory")
     p.add_argument("-n", type=int, required=True, help="how many windows")
     p.add_argument("--out", type=Path, required=True, help=".safetensors (vectors) or .csv (sensor bundles, raw units)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_sample)
 
 
@@ -317,12 +442,12 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="the daemon: consume Kafka, score, alert, serve /metrics /healthz /readyz")
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="config file (TOML; see docs/serve.md)")
     p.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ae_monitor.service import serve
+    from ae_monitor.serve.app import serve
 
     config = load_config(args.config)
     configure_logging(level=logging.WARNING if args.quiet else logging.INFO,

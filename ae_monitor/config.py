@@ -8,6 +8,7 @@ are parsed as TOML values when they can be (`5`, `0.1`, `true`, `[1, 2]`) and ta
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ae_monitor.errors import ConfigError
 
 ENV_PREFIX = "AE_MONITOR_"
+REDACTED = "<redacted>"
+# A key is secret when one of its words (split at anything but letters and digits) is one of these, or it is a SASL
+# setting other than the mechanism: kafka `extra` passes sasl_plain_password and ssl_password through, HTTP sink
+# `headers` carry Authorization or X-Api-Key.
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "pwd", "passphrase", "secret", "token", "key", "apikey", "credential", "credentials",
+     "authorization", "auth", "cookie", "signature"}
+)  # fmt: skip
+_NOT_SECRET = frozenset({"sasl_mechanism"})
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_URL_SECRET_PARAM = re.compile(r"(?<=[?&])([^=&#\s]+)=([^&#\s]*)")
 
 
 class _Section(BaseModel):
@@ -40,6 +52,9 @@ class LogMelConfig(_Section):
     resample: bool = False
     score_window_s: float = Field(1.0, gt=0)
     score_hop_s: float = Field(0.5, gt=0)
+    # "standard": each mel band's dB is standardised by its mean and standard deviation over the training audio
+    # (fitted by `train`, stored in the bundle); "none" keeps dB as DCASE does (and as bundles without it load).
+    band_scaling: Literal["none", "standard"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> LogMelConfig:
@@ -84,7 +99,7 @@ class FeaturesConfig(_Section):
 class ModelConfig(_Section):
     """The autoencoder network. Each kind is a pure torch.nn.Module built from these fields."""
 
-    kind: Literal["dense", "conv1d", "lstm", "vae"] = "dense"
+    kind: Literal["dense", "conv1d", "lstm", "vae", "interp"] = "dense"
     hidden_units: tuple[int, ...] = (128, 128, 128, 128)
     latent_dim: int = Field(8, gt=0)
     batch_norm: bool = True
@@ -277,7 +292,7 @@ class KafkaSinkConfig(_Section):
 class HttpSinkConfig(_Section):
     url: str | None = None
     timeout_s: float = Field(5.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0)  # unused since the delivery queue does all retrying; kept so configs load
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -378,10 +393,49 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def dump_config(config: Config) -> str:
-    """The resolved config as TOML text (what `ae-monitor config check` prints)."""
+    """The resolved config as TOML text (what `ae-monitor config check` prints), secrets redacted."""
     lines: list[str] = []
-    _dump_table(config.model_dump(mode="json"), [], lines)
+    _dump_table(redact(config.model_dump(mode="json")), [], lines)
     return "\n".join(lines).strip() + "\n"
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether the value of a setting (or header) called `name` is a secret, never to be printed or logged.
+
+    >>> [is_secret_key(k) for k in ("sasl_plain_password", "Authorization", "X-Api-Key", "sasl_plain_username")]
+    [True, True, True, True]
+    >>> [is_secret_key(k) for k in ("sasl_mechanism", "ssl_keyfile", "bootstrap_servers", "top_contributors")]
+    [False, False, False, False]
+    """
+    lowered = name.lower()
+    if lowered in _NOT_SECRET:
+        return False
+    return lowered.startswith("sasl_") or not _SECRET_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", lowered))
+
+
+def redact(value: Any, *, key: str = "") -> Any:
+    """A copy of a config dump (or of client settings) fit to print or log: the value of every secret-like key
+    replaced by REDACTED, and credentials inside URLs too.
+
+    >>> redact({"extra": {"sasl_plain_password": "hunter2", "acks": 1}, "url": "https://u:pw@host/x?token=t&a=1"})
+    {'extra': {'sasl_plain_password': '<redacted>', 'acks': 1}, 'url': 'https://<redacted>@host/x?token=<redacted>&a=1'}
+    """
+    if value is not None and key and is_secret_key(key):
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {k: redact(v, key=str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _redact_url(value)
+    return value
+
+
+def _redact_url(url: str) -> str:
+    def param(match: re.Match[str]) -> str:
+        return f"{match[1]}={REDACTED}" if is_secret_key(match[1]) else match[0]
+
+    return _URL_SECRET_PARAM.sub(param, _URL_USERINFO.sub(f"{REDACTED}@", url))
 
 
 def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str], *, array: bool = False) -> None:

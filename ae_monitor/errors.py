@@ -58,7 +58,8 @@ class SinkError(AeMonitorError):
 
     retriable = True
 
-    def __init__(self, message: str, *, sink: str, retriable: bool = True) -> None:
+    def __init__(self, message: str, *, sink: str, retriable: bool = True, retry_after_s: float | None = None) -> None:
         self.sink = sink
         self.retriable = retriable
+        self.retry_after_s = retry_after_s  # how long the receiver asked us to wait (HTTP Retry-After), if it said
         super().__init__(f"sink {sink}: {message}")

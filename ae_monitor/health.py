@@ -3,7 +3,8 @@
 `/metrics` is the Prometheus exposition of the injected registry; `/healthz` (liveness) answers 200 while the main
 loop's heartbeat is fresh — it does not fail because Kafka is down, so an orchestrator does not restart a process
 that is only waiting for its brokers; `/readyz` answers 200 once bundles are loaded, the source is connected and
-partitions are assigned. `SystemdNotifier` speaks the sd_notify protocol when `NOTIFY_SOCKET` is set.
+partitions are assigned (replay and the demo wait for their own `conditions`). `SystemdNotifier` speaks the
+sd_notify protocol when `NOTIFY_SOCKET` is set.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,10 +23,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 class Health:
     """Thread-safe liveness and readiness flags, written by the main loop and read by the HTTP threads."""
 
-    def __init__(self, *, stale_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        stale_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        conditions: Sequence[str] = ("bundles", "source", "partitions"),
+    ) -> None:
         self._stale_after_s, self._clock = stale_after_s, clock
         self._beat = clock()
-        self._ready: dict[str, bool] = {"bundles": False, "source": False, "partitions": False}
+        self._ready: dict[str, bool] = dict.fromkeys(conditions, False)
         self._lock = threading.Lock()
 
     def beat(self) -> None:

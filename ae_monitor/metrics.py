@@ -92,6 +92,12 @@ class Metrics:
         self.consumer_lag = Gauge(
             "ae_monitor_consumer_lag", "Records behind the partition's end.", ["topic", "partition"], registry=registry
         )
+        self.uncommitted = Gauge(
+            "ae_monitor_uncommitted_records",
+            "Records of the partition after its last acknowledged commit: what a restart would read again.",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.last_commit = Gauge(
             "ae_monitor_last_commit_timestamp_seconds", "When offsets were last committed.", registry=registry
         )

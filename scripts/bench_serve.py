@@ -6,7 +6,7 @@ Four measurements, side by side on the same machine and broker (compare the rati
    round-robin) are produced to a fresh one-partition topic; a plain kafka-python `KafkaConsumer` reads them all and
    `json.loads` each value, in a bare subprocess (scripts/kafka_ceiling.py) so that this process's heap (torch,
    numpy) does not slow it down. Rate = N / (first non-empty poll -> last record parsed).
-2. serve: `ae_monitor.service.serve` (what `ae-monitor serve` runs) in a thread of this process, on the same topic
+2. serve: `ae_monitor.serve.app.serve` (what `ae-monitor serve` runs) in a thread of this process, on the same topic
    from the earliest offset with a fresh consumer group, production sinks (alerts, dead-letter and state topics; no
    scores topic). Rate = N / (first record counted by `ae_monitor_records_total` -> last window counted by
    `ae_monitor_windows_scored_total`), both counters read in-process every few ms. Goal: >= 75 % of the ceiling.
@@ -90,7 +90,7 @@ from ae_monitor.jobs.train import train_bundle, window_scores
 from ae_monitor.model.bundle import Bundle, load_bundle, save_bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.scoring import window_hop_s, window_plan
-from ae_monitor.service import serve
+from ae_monitor.serve.app import serve
 from ae_monitor.threshold import calibrate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -406,7 +406,7 @@ class ProbeRegistry(CollectorRegistry):
 
 
 class ServeThread:
-    """`ae_monitor.service.serve` in a thread of this process, stopped (drained) on exit."""
+    """`ae_monitor.serve.app.serve` in a thread of this process, stopped (drained) on exit."""
 
     def __init__(self, config: Config, profile: cProfile.Profile | None = None) -> None:
         self.registry = ProbeRegistry()

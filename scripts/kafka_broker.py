@@ -253,7 +253,15 @@ def _launch(workdir: Path, timeout_s: float) -> Broker:
     port, controller_port = _free_port(), _free_port()
     properties, log_config = _write_config(workdir, port, controller_port)
     _format_storage(properties, log_config)
-    with (workdir / "stdout.log").open("wb") as stdout:
+    return _spawn(workdir, port, timeout_s)
+
+
+def _spawn(workdir: Path, port: int, timeout_s: float) -> Broker:
+    """Run the broker configured in `workdir` and return once it answers on `port`."""
+    properties, log_config = workdir / "server.properties", workdir / "log4j2.properties"
+    stdout_log = workdir / "stdout.log"
+    seen = stdout_log.stat().st_size if stdout_log.is_file() else 0  # what earlier runs of this broker wrote
+    with stdout_log.open("ab") as stdout:
         # A new session: the broker outlives `kafka_broker.py start` and ignores the terminal's Ctrl-C.
         process = subprocess.Popen(
             _java("kafka.Kafka", str(properties), log_config=log_config),
@@ -277,8 +285,13 @@ def _launch(workdir: Path, timeout_s: float) -> Broker:
         time.sleep(0.2)
     _CHILDREN.pop(process.pid, None)
     message = f"the Kafka broker exited with status {process.returncode}\n{_log_tail(workdir)}"
-    logs = [workdir / "stdout.log", workdir / "broker.log"]
-    if any(path.is_file() and "Address already in use" in path.read_text(errors="replace") for path in logs):
+    with stdout_log.open("rb") as log:
+        log.seek(seen)
+        fresh = log.read().decode(errors="replace")
+    broker_log = workdir / "broker.log"
+    if broker_log.is_file():
+        fresh += broker_log.read_text(errors="replace")
+    if "Address already in use" in fresh:
         raise _PortTakenError(message)
     raise BrokerError(message)
 
@@ -357,6 +370,31 @@ def stop_broker(broker: Broker, *, timeout_s: float = STOP_TIMEOUT_S) -> None:
     if _is_broker(broker.pid, broker.dir):
         _terminate(broker.pid, timeout_s)
     shutil.rmtree(broker.dir, ignore_errors=True)
+
+
+def kill_broker(broker: Broker) -> None:
+    """SIGKILL the broker, as a crash would; its data dir stays for `restart_broker`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(broker.pid, signal.SIGKILL)
+    _wait_gone(broker.pid, 10.0)
+    process = _CHILDREN.pop(broker.pid, None)
+    if process is not None:
+        process.wait(timeout=10)
+
+
+def restart_broker(broker: Broker, *, timeout_s: float = START_TIMEOUT_S) -> Broker:
+    """Start a killed or stopped broker again on the same data dir and ports (a broker restart after a crash)."""
+    if _is_broker(broker.pid, broker.dir):
+        raise BrokerError(f"the broker {broker.bootstrap} (pid {broker.pid}) is still running")
+    port = int(broker.bootstrap.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout_s
+    while True:  # the killed broker's sockets may take a moment to free the ports
+        try:
+            return _spawn(broker.dir, port, max(1.0, deadline - time.monotonic()))
+        except _PortTakenError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 # --- the command line ---------------------------------------------------------------------------------------------

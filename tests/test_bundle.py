@@ -12,6 +12,7 @@ import torch
 from ae_monitor.config import FeaturesConfig
 from ae_monitor.errors import BundleError
 from ae_monitor.model.bundle import CALIBRATION_SCORES, MANIFEST, SCHEMA_VERSION, WEIGHTS, load_bundle, save_bundle
+from ae_monitor.model.integrity import seal
 
 
 @pytest.fixture
@@ -20,9 +21,11 @@ def bundle_copy(sensor_bundle: Path, tmp_path: Path) -> Path:
 
 
 def _edit_manifest(path: Path, **changes: object) -> None:
+    """Change top-level fields and seal the manifest again: what a faulty writer would produce, which the checks
+    after the digest must still catch (tests/test_bundle_integrity.py covers edits that are not sealed again)."""
     manifest = json.loads((path / MANIFEST).read_text())
     manifest.update(changes)
-    (path / MANIFEST).write_text(json.dumps(manifest))
+    (path / MANIFEST).write_text(json.dumps(seal(manifest, key=None)))
 
 
 def test_round_trip_keeps_weights_features_and_calibration(sensor_bundle: Path, tmp_path: Path) -> None:
@@ -84,7 +87,7 @@ def test_mismatching_feature_config_names_the_field(sensor_bundle: Path) -> None
 def test_invalid_model_config_in_manifest_names_the_field(bundle_copy: Path) -> None:
     manifest = json.loads((bundle_copy / MANIFEST).read_text())
     manifest["model"]["latent_dim"] = -1
-    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    (bundle_copy / MANIFEST).write_text(json.dumps(seal(manifest, key=None)))
     with pytest.raises(BundleError, match=r"model\.latent_dim"):
         load_bundle(bundle_copy)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import soundfile
 
 from ae_monitor.cli import main
 from ae_monitor.jobs.demo import DEMO_CONFIG
-from ae_monitor.model.bundle import load_bundle
+from ae_monitor.model.bundle import check_bundle, load_bundle
+from ae_monitor.model.integrity import KEY_ENV
 
 
 def _write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
@@ -148,3 +150,63 @@ def test_replay_reads_json_lines_from_stdin(
     alerts = [json.loads(line) for line in captured.out.splitlines()]
     assert {a["stream"] for a in alerts if a["status"] == "firing"} == {"pump-2"}
     assert '"reason":"invalid_json"' in captured.err
+
+
+def test_config_check_redacts_every_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "secrets.toml"
+    config.write_text(
+        '[kafka]\nsecurity_protocol = "SASL_SSL"\n'
+        '[kafka.extra]\nsasl_mechanism = "SCRAM-SHA-512"\nsasl_plain_username = "svc-monitor"\n'
+        'sasl_plain_password = "pw-in-the-file"\n'
+        '[sinks.webhook]\nurl = "https://bot:pw-in-the-url@hooks.example/alerts?token=tok-in-the-query&team=ops"\n'
+        '[sinks.webhook.headers]\nAuthorization = "Bearer tok-in-a-header"\nX-Team = "ops"\n'
+    )
+    monkeypatch.setenv("AE_MONITOR_KAFKA__EXTRA__SSL_PASSWORD", "pw-from-the-environment")
+    assert main(["config", "check", str(config)]) == 0
+    out = capsys.readouterr().out
+    for secret in ("pw-in-the-file", "svc-monitor", "pw-in-the-url", "tok-in-the-query", "tok-in-a-header",
+                   "pw-from-the-environment"):  # fmt: skip
+        assert secret not in out
+    assert 'sasl_plain_password = "<redacted>"' in out
+    assert 'ssl_password = "<redacted>"' in out
+    assert 'Authorization = "<redacted>"' in out
+    assert 'url = "https://<redacted>@hooks.example/alerts?token=<redacted>&team=ops"' in out
+    assert 'sasl_mechanism = "SCRAM-SHA-512"' in out
+    assert 'X-Team = "ops"' in out
+
+
+def test_bundle_verify_says_ok_and_a_modified_bundle_stops_with_one_line(
+    sensor_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    bundle = Path(shutil.copytree(sensor_bundle, tmp_path / "pump"))
+    assert main(["-q", "bundle", "verify", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{bundle}: ok, pump version")
+    assert out.rstrip().endswith(", not signed")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"]["threshold"] *= 100
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["-q", "bundle", "verify", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ae-monitor: error: calibration: modified in manifest.json")
+    assert err.count("\n") == 1
+
+
+def test_with_the_key_set_bundles_are_signed_and_calibrate_keeps_them_signed(
+    sensor_bundle: Path, sensor_data: tuple[Path, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    key = "a-site-key-0123456789abcdef"
+    bundle = Path(shutil.copytree(sensor_bundle, tmp_path / "pump"))
+    monkeypatch.setenv(KEY_ENV, key)
+    assert main(["-q", "bundle", "verify", str(bundle)]) == 2  # written without the key: refused
+    assert "integrity.signature: the bundle is not signed" in capsys.readouterr().err
+    assert main(["-q", "bundle", "sign", str(bundle)]) == 0
+    assert "signature verified (key id" in capsys.readouterr().out
+    assert main(["-q", "calibrate", "--bundle", str(bundle), "--data", str(sensor_data[0]), "--rows", "0:1000",
+                 "--method", "quantile"]) == 0  # fmt: skip
+    assert check_bundle(bundle, environ={KEY_ENV: key}).state == "signed"
+    assert load_bundle(bundle, environ={KEY_ENV: key}).calibration is not None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ae_monitor.config import Config, config_from_dict, dump_config, load_config
+from ae_monitor.config import REDACTED, Config, config_from_dict, dump_config, is_secret_key, load_config, redact
 from ae_monitor.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -100,3 +100,36 @@ def test_a_route_may_match_on_a_record_field_but_not_on_the_samples() -> None:
         config_from_dict({"routes": [{"field": "ts", "bundle_path": "b"}]})
     with pytest.raises(ConfigError, match=r"routes\.0\.field"):
         config_from_dict({"routes": [{"field": "machine type", "bundle_path": "b"}]})
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["sasl_plain_password", "sasl_plain_username", "sasl_oauth_token", "ssl_password", "password", "api_key",
+     "client_secret", "Authorization", "X-Api-Key", "X-Auth-Token", "Cookie"],
+)  # fmt: skip
+def test_secret_like_keys_are_recognised(key: str) -> None:
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["sasl_mechanism", "ssl_keyfile", "ssl_cafile", "security_protocol", "bootstrap_servers", "X-Team", "k"]
+)
+def test_settings_that_only_resemble_secrets_stay_visible(key: str) -> None:
+    assert not is_secret_key(key)
+
+
+def test_a_dumped_config_shows_no_secret_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[kafka.extra]\nsasl_plain_password = "from-file"\n[sinks.alertmanager.headers]\n'
+                    'Authorization = "Basic from-header"\n')  # fmt: skip
+    config = load_config(path, environ={"AE_MONITOR_KAFKA__EXTRA__SSL_PASSWORD": "from-env"})
+    text = dump_config(config)
+    assert "from-" not in text
+    assert text.count(REDACTED) == 3
+    assert config.kafka.extra["sasl_plain_password"] == "from-file"  # redaction is for output only
+
+
+def test_redaction_reaches_into_lists_and_urls_and_keeps_unset_values() -> None:
+    dumped = {"servers": ["SASL_SSL://u:p@b1:9093"], "token": None, "nested": [{"secret": 1}]}
+    assert redact(dumped) == {"servers": ["SASL_SSL://<redacted>@b1:9093"], "token": None,
+                              "nested": [{"secret": REDACTED}]}  # fmt: skip

@@ -30,11 +30,13 @@ import yaml
 from ops_tools import DEPLOY, Prometheus, alertmanager, free_port, http_get, http_json, prometheus, tool, wait_for
 
 from ae_monitor.config import Config, config_from_dict, dump_config
+from ae_monitor.engine import Engine
 from ae_monitor.jobs.demo import DEMO_CONFIG
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import WEIGHTS, load_bundle
-from ae_monitor.pipeline import Pipeline
 from ae_monitor.records import Alert, DeadLetter
+from ae_monitor.serve.offline import Runner
+from ae_monitor.serve.outputs import Outputs
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.decode import decode_message
 from ae_monitor.sources.files import read_sensor_csv
@@ -129,13 +131,13 @@ def offline_alerts(bundle: Path, messages: list[Message], config: Config) -> lis
     from prometheus_client import CollectorRegistry
 
     sink: MemorySink[Alert] = MemorySink()
-    pipeline = Pipeline(load_bundle(bundle), alerting=config.alerting, alerts=sink,
-                        dead_letters=MemorySink[DeadLetter](), metrics=Metrics(CollectorRegistry()),
-                        max_gap_s=config.replay.max_gap_s)  # fmt: skip
+    metrics = Metrics(CollectorRegistry())
+    engine = Engine(load_bundle(bundle), alerting=config.alerting, metrics=metrics, max_gap_s=config.replay.max_gap_s)
+    runner = Runner(engine, Outputs(alerts=sink, dead_letters=MemorySink[DeadLetter]()), metrics)
     raised: list[tuple[int, Alert]] = []
     for index, (key, value) in enumerate(messages):
         before = len(sink.items)
-        pipeline.process([decode_message(key, value, [])])
+        runner.process([decode_message(key, value, [])])
         raised.extend((index, alert) for alert in sink.items[before:])
     return raised
 

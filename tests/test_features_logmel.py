@@ -217,3 +217,94 @@ def test_build_extractor_gives_the_dcase_layout_and_round_trips_its_manifest() -
 def test_build_extractor_refuses_a_manifest_of_another_kind() -> None:
     with pytest.raises(ValueError, match="'sensor' features"):
         build_extractor(FeaturesConfig(), {"kind": "sensor", "stats": None})
+
+
+# ---- band scaling: per-band standardisation fitted on the training audio ----------------------------------------
+
+
+def band_scaled(**settings: object) -> LogMelConfig:
+    return LogMelConfig(band_scaling="standard", **settings)  # type: ignore[arg-type]
+
+
+def test_band_scaled_vectors_are_the_db_vectors_standardised_by_the_training_statistics() -> None:
+    train, test = machine_like_signal(48000, seed=1), machine_like_signal(32000, seed=2)
+    fitted = LogMelExtractor.fit(band_scaled(), [train])
+    db = LogMelExtractor(LogMelConfig()).transform(test).data.reshape(-1, 5, 128)
+    assert fitted.band_mean is not None
+    assert fitted.band_std is not None
+    expected = (db - fitted.band_mean) / fitted.band_std
+    np.testing.assert_allclose(fitted.transform(test).data.reshape(-1, 5, 128), expected, atol=2e-4)
+
+
+def test_band_statistics_are_the_mean_and_std_of_the_training_frames_per_band() -> None:
+    train = machine_like_signal(48000, seed=1)
+    fitted = LogMelExtractor.fit(band_scaled(), [train])
+    frames = LogMelExtractor(LogMelConfig()).log_mel_frames(train).astype(np.float64)
+    assert fitted.band_mean is not None
+    assert fitted.band_std is not None
+    np.testing.assert_allclose(fitted.band_mean, frames.mean(axis=0), atol=1e-3)
+    np.testing.assert_allclose(fitted.band_std, np.maximum(frames.std(axis=0), 0.5), atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_band_scaled_stream_fed_in_chunks_equals_the_offline_extraction(seed: int) -> None:
+    # The live pipeline pushes chunks into a stream; `train`/`score` extract whole files: both must agree.
+    fitted = LogMelExtractor.fit(band_scaled(), [machine_like_signal(48000, seed=9)])
+    y = machine_like_signal(70001, seed=seed)
+    rng = np.random.default_rng(seed)
+    assert_same_vectors(feed_in_chunks(fitted, y, random_chunk_sizes(rng, len(y))), fitted.transform(y))
+
+
+def test_band_scaled_extractor_round_trips_its_manifest_as_json() -> None:
+    import json
+
+    fitted = LogMelExtractor.fit(band_scaled(), [machine_like_signal(48000, seed=1)])
+    features = FeaturesConfig(logmel=band_scaled())
+    restored = build_extractor(features, json.loads(json.dumps(fitted.to_manifest())))
+    y = machine_like_signal(20000, seed=3)
+    np.testing.assert_array_equal(restored.transform(y).data, fitted.transform(y).data)
+
+
+def test_band_scaled_config_without_fitted_statistics_is_refused() -> None:
+    features = FeaturesConfig(logmel=band_scaled())
+    with pytest.raises(ValueError, match="band_mean"):
+        build_extractor(features, {"kind": "logmel", "config": features.logmel.model_dump(mode="json")})
+
+
+def test_a_manifest_written_before_band_scaling_existed_loads_as_plain_db() -> None:
+    old = {
+        "kind": "logmel",
+        "config": {k: v for k, v in LogMelConfig().model_dump(mode="json").items() if k != "band_scaling"},
+    }
+    features = FeaturesConfig.model_validate({"logmel": old["config"]})
+    assert features.logmel.band_scaling == "none"
+    y = machine_like_signal(20000)
+    np.testing.assert_array_equal(
+        build_extractor(features, old).transform(y).data, LogMelExtractor(LogMelConfig()).transform(y).data
+    )
+
+
+def test_to_db_undoes_the_band_scaling() -> None:
+    fitted = LogMelExtractor.fit(band_scaled(), [machine_like_signal(48000, seed=1)])
+    y = machine_like_signal(20000, seed=4)
+    db = LogMelExtractor(LogMelConfig()).transform(y).data.reshape(-1, 128)
+    np.testing.assert_allclose(fitted.to_db(fitted.transform(y).data.reshape(-1, 128)), db, atol=1e-3)
+
+
+def test_a_band_that_never_moved_in_training_is_divided_by_the_floor_not_by_zero() -> None:
+    fitted = LogMelExtractor.fit(band_scaled(), [np.zeros(32000, dtype=np.float32)])
+    assert fitted.band_std is not None
+    assert fitted.band_std.min() == pytest.approx(0.5)
+    assert np.isfinite(fitted.transform(machine_like_signal(20000)).data).all()
+
+
+def test_fitting_band_scaling_on_too_little_audio_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="frames"):
+        LogMelExtractor.fit(band_scaled(), [np.zeros(10, dtype=np.float32)])
+
+
+def test_without_band_scaling_fit_learns_nothing() -> None:
+    plain = LogMelExtractor.fit(LogMelConfig(), [machine_like_signal(48000)])
+    assert plain.band_mean is None
+    assert plain.band_std is None
+    assert "band_mean" not in plain.to_manifest()

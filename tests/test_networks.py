@@ -100,3 +100,18 @@ def test_vae_samples_the_code_in_train_mode() -> None:
 def test_non_positive_vector_shape_is_rejected() -> None:
     with pytest.raises(ValueError, match="vector_shape"):
         build_model(ModelConfig(), (0, 8))
+
+
+def test_the_interpolation_kind_never_sees_the_centre_frame_of_its_input() -> None:
+    model = build_model(ModelConfig(kind="interp"), (5, 128)).eval()
+    x = torch.randn(3, 640)
+    changed = x.clone()
+    changed[:, 2 * 128 : 3 * 128] = torch.randn(3, 128)  # frame 2 of 5 is the centre
+    torch.testing.assert_close(model.encode(changed), model.encode(x))
+    assert not torch.allclose(model.encode(x[:, torch.randperm(640)]), model.encode(x))
+
+
+def test_the_interpolation_kind_has_exactly_the_dense_weights() -> None:
+    dense, interp = build_model(ModelConfig(), (5, 128)), build_model(ModelConfig(kind="interp"), (5, 128))
+    assert dense.state_dict().keys() == interp.state_dict().keys()
+    assert count_parameters(interp) == count_parameters(dense)

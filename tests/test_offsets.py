@@ -52,3 +52,13 @@ def test_forgotten_partitions_drop_their_bookkeeping() -> None:
     tracker.forget([P0])
     assert tracker.pending() == 0
     assert tracker.committable(lambda marker: True, every=True) == {}
+
+
+def test_the_done_prefix_of_a_waiting_entry_is_committable_when_it_can_be_looked_into() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.add(P0, 9, "first poll, done")
+    tracker.add(P0, 19, "second poll, done up to offset 14")
+    looked_into = {"second poll, done up to offset 14": 14}
+    committable = tracker.committable(lambda marker: marker.endswith(", done"), done_below=looked_into.get)
+    assert committable == {P0: 14}
+    assert tracker.pending() == 1  # the entry stays until all of it is done

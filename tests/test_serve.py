@@ -11,21 +11,26 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
+from script_loader import load_script
 
 from ae_monitor.config import Config, RouteConfig, config_from_dict, dump_config
+from ae_monitor.engine import Engine
 from ae_monitor.jobs.demo import CHANNELS, DEMO_CONFIG
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle, save_bundle
-from ae_monitor.pipeline import Pipeline
 from ae_monitor.records import Alert, DeadLetter
-from ae_monitor.service import serve
+from ae_monitor.serve.app import serve
+from ae_monitor.serve.offline import Runner
+from ae_monitor.serve.outputs import Outputs
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.decode import decode_message
 from ae_monitor.sources.files import read_sensor_csv
@@ -85,13 +90,13 @@ def _read(bootstrap: str, topic: str, until: Callable[[list[Any]], bool], *, tim
 
 
 def _expected_alerts(bundle: Path, messages: list[Message], config: Config) -> list[Alert]:
-    """The alerts the pipeline raises for `messages`, computed offline: ids are deterministic."""
+    """The alerts the engine raises for `messages`, computed offline: ids are deterministic."""
     sink: MemorySink[Alert] = MemorySink()
-    pipeline = Pipeline(load_bundle(bundle), alerting=config.alerting, alerts=sink,
-                        dead_letters=MemorySink[DeadLetter](), metrics=Metrics(_registry()),
-                        max_gap_s=config.replay.max_gap_s)  # fmt: skip
+    metrics = Metrics(_registry())
+    engine = Engine(load_bundle(bundle), alerting=config.alerting, metrics=metrics, max_gap_s=config.replay.max_gap_s)
+    runner = Runner(engine, Outputs(alerts=sink, dead_letters=MemorySink[DeadLetter]()), metrics)
     for key, value in messages:
-        pipeline.process([decode_message(key, value, [])])
+        runner.process([decode_message(key, value, [])])
     return sink.items
 
 
@@ -397,3 +402,110 @@ def test_a_changed_bundle_is_swapped_in_and_a_bad_one_is_refused(
     (served / "manifest.json").touch()
     _wait(lambda: (registry.get_sample_value("ae_monitor_bundle_reloads_total", {"result": "failed"}) or 0) >= 1)
     assert registry.get_sample_value(info, {"bundle": "pump", "version": new.version}) == 1
+
+
+# --- faults: silent streams, takeovers, broker outages ------------------------------------------------------------
+
+
+def test_a_stream_that_stops_completing_windows_does_not_hold_back_the_commits_of_its_partition(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, replay={"max_gap_s": 2.0})
+    ok = _messages(sensor_data[1] / "pump-1.csv", "ok", config, slice(0, 300))
+    first = _messages(sensor_data[1] / "pump-1.csv", "dup", config, slice(0, 1))[0]
+    # `dup` sends one sample, then only that timestamp again (late: dropped); `ok` goes on normally.
+    messages = [first, *_interleave(ok, [first] * 300)]
+    running(config)
+    _produce(kafka_bootstrap, topic, messages)
+    group = config.source.group_id if config.source else ""
+    _wait(lambda: _committed(kafka_bootstrap, group, topic, 1) == len(messages), timeout_s=45)
+
+
+def test_a_peer_taking_over_a_partition_continues_the_firing_episode_under_its_id(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    daemons: Callable[[Config, str], Daemon],
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    tag = topic.rsplit("-", 1)[-1]
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    messages = _messages(sensor_data[1] / "pump-3.csv", "pump-3", config)  # a pressure fault over rows 250-450
+    # Both start before anything fires: the peer cannot have read the episode at its startup.
+    a, b = daemons(config, "a"), daemons(config, "b")
+    owned = "ae_monitor_partitions_assigned"
+    _wait(lambda: a.metric(owned) + b.metric(owned) == 1)
+    owner, peer = (a, b) if a.metric(owned) == 1 else (b, a)
+    _produce(kafka_bootstrap, topic, messages[:380])
+    alerts_topic = f"alerts-{tag}"
+    firing = _read(kafka_bootstrap, alerts_topic, lambda seen: any(b'"firing"' in m.value for m in seen))
+    episode = json.loads(next(m.value for m in firing if b'"firing"' in m.value))["id"]
+    group = config.source.group_id if config.source else ""
+    # Committed well past the episode's start: the peer will not see where it began, only the saved state can tell.
+    _wait(lambda: _committed(kafka_bootstrap, group, topic, 1) >= 340)
+    owner.stop(signal.SIGKILL)
+    _wait(lambda: peer.metric(owned) == 1, timeout_s=60)
+    _produce(kafka_bootstrap, topic, messages[380:])
+    got = _read(kafka_bootstrap, alerts_topic, lambda seen: any(b'"resolved"' in m.value for m in seen), timeout_s=90)
+    events = [(json.loads(m.value)["status"], json.loads(m.value)["id"]) for m in got]
+    assert ("resolved", episode) in events
+    assert {i for status, i in events if status == "firing"} == {episode}, "the peer fired the episode again"
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path, kafka_bootstrap: str) -> Iterator[tuple[ModuleType, list[Any]]]:
+    """A broker of this test alone (it gets killed and restarted): (scripts/kafka_broker.py, its Broker)."""
+    del kafka_bootstrap  # only for the `kafka` mark and the shared checks that Java and the jars are there
+    script = load_script("kafka_broker.py", name="kafka_broker")
+    broker = script.start_broker(tmp_path / "own-kafka")
+    state = [broker]
+    yield script, state
+    script.stop_broker(state[-1])
+
+
+def test_serve_rides_out_a_broker_crash_says_so_on_readyz_and_resumes_after_the_restart(
+    own_broker: tuple[ModuleType, list[Any]], sensor_bundle: Path, sensor_data: tuple[Path, Path],
+    daemons: Callable[[Config, str], Daemon],
+) -> None:  # fmt: skip
+    script, brokers = own_broker
+    bootstrap = brokers[0].bootstrap
+    topic = f"ae-monitor-test-{uuid.uuid4().hex[:12]}"
+    config = _serve_config(bootstrap, topic, sensor_bundle, kafka={"connect_timeout_s": 3},
+                           source={"rebalance_stall_s": 4})  # fmt: skip
+    messages = _messages(sensor_data[1] / "pump-1.csv", "pump-1", config, slice(0, 400))
+    daemon = daemons(config, "serve")
+    _wait(lambda: _http(daemon.url + "/readyz")[0] == 200)
+    _produce(bootstrap, topic, messages[:200])
+    _wait(lambda: _scored(daemon) >= 200 - 29)
+
+    script.kill_broker(brokers[0])
+    _wait(lambda: _http(daemon.url + "/readyz")[0] == 503, timeout_s=60)
+    assert "source" in _http(daemon.url + "/readyz")[1]
+    time.sleep(15)  # several stall checks and failed reconnects: serve must still be there
+    assert daemon.proc.poll() is None, daemon.log.read_text()[-3000:]
+    assert _http(daemon.url + "/healthz")[0] == 200
+
+    brokers.append(script.restart_broker(brokers[0]))
+    _wait(lambda: _http(daemon.url + "/readyz")[0] == 200, timeout_s=90)
+    _produce(bootstrap, topic, messages[200:])
+    _wait(lambda: _scored(daemon) >= 400 - 29, timeout_s=90)
+    code, _ = daemon.stop()
+    assert code == 0
+
+
+def test_a_recalibrated_bundle_with_the_same_weights_is_swapped_in(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
+) -> None:  # fmt: skip
+    import shutil
+
+    served = Path(shutil.copytree(sensor_bundle, tmp_path / "served"))
+    config = _serve_config(kafka_bootstrap, kafka_topic(1), served, service={"reload_check_s": 0.1})
+    _, _, registry = running(config)
+    old = load_bundle(served)
+    _wait(lambda: registry.get_sample_value("ae_monitor_threshold", {"bundle": "pump"}) == old.threshold)
+    assert old.calibration is not None
+    recalibrated = old.with_calibration(dataclasses.replace(old.calibration, threshold=old.threshold * 2))
+    save_bundle(recalibrated, served)
+    _wait(lambda: registry.get_sample_value("ae_monitor_threshold", {"bundle": "pump"}) == old.threshold * 2)
+    assert registry.get_sample_value("ae_monitor_bundle_reloads_total", {"result": "ok"}) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -19,7 +20,7 @@ from ae_monitor.errors import ConfigError, SinkError
 from ae_monitor.records import Alert
 from ae_monitor.sinks.alertmanager import AlertmanagerSink
 from ae_monitor.sinks.delivery import Backoff, DeliveryQueue
-from ae_monitor.sinks.http import RetryPolicy
+from ae_monitor.sinks.http import HttpTarget
 from ae_monitor.sinks.jsonl import to_json
 from ae_monitor.sinks.webhook import WebhookSink
 
@@ -90,14 +91,6 @@ def client() -> Iterator[httpx.Client]:
         yield c
 
 
-class FakeSleep:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-
-
 def _alert(stream: str = "pump-1", status: str = "firing", **fields: Any) -> Alert:
     values: dict[str, Any] = {
         "id": f"id-{stream}",
@@ -117,8 +110,13 @@ def _alert(stream: str = "pump-1", status: str = "firing", **fields: Any) -> Ale
     return Alert(**{**values, **fields})
 
 
-def _am(client: httpx.Client, receiver: Receiver, sleep: FakeSleep, **kwargs: Any) -> AlertmanagerSink:
-    return AlertmanagerSink(client, receiver.url, sleep=sleep, labels={"site": "plant-2"}, **kwargs)
+def _target(client: httpx.Client, url: str, *, sink: str = "alertmanager", **kwargs: Any) -> HttpTarget:
+    path = "/api/v2/alerts" if sink == "alertmanager" else ""
+    return HttpTarget.from_config(HttpSinkConfig(url=url, **kwargs), client, sink=sink, path=path)
+
+
+def _am(client: httpx.Client, receiver: Receiver, **kwargs: Any) -> AlertmanagerSink:
+    return AlertmanagerSink(_target(client, receiver.url), labels={"site": "plant-2"}, **kwargs)
 
 
 def test_the_alert_json_in_docs_alerts_md_is_what_to_json_writes_with_a_real_id() -> None:
@@ -126,19 +124,40 @@ def test_the_alert_json_in_docs_alerts_md_is_what_to_json_writes_with_a_real_id(
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "alerts.md").read_text()
     example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
-    fields = {k: v for k, v in example.items() if k != "top_contributors"}
+    fields = {k: v for k, v in example.items() if k in Alert.__dataclass_fields__ and k != "top_contributors"}
     contributors = tuple((c["name"], c["share"]) for c in example["top_contributors"])
     assert json.loads(to_json(Alert(**fields, top_contributors=contributors))) == example
     assert example["id"] == alert_id(example["stream"], example["event_time_s"], example["bundle_version"])
 
 
+def test_alert_json_gives_each_epoch_time_beside_it_in_iso_8601_utc() -> None:
+    firing = json.loads(to_json(_alert()))
+    assert firing["event_time"] == "2024-11-26T05:46:40.250Z"
+    assert firing["event_time_s"] == 1732600000.25
+    assert firing["ends_at"] is None
+    resolved = json.loads(to_json(_alert(status="resolved", ends_at_s=1732600060.0)))
+    assert resolved["ends_at"] == "2024-11-26T05:47:40.000Z"
+    assert resolved["detection_time"].endswith("Z")
+
+
 # --- Alertmanager payload ------------------------------------------------------------------------------------------
+
+
+def test_alertmanager_alerts_carry_a_runbook_url_and_a_generator_url_by_default(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    _am(client, receiver).send([_alert()])
+    (item,) = receiver.requests[0].body
+    assert item["annotations"]["runbook_url"] == "docs/operations.md#runbook-aemonitoranomaly"
+    assert item["generatorURL"] == f"http://{socket.getfqdn()}/"
+    runbook = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    assert "### Runbook: AeMonitorAnomaly" in runbook
 
 
 def test_a_firing_alert_posts_labels_annotations_and_starts_at_without_ends_at(
     client: httpx.Client, receiver: Receiver
 ) -> None:
-    _am(client, receiver, FakeSleep(), generator_url="http://ae-monitor:9108/").send([_alert()])
+    _am(client, receiver, generator_url="http://ae-monitor:9108/").send([_alert()])
     (request,) = receiver.requests
     assert request.path == "/api/v2/alerts"
     assert request.headers["content-type"] == "application/json"
@@ -162,14 +181,14 @@ def test_a_firing_alert_posts_labels_annotations_and_starts_at_without_ends_at(
 
 
 def test_severity_is_critical_from_twice_the_threshold(client: httpx.Client, receiver: Receiver) -> None:
-    _am(client, receiver, FakeSleep()).send([_alert(severity=2.0)])
+    _am(client, receiver).send([_alert(severity=2.0)])
     assert receiver.requests[0].body[0]["labels"]["severity"] == "critical"
 
 
 def test_a_resolved_alert_carries_ends_at_and_the_labels_it_fired_with(
     client: httpx.Client, receiver: Receiver
 ) -> None:
-    sink = _am(client, receiver, FakeSleep())
+    sink = _am(client, receiver)
     sink.send([_alert(severity=1.5)])
     # The peak grew past twice the threshold before resolving: the label must still be the firing one.
     sink.send([_alert(status="resolved", severity=2.5, ends_at_s=1732600060.0)])
@@ -182,13 +201,13 @@ def test_a_resolved_alert_carries_ends_at_and_the_labels_it_fired_with(
 def test_a_resolution_whose_firing_this_process_never_sent_resolves_both_severities(
     client: httpx.Client, receiver: Receiver
 ) -> None:
-    _am(client, receiver, FakeSleep()).send([_alert(status="resolved", ends_at_s=1732600060.0)])
+    _am(client, receiver).send([_alert(status="resolved", ends_at_s=1732600060.0)])
     assert sorted(item["labels"]["severity"] for item in receiver.requests[0].body) == ["critical", "warning"]
     assert all("endsAt" in item for item in receiver.requests[0].body)
 
 
 def test_static_labels_cannot_override_the_identifying_labels(client: httpx.Client, receiver: Receiver) -> None:
-    AlertmanagerSink(client, receiver.url, labels={"stream": "x", "team": "ops"}).send([_alert()])
+    AlertmanagerSink(_target(client, receiver.url), labels={"stream": "x", "team": "ops"}).send([_alert()])
     labels = receiver.requests[0].body[0]["labels"]
     assert (labels["stream"], labels["team"]) == ("pump-1", "ops")
 
@@ -196,7 +215,7 @@ def test_static_labels_cannot_override_the_identifying_labels(client: httpx.Clie
 def test_tick_re_sends_firing_alerts_each_interval_and_forgets_resolved_ones(
     client: httpx.Client, receiver: Receiver
 ) -> None:
-    sink = _am(client, receiver, FakeSleep(), resend_interval_s=60)
+    sink = _am(client, receiver, resend_interval_s=60)
     sink.send([_alert("pump-1"), _alert("pump-2")])
     sink.tick(1000.0)
     sink.tick(1030.0)  # too early: nothing
@@ -208,7 +227,7 @@ def test_tick_re_sends_firing_alerts_each_interval_and_forgets_resolved_ones(
 
 
 def test_a_failed_re_send_only_logs(client: httpx.Client, receiver: Receiver) -> None:
-    sink = _am(client, receiver, FakeSleep())
+    sink = _am(client, receiver)
     sink.send([_alert()])
     receiver.fail_next = 5
     sink.tick(0.0)  # one try, no retries, no exception
@@ -220,59 +239,85 @@ def test_from_config_needs_a_url(client: httpx.Client) -> None:
         AlertmanagerSink.from_config(HttpSinkConfig(), client)
 
 
-# --- retries --------------------------------------------------------------------------------------------------------
+# --- one attempt per call; the delivery queue retries -------------------------------------------------------------
 
 
-def test_5xx_is_retried_with_exponential_backoff_until_it_succeeds(client: httpx.Client, receiver: Receiver) -> None:
-    receiver.fail_next = 3
-    sleep = FakeSleep()
-    policy = RetryPolicy(max_retries=5, backoff_initial_s=0.5, backoff_max_s=1.5)
-    _am(client, receiver, sleep, policy=policy).send([_alert()])
-    assert len(receiver.requests) == 4
-    assert len(sleep.delays) == 3
-    for attempt, delay in enumerate(sleep.delays):  # full jitter: anywhere below the capped exponential
-        assert 0 <= delay < policy.cap_s(attempt)
-    assert [policy.cap_s(a) for a in range(3)] == [0.5, 1.0, 1.5]
-
-
-def test_429_waits_as_long_as_retry_after_says(client: httpx.Client, receiver: Receiver) -> None:
-    receiver.fail_next, receiver.fail_status, receiver.retry_after = 1, 429, "7"
-    sleep = FakeSleep()
-    _am(client, receiver, sleep).send([_alert()])
-    assert sleep.delays == [7.0]
-
-
-def test_giving_up_after_max_retries_raises_a_retriable_sink_error(client: httpx.Client, receiver: Receiver) -> None:
+def test_a_5xx_raises_a_retriable_sink_error_after_one_attempt_without_sleeping(
+    client: httpx.Client, receiver: Receiver
+) -> None:
     receiver.fail_next = 10
-    sleep = FakeSleep()
     with pytest.raises(SinkError, match="HTTP 503") as info:
-        _am(client, receiver, sleep, policy=RetryPolicy(max_retries=2)).send([_alert()])
+        _am(client, receiver).send([_alert()])
     assert info.value.retriable
     assert info.value.sink == "alertmanager"
-    assert len(receiver.requests) == 3
-    assert len(sleep.delays) == 2
+    assert len(receiver.requests) == 1
+
+
+def test_a_429_carries_the_retry_after_the_receiver_asked_for(client: httpx.Client, receiver: Receiver) -> None:
+    receiver.fail_next, receiver.fail_status, receiver.retry_after = 1, 429, "7"
+    with pytest.raises(SinkError) as info:
+        _am(client, receiver).send([_alert()])
+    assert info.value.retriable
+    assert info.value.retry_after_s == 7.0
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
-def test_other_4xx_are_not_retried(client: httpx.Client, receiver: Receiver, status: int) -> None:
+def test_other_4xx_are_not_worth_a_retry(client: httpx.Client, receiver: Receiver, status: int) -> None:
     receiver.fail_next, receiver.fail_status = 1, status
-    sleep = FakeSleep()
     with pytest.raises(SinkError, match=f"HTTP {status}") as info:
-        _am(client, receiver, sleep).send([_alert()])
+        _am(client, receiver).send([_alert()])
     assert not info.value.retriable
     assert len(receiver.requests) == 1
-    assert sleep.delays == []
 
 
-def test_connection_refused_is_retried_then_raises(client: httpx.Client) -> None:
+def test_connection_refused_raises_a_retriable_sink_error(client: httpx.Client) -> None:
     with socket.socket() as s:  # a loopback port nobody listens on once closed
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
-    sleep = FakeSleep()
     with pytest.raises(SinkError, match="failed") as info:
-        AlertmanagerSink(client, url, policy=RetryPolicy(max_retries=2), sleep=sleep).send([_alert()])
+        AlertmanagerSink(_target(client, url)).send([_alert()])
     assert info.value.retriable
-    assert len(sleep.delays) == 2
+
+
+def test_the_queue_retries_with_the_sinks_own_backoff(client: httpx.Client, receiver: Receiver) -> None:
+    now = [0.0]
+    sink = WebhookSink(_target(client, receiver.url, sink="webhook", backoff_initial_s=0.5, backoff_max_s=2.0))
+    queue = DeliveryQueue({"webhook": sink}, max_pending=100, backoff=Backoff(initial_s=10.0, max_s=60.0),
+                          clock=lambda: now[0], rng=lambda: 1.0)  # fmt: skip
+    receiver.fail_next = 5
+    queue.offer([_alert()])
+    tries = [now[0]]
+    while not queue.idle and now[0] < 100:
+        now[0] += 0.25
+        before = len(receiver.requests)
+        queue.retry()
+        if len(receiver.requests) > before:
+            tries.append(now[0])
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert queue.idle
+    assert len(receiver.requests) == 6
+    assert max(gaps) <= 2.0  # the webhook's backoff_max_s, not the queue's default 60 s
+    assert gaps == sorted(gaps)  # exponential, then capped
+
+
+def test_the_queue_waits_as_long_as_retry_after_says_within_the_sinks_cap(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    now = [0.0]
+    sink = AlertmanagerSink(_target(client, receiver.url, backoff_initial_s=0.5, backoff_max_s=5.0))
+    queue = DeliveryQueue({"am": sink}, max_pending=100, clock=lambda: now[0], rng=lambda: 1.0)
+    receiver.fail_next, receiver.fail_status, receiver.retry_after = 2, 429, "3"
+    queue.offer([_alert()])
+    now[0] = 2.9
+    queue.retry()
+    assert len(receiver.requests) == 1  # still waiting as asked
+    now[0] = 3.0
+    queue.retry()
+    assert len(receiver.requests) == 2
+    receiver.retry_after = "3600"
+    now[0] = 3.0 + 5.0
+    queue.retry()
+    assert queue.idle  # an hour was asked for; the sink's cap of 5 s won
 
 
 # --- webhook --------------------------------------------------------------------------------------------------------
@@ -283,18 +328,21 @@ def test_the_webhook_posts_each_alert_as_its_json_with_the_configured_headers(
 ) -> None:
     cfg = HttpSinkConfig(url=receiver.url + "/hook", headers={"Authorization": "Bearer t0ken"})
     alerts = [_alert("pump-1"), _alert("pump-2")]
-    WebhookSink.from_config(cfg, client, sleep=FakeSleep()).send(alerts)
+    WebhookSink.from_config(cfg, client).send(alerts)
     assert [r.path for r in receiver.requests] == ["/hook", "/hook"]
     assert receiver.bodies() == [json.loads(to_json(a)) for a in alerts]
     assert receiver.requests[0].headers["authorization"] == "Bearer t0ken"
 
 
-def test_the_webhook_retries_5xx_and_does_not_retry_400(client: httpx.Client, receiver: Receiver) -> None:
-    sleep = FakeSleep()
-    sink = WebhookSink(client, receiver.url, policy=RetryPolicy(max_retries=3), sleep=sleep)
-    receiver.fail_next = 2
-    sink.send([_alert()])
-    assert len(receiver.requests) == 3
+def test_the_webhook_makes_one_attempt_and_does_not_mark_400_retriable(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    sink = WebhookSink(_target(client, receiver.url, sink="webhook"))
+    receiver.fail_next = 1
+    with pytest.raises(SinkError) as info:
+        sink.send([_alert()])
+    assert info.value.retriable
+    assert len(receiver.requests) == 1
     receiver.fail_next, receiver.fail_status = 1, 400
     with pytest.raises(SinkError) as info:
         sink.send([_alert()])
@@ -309,7 +357,11 @@ def test_alerts_queued_during_an_outage_reach_the_webhook_in_order_once_it_recov
 ) -> None:
     now = [0.0]
     queue = DeliveryQueue(
-        {"webhook": WebhookSink(client, receiver.url, policy=RetryPolicy(max_retries=0))},
+        {
+            "webhook": WebhookSink(
+                _target(client, receiver.url, sink="webhook", backoff_initial_s=1.0, backoff_max_s=4.0)
+            )
+        },
         max_pending=100,
         backoff=Backoff(initial_s=1.0, max_s=4.0),
         clock=lambda: now[0],

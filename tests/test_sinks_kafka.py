@@ -19,7 +19,7 @@ from ae_monitor.sinks.jsonl import to_json
 from ae_monitor.sinks.kafka import (
     KafkaAlertSink,
     KafkaDeadLetterSink,
-    KafkaScoresSink,
+    KafkaJsonSink,
     KafkaStateStore,
     admin_factory,
     compacted,
@@ -27,6 +27,7 @@ from ae_monitor.sinks.kafka import (
     load_state,
     payload_bytes,
     producer_factory,
+    score_to_json,
     send_all,
     state_consumer_factory,
 )
@@ -100,7 +101,7 @@ def test_scores_topic_gets_one_json_message_per_window(
         WindowScore("pump-1", "pump", 10.0, 70.0, 0.8, 1.5, (0.5, 0.5)),
         WindowScore("fan", "fan", 0, 1, 2, 1, ()),
     ]
-    KafkaScoresSink(producer, topic).send(scores)
+    KafkaJsonSink(producer, topic, score_to_json).send(scores)
     records = _read(kafka_client, topic, 2)
     assert records[0].key == b"pump-1"
     assert json.loads(records[0].value) == {

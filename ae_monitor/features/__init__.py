@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from ae_monitor.config import FeaturesConfig
 from ae_monitor.records import Vectors
@@ -31,7 +32,7 @@ __all__ = ["FeatureExtractor", "FeatureStream", "build_extractor", "concat_vecto
 class FeatureStream(Protocol):
     """Incremental feature state of one stream; owned by whoever owns the stream. Never blocks."""
 
-    def push(self, samples: np.ndarray) -> Vectors:
+    def push(self, samples: npt.NDArray[Any]) -> Vectors:
         """Consume samples ((n,) mono audio or (n, channels)); return every vector that is now complete."""
         ...
 
@@ -49,7 +50,7 @@ class FeatureExtractor(Protocol):
 
     def stream(self) -> FeatureStream: ...
 
-    def transform(self, samples: np.ndarray) -> Vectors:
+    def transform(self, samples: npt.NDArray[Any]) -> Vectors:
         """All vectors of a whole signal: a fresh stream, one push, one flush."""
         ...
 
@@ -70,7 +71,7 @@ def build_extractor(features: FeaturesConfig, manifest: Mapping[str, Any] | None
     if features.kind == "logmel":
         from ae_monitor.features.logmel import LogMelExtractor
 
-        extractor = LogMelExtractor(features.logmel)
+        extractor = LogMelExtractor.from_manifest(features.logmel, manifest)
     else:
         from ae_monitor.features.sensor import SensorExtractor
 

@@ -75,7 +75,8 @@ def overlap_add_frames(vectors: npt.NDArray[np.floating], *, frames: int) -> F32
     for k in range(frames):  # frames is small (5): one vectorised add per position in the stack
         total[k : k + n] += stacked[:, k]
         count[k : k + n] += 1
-    return (total / np.maximum(count, 1)[:, None]).astype(np.float32)
+    mean: npt.NDArray[np.float32] = (total / np.maximum(count, 1)[:, None]).astype(np.float32)
+    return mean
 
 
 def logmel_to_audio(

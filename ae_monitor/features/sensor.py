@@ -57,7 +57,7 @@ class SensorExtractor:
         self.stats = None if stats is None else _check_stats(stats, cfg.scaling, len(self.channels))
 
     @classmethod
-    def fit(cls, cfg: SensorConfig, channels: Sequence[str], arrays: Sequence[np.ndarray]) -> SensorExtractor:
+    def fit(cls, cfg: SensorConfig, channels: Sequence[str], arrays: Sequence[npt.NDArray[Any]]) -> SensorExtractor:
         """Fit the scaling on training arrays of shape (n, len(channels)); missing values are ignored."""
         data = _stack_training(arrays, len(channels))
         valid = np.isfinite(data)
@@ -93,7 +93,7 @@ class SensorExtractor:
             )
         return SensorStream(self)
 
-    def transform(self, samples: np.ndarray) -> Vectors:
+    def transform(self, samples: npt.NDArray[Any]) -> Vectors:
         stream = self.stream()
         return concat_vectors([stream.push(samples), stream.flush()], self.vector_size)
 
@@ -136,7 +136,7 @@ def _check_stats(stats: Mapping[str, Sequence[float]], scaling: str, n_channels:
     return arrays
 
 
-def _stack_training(arrays: Sequence[np.ndarray], n_channels: int) -> F64:
+def _stack_training(arrays: Sequence[npt.NDArray[Any]], n_channels: int) -> F64:
     parts = [np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in arrays]
     bad = [part.shape for part in parts if part.shape[1] != n_channels]
     if bad:
@@ -159,12 +159,12 @@ class SensorStream:
 
     def _reset(self) -> None:
         self._n = 0  # samples pushed
-        self._buf = np.zeros((0, len(self._ex.channels)), dtype=np.float64)  # scaled samples
+        self._buf: F64 = np.zeros((0, len(self._ex.channels)), dtype=np.float64)  # scaled samples
         self._buf_start = 0  # stream index of _buf[0]
         self._next = 0  # index of the next window
         self._last = self._fill.copy()  # last valid raw value per channel, for 'fill_previous'
 
-    def push(self, samples: np.ndarray) -> Vectors:
+    def push(self, samples: npt.NDArray[Any]) -> Vectors:
         raw = self._as_matrix(samples)
         filled = self._fill_missing(raw)
         vectors, _ = push_many([self], filled, [len(filled)])
@@ -175,7 +175,7 @@ class SensorStream:
         self._reset()
         return Vectors.empty(self._ex.vector_size)
 
-    def _as_matrix(self, samples: np.ndarray) -> F64:
+    def _as_matrix(self, samples: npt.NDArray[Any]) -> F64:
         x = np.asarray(samples, dtype=np.float64)
         n_channels = len(self._ex.channels)
         if x.ndim == 1 and n_channels == 1:
@@ -210,7 +210,7 @@ class SensorStream:
         extended = np.vstack([self._last, raw])
         rows = np.arange(len(extended))[:, None] * ~np.vstack([np.zeros_like(bad[:1]), bad])
         np.maximum.accumulate(rows, axis=0, out=rows)
-        filled = extended[rows, np.arange(raw.shape[1])]
+        filled: F64 = extended[rows, np.arange(raw.shape[1])]
         self._last = filled[-1].copy()
         return filled[1:]
 

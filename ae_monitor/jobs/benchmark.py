@@ -227,7 +227,7 @@ def run_skab(config: Config, data: str | Path, out: str | Path, *, plots: bool =
     (target / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (target / "results.md").write_text(results_markdown(results), encoding="utf-8")
     if plots:
-        from ae_monitor import plots as plotting  # matplotlib only when plotting
+        from ae_monitor.jobs import plots as plotting  # matplotlib only when plotting
 
         for run in runs:
             plotting.benchmark_timeline(target / "timelines" / f"{run.name[:-4]}.png", run.scored, run.threshold,

@@ -333,9 +333,13 @@ def vectors_to_audio(
 ) -> F32:
     """Approximate audio of `n` samples from log-mel vectors (see ae_monitor.features.inverse)."""
     from ae_monitor.features.inverse import logmel_to_audio, overlap_add_frames
+    from ae_monitor.features.logmel import LogMelExtractor
 
     cfg = bundle.features.logmel
-    return logmel_to_audio(overlap_add_frames(vectors, frames=cfg.frames), cfg, length=n, reference=reference)
+    image = overlap_add_frames(vectors, frames=cfg.frames)
+    if isinstance(bundle.extractor, LogMelExtractor):
+        image = bundle.extractor.to_db(image)  # band-scaled bundles: back to dB
+    return logmel_to_audio(image, cfg, length=n, reference=reference)
 
 
 def _times_from_windows(source: CodesFile, rows: npt.NDArray[np.bool_], n: int) -> npt.NDArray[np.float64]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,8 @@ import numpy.typing as npt
 
 from ae_monitor.config import FeaturesConfig
 from ae_monitor.errors import DataError
-from ae_monitor.features import FeatureExtractor, build_extractor
-from ae_monitor.features.logmel import prepare_audio
+from ae_monitor.features import FeatureExtractor
+from ae_monitor.features.logmel import LogMelExtractor, prepare_audio
 from ae_monitor.features.sensor import SensorExtractor
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Vectors
@@ -40,11 +41,37 @@ def load_signals(paths: Sequence[str | Path], features: FeaturesConfig, *, rows:
     inputs = list_inputs(paths, features)
     if not inputs:
         raise DataError(f"no input files found under {', '.join(map(str, paths))}")
-    return [_load(path, root, features, rows) for path, root in inputs]
+    names = input_names(inputs)
+    signals = [_load(path, name, features, rows) for (path, _), name in zip(inputs, names, strict=True)]
+    for signal, (path, _) in zip(signals, inputs, strict=True):
+        if len(signal.samples) == 0:
+            where = f" in rows {_rows_text(rows)}" if rows is not None else ""
+            raise DataError(f"{path}: no data{where} (a header alone, or an empty selection)")
+    return signals
 
 
-def _load(path: Path, root: Path, features: FeaturesConfig, rows: slice | None) -> Signal:
-    name = stream_name(path, root)
+def input_names(inputs: Sequence[tuple[Path, Path]]) -> list[str]:
+    """The stream name of each input file: relative to its root (`valve1/0.csv` under `valve1` -> `0`) when one
+    root is given; relative to the roots' common folder when several are (`valve1/0`, `valve2/0`), so files of
+    different folders never merge into one stream."""
+    roots = {root for _, root in inputs}
+    if len(roots) <= 1:
+        names = [stream_name(path, root) for path, root in inputs]
+    else:
+        absolute = [path.resolve() for path, _ in inputs]
+        common = Path(os.path.commonpath([p.parent for p in absolute]))
+        names = [p.relative_to(common).with_suffix("").as_posix() for p in absolute]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"the same file is given more than once: {', '.join(repeated)}")
+    return names
+
+
+def _rows_text(rows: slice) -> str:
+    return f"{'' if rows.start is None else rows.start}:{'' if rows.stop is None else rows.stop}"
+
+
+def _load(path: Path, name: str, features: FeaturesConfig, rows: slice | None) -> Signal:
     if features.kind == "sensor":
         table = read_sensor_csv(path, features.sensor, rows=rows)
         return Signal(name, table.values, table.ts_s, table.channels, table.labels)
@@ -88,9 +115,9 @@ def _cut(signal: Signal, lo: int, hi: int) -> Signal:
 
 
 def fit_extractor(features: FeaturesConfig, signals: Sequence[Signal]) -> FeatureExtractor:
-    """The extractor, with sensor scaling fitted on `signals` (the training part only)."""
-    if features.kind != "sensor":
-        return build_extractor(features)
+    """The extractor, with sensor scaling (or log-mel band scaling) fitted on `signals` (the training part only)."""
+    if features.kind == "logmel":
+        return LogMelExtractor.fit(features.logmel, [s.samples for s in signals])
     channels = signals[0].channels
     for signal in signals:
         if signal.channels != channels:
@@ -153,7 +180,7 @@ def _period(ts: F64) -> float:
 
 
 def parse_rows(text: str | None) -> slice | None:
-    """`'START:END'` (either side may be empty) as a slice; None stays None.
+    """`'START:END'` (either side may be empty; START inclusive, END exclusive) as a slice; None stays None.
 
     >>> parse_rows("0:400"), parse_rows("400:")
     (slice(0, 400, None), slice(400, None, None))
@@ -164,6 +191,9 @@ def parse_rows(text: str | None) -> slice | None:
     try:
         if not sep:
             raise ValueError
-        return slice(int(start) if start else None, int(end) if end else None)
+        rows = slice(int(start) if start else None, int(end) if end else None)
     except ValueError as exc:
         raise DataError(f"--rows must look like START:END (e.g. 0:400), got {text!r}") from exc
+    if rows.start is not None and rows.stop is not None and rows.start >= rows.stop:
+        raise DataError(f"--rows {text}: START must be less than END (rows START to END-1 are used)")
+    return rows

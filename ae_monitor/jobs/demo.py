@@ -3,7 +3,12 @@
 Three pumps share one design: a motor whose load follows a duty cycle drives current, pressure, vibration and
 (with lag) temperature. The model learns that normal behaviour from one healthy pump, then three pumps are replayed
 through the streaming pipeline: pump-1 stays healthy, pump-2 develops a bearing fault (vibration decouples from the
-load), pump-3's pressure sensor drifts low. Alerts print as JSON lines; /metrics is served while it runs.
+load), pump-3's pressure sensor drifts low. Alerts print as JSON lines; /metrics, /healthz and /readyz are served
+while it runs, and the summary names each pump's fault and whether it was found.
+
+The synthetic pumps' clock starts at 2026-01-01 and runs faster than the wall clock; the engine is given that
+replayed clock, so the event-to-alert latency histogram measures delays in the pumps' time, not the months between
+2026-01-01 and today.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,13 +25,18 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import Config, config_from_dict
+from ae_monitor.config import Config, MetricsConfig, SinksConfig, config_from_dict
+from ae_monitor.engine import Engine
+from ae_monitor.health import Health
 from ae_monitor.jobs.train import train_bundle
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
-from ae_monitor.pipeline import Pipeline
 from ae_monitor.records import Alert, DeadLetter
+from ae_monitor.serve.http import metrics_server, offline_health
+from ae_monitor.serve.offline import Runner, mark_ready
+from ae_monitor.serve.outputs import Outputs, TeeSink, http_alert_sinks
 from ae_monitor.sinks import AlertSink
+from ae_monitor.sinks.jsonl import JsonlSink
 from ae_monitor.sinks.memory import MemorySink
 from ae_monitor.sources.replay import ReplaySource
 
@@ -51,6 +61,11 @@ class Fault:
     start_s: int
     end_s: int
     kind: str  # "decouple" (bearing wear) or "offset" (sensor drift)
+
+    def describe(self) -> str:
+        what = (f"bearing wear ({self.channel} decouples from the load)" if self.kind == "decouple"
+                else f"sensor drift ({self.channel} reads low)")  # fmt: skip
+        return f"{what} from {self.start_s} s to {self.end_s} s"
 
 
 FAULTS = {
@@ -124,6 +139,7 @@ class DemoResult:
     detected: dict[str, bool]
     false_alarms: int
     windows: int
+    false_alarms_by_pump: dict[str, int] = field(default_factory=dict)
 
 
 def run_demo(
@@ -132,55 +148,92 @@ def run_demo(
     duration_s: float,
     alerts: AlertSink,
     registry: CollectorRegistry,
+    health: Health | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    train_s: int = 5000,
 ) -> DemoResult:
-    """Generate, train, calibrate, then replay paced to end within about `duration_s` seconds."""
+    """Generate, train, calibrate, then replay paced to end within about `duration_s` seconds. `health` (the
+    /readyz conditions) turns ready while the pumps stream, as does the `ae_monitor_ready` gauge."""
     started = time.monotonic()
     config = demo_config()
-    train_dir, replay_dir = make_data(out)
+    replay_s = 1000
+    train_dir, replay_dir = make_data(out, train_s=train_s, replay_s=replay_s)
     report = train_bundle(config, [train_dir], out / "bundle", name="demo-pump", progress=False)
     log.info("trained in %.1f s; threshold %.4g", report.result.seconds, report.bundle.threshold)
-    remaining = max(5.0, duration_s - (time.monotonic() - started))
-    source = ReplaySource(
-        [replay_dir],
-        config.features,
-        chunk_samples=config.replay.chunk_samples,
-        pacing="realtime",
-        speed=1000 / remaining,
-        sleep=sleep,
-    )
+    speed = replay_s / max(5.0, duration_s - (time.monotonic() - started))
+    source = ReplaySource([replay_dir], config.features, chunk_samples=config.replay.chunk_samples, pacing="realtime",
+                          speed=speed, sleep=sleep)  # fmt: skip
     memory: MemorySink[Alert] = MemorySink()
-    pipeline = Pipeline(
-        load_bundle(out / "bundle"),
-        alerting=config.alerting,
-        alerts=_Tee(alerts, memory),
-        dead_letters=MemorySink[DeadLetter](),
-        metrics=Metrics(registry),
-        max_gap_s=config.replay.max_gap_s,
-    )
-    windows = pipeline.run(source, max_records=len(FAULTS))
+    metrics = Metrics(registry)
+    engine = Engine(load_bundle(out / "bundle"), alerting=config.alerting, metrics=metrics,
+                    max_gap_s=config.replay.max_gap_s, clock=_ReplayedClock(START_S, speed))  # fmt: skip
+    outputs = Outputs(alerts=TeeSink(alerts, memory), dead_letters=MemorySink[DeadLetter]())
+    for name, fault in FAULTS.items():
+        log.info("replaying %s: %s", name, "healthy" if fault is None else fault.describe())
+    health = health or offline_health()
+    mark_ready(health, metrics, True)
+    windows = Runner(engine, outputs, metrics).run(source, max_records=len(FAULTS))
+    mark_ready(health, metrics, False)
     return _summarise(memory, windows)
 
 
-class _Tee:
-    def __init__(self, *sinks: AlertSink) -> None:
-        self._sinks = sinks
+class _ReplayedClock:
+    """The pumps' time as the paced replay advances it: `origin_s` at the first call, then `speed` times the
+    wall clock. Alerts are timed, and their latency measured, on the clock their events were stamped with."""
 
-    def send(self, alerts: Sequence[Alert]) -> None:
-        for sink in self._sinks:
-            sink.send(alerts)
+    def __init__(self, origin_s: float, speed: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._origin_s, self._speed, self._clock = origin_s, speed, clock
+        self._started: float | None = None
+
+    def __call__(self) -> float:
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+        return self._origin_s + (now - self._started) * self._speed
 
 
 def _summarise(memory: MemorySink[Alert], windows: int) -> DemoResult:
     firing = [a for a in memory.items if a.status == "firing"]
     detected: dict[str, bool] = {}
-    false_alarms = 0
+    by_pump: dict[str, int] = {}
     for name, fault in FAULTS.items():
         mine = [a for a in firing if a.stream.endswith(name)]
         if fault is None:
-            false_alarms += len(mine)
+            by_pump[name] = len(mine)
             continue
         lo, hi = START_S + fault.start_s, START_S + fault.end_s
         detected[name] = any(lo - 30 <= a.event_time_s <= hi for a in mine)
-        false_alarms += sum(not (lo - 30 <= a.event_time_s <= hi) for a in mine)
-    return DemoResult(len(memory.items), detected, false_alarms, windows)
+        by_pump[name] = sum(not (lo - 30 <= a.event_time_s <= hi) for a in mine)
+    return DemoResult(len(memory.items), detected, sum(by_pump.values()), windows, by_pump)
+
+
+def summary_lines(result: DemoResult) -> list[str]:
+    """One line per pump: what it carried and what the monitor made of it."""
+    lines = []
+    for name, fault in FAULTS.items():
+        false = result.false_alarms_by_pump.get(name, 0)
+        if fault is None:
+            lines.append(f"{name}: healthy (no fault injected): {false} false alarm(s)")
+        else:
+            found = "DETECTED" if result.detected.get(name) else "MISSED"
+            lines.append(f"{name}: {fault.describe()}: {found}, {false} false alarm(s) outside it")
+    return lines
+
+
+def demo(out: Path, *, duration_s: float, metrics_port: int, sinks: SinksConfig | None = None) -> int:
+    """`ae-monitor demo`: run the embedded demo with /metrics served; exit status 0 when every fault was detected.
+    Alerts print as JSON lines and also go to the Alertmanager and webhook of `sinks` that have a url."""
+    registry = CollectorRegistry()
+    health = offline_health()
+    with metrics_server(MetricsConfig(port=metrics_port), registry, health=health) as port:
+        http, closers = http_alert_sinks(sinks or SinksConfig(), generator_url=f"http://127.0.0.1:{port}/metrics")
+        try:
+            alerts = TeeSink(JsonlSink.open("-"), *http.values())
+            result = run_demo(out, duration_s=duration_s, alerts=alerts, registry=registry, health=health)
+        finally:
+            for close in closers:
+                close()
+    for line in summary_lines(result):
+        log.info("%s", line)
+    log.info("%d windows scored, %d alert events, %d false alarms", result.windows, result.alerts, result.false_alarms)
+    return 0 if all(result.detected.values()) else 1

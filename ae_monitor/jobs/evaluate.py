@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,37 +21,66 @@ from sklearn.metrics import roc_auc_score
 from ae_monitor.errors import DataError
 from ae_monitor.jobs import dcase
 from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal
+from ae_monitor.jobs.predictions import Predictions, predictions_for, row_predictions
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.scoring import scorer_for
 
 F64 = npt.NDArray[np.float64]
 
+log = logging.getLogger(__name__)
 
-def score_files(bundle: Bundle, paths: Sequence[str | Path], out: IO[str], *, fmt: str = "jsonl") -> int:
-    """Write one line per window of every file under `paths` to `out`; returns the number of windows."""
+
+def score_files(
+    bundle: Bundle, paths: Sequence[str | Path], out: IO[str], *, fmt: str = "jsonl", rows: slice | None = None
+) -> int:
+    """Write one line per window of every file under `paths` to `out`; returns the number of windows.
+
+    `start_row` and `end_row` are the window's rows (sensor) or samples (audio) of the file, start inclusive, end
+    exclusive (of the selection, when `rows` starts from the end of the file)."""
     scorer = scorer_for(bundle)
     groups = bundle.extractor.group_names
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(["stream", "start_s", "end_s", "score", "threshold", "anomaly", *groups])
+        writer.writerow(["stream", "start_s", "end_s", "start_row", "end_row", "score", "threshold", "anomaly",
+                         *groups])  # fmt: skip
     count = 0
-    for signal in load_signals(paths, bundle.features):
+    short: list[str] = []
+    for signal in load_signals(paths, bundle.features, rows=rows):
         scored = score_signal(bundle, scorer, signal)
-        for row in _window_rows(bundle, scored):
+        if not scored.windows:
+            short.append(f"{signal.name} ({len(signal.samples)} {_unit(bundle)})")
+        for row in _window_rows(bundle, scored, first_row=max(rows.start or 0, 0) if rows else 0):
             if writer is None:
                 out.write(json.dumps(row) + "\n")
             else:
                 writer.writerow([*list(row.values())[:-1], *row["contributions"].values()])
             count += 1
+    too_short = f"shorter than one window of the bundle ({_window_text(bundle)}): {', '.join(short)}"
+    if count == 0:
+        raise DataError(f"no window to score: every input is {too_short}")
+    if short:
+        log.warning("not scored, %s", too_short)
     return count
 
 
-def _window_rows(bundle: Bundle, scored: ScoredSignal) -> list[dict[str, Any]]:
+def _unit(bundle: Bundle) -> str:
+    return "rows" if bundle.features.kind == "sensor" else "samples"
+
+
+def _window_text(bundle: Bundle) -> str:
+    if bundle.features.kind == "sensor":
+        return f"{bundle.features.sensor.window_samples} rows"
+    return f"{bundle.features.logmel.score_window_s:g} s of audio"
+
+
+def _window_rows(bundle: Bundle, scored: ScoredSignal, *, first_row: int = 0) -> list[dict[str, Any]]:
     return [
         {
             "stream": scored.signal.name,
             "start_s": scored.window_time_s(int(w.start)),
             "end_s": scored.window_end_s(int(w.end)),
+            "start_row": first_row + int(w.start),
+            "end_row": first_row + int(w.end),
             "score": w.score,
             "threshold": bundle.threshold,
             "anomaly": int(w.score > bundle.threshold),
@@ -61,50 +90,6 @@ def _window_rows(bundle: Bundle, scored: ScoredSignal) -> list[dict[str, Any]]:
         }
         for w in scored.windows
     ]
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """One row per clip (audio) or per input row (sensor)."""
-
-    source: list[str]
-    index: npt.NDArray[np.int64]
-    score: F64
-    label: npt.NDArray[np.int64]
-
-    def alerts(self, threshold: float) -> npt.NDArray[np.int64]:
-        return (np.nan_to_num(self.score, nan=-np.inf) > threshold).astype(np.int64)
-
-
-def predictions_for(bundle: Bundle, scored: Sequence[ScoredSignal]) -> Predictions:
-    if bundle.features.kind == "sensor":
-        return _row_predictions(scored)
-    labels = [s.signal.clip_label for s in scored]
-    if any(label is None for label in labels):
-        unlabelled = [s.signal.name for s in scored if s.signal.clip_label is None][:3]
-        raise DataError(f"cannot tell normal from anomalous clips by name, e.g. {unlabelled}")
-    return Predictions(
-        source=[s.signal.name for s in scored],
-        index=np.zeros(len(scored), dtype=np.int64),
-        score=np.asarray([s.clip_score for s in scored]),
-        label=np.asarray(labels, dtype=np.int64),
-    )
-
-
-def _row_predictions(scored: Sequence[ScoredSignal]) -> Predictions:
-    sources, index, scores, labels = [], [], [], []
-    for item in scored:
-        if item.signal.row_labels is None:
-            raise DataError(f"{item.signal.name} has no `anomaly` column to evaluate against")
-        n = len(item.signal.samples)
-        row_score = np.full(n, np.nan)
-        for window in item.windows:
-            row_score[int(window.end) - 1] = window.score
-        sources += [item.signal.name] * n
-        index.append(np.arange(n))
-        scores.append(row_score)
-        labels.append(item.signal.row_labels)
-    return Predictions(sources, np.concatenate(index), np.concatenate(scores), np.concatenate(labels))
 
 
 def detection_metrics(pred: Predictions, threshold: float) -> dict[str, float | int | None]:
@@ -138,6 +123,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score labelled data, write report.json, predictions.csv and (optionally) PNG plots to `report_dir`."""
     out = Path(report_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"the report folder {out} is an existing file; name a folder (it receives report.json, "
+                        "predictions.csv and plots)")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     scorer = scorer_for(bundle)
     paths = dcase.test_folders(paths) if bundle.features.kind == "logmel" else paths
@@ -158,7 +146,7 @@ def evaluate(
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _write_predictions(out / "predictions.csv", pred, bundle.threshold)
     if plots:
-        from ae_monitor import plots as plotting  # matplotlib is only needed when plotting
+        from ae_monitor.jobs import plots as plotting  # matplotlib is only needed when plotting
 
         figures = plotting.evaluation_plots(out, pred, scored, bundle)
         figures += reconstruction.reconstruction_plots(out / "reconstruction", bundle, scored)
@@ -169,7 +157,7 @@ def evaluate(
 def _file_metrics(bundle: Bundle, scored: ScoredSignal) -> dict[str, Any]:
     if bundle.features.kind != "sensor":
         return {"score": scored.clip_score, "label": scored.signal.clip_label}
-    return detection_metrics(_row_predictions([scored]), bundle.threshold)
+    return detection_metrics(row_predictions([scored]), bundle.threshold)
 
 
 def _write_predictions(path: Path, pred: Predictions, threshold: float) -> None:

@@ -66,7 +66,13 @@ def images(bundle: Bundle, vectors: npt.NDArray[np.floating]) -> Images:
     """The 2-D arrays quality is measured on: one log-mel image (audio) or one array per window (sensors)."""
     if bundle.features.kind == "sensor":
         return list(np.asarray(vectors).reshape(-1, *bundle.extractor.vector_shape))
-    return [overlap_add_frames(vectors, frames=bundle.features.logmel.frames)] if len(vectors) else []
+    if not len(vectors):
+        return []
+    from ae_monitor.features.logmel import LogMelExtractor  # librosa stays out of sensor-only processes
+
+    image = overlap_add_frames(vectors, frames=bundle.features.logmel.frames)
+    # Band-scaled bundles: images in dB again, so quality figures mean the same for every audio bundle.
+    return [bundle.extractor.to_db(image) if isinstance(bundle.extractor, LogMelExtractor) else image]
 
 
 def quality(reference: Images, test: Images, *, data_range: float) -> dict[str, Any]:

@@ -4,13 +4,18 @@ Layout::
 
     <bundle>/
       manifest.json          schema version, name, version, configs, fitted feature statistics, calibration,
-                             sha256 of every other file, package and torch versions
+                             sha256 of every other file, package and torch versions, and an `integrity` record:
+                             a digest of the whole manifest (so of the whole bundle), optionally signed
+                             (model/integrity.py)
       weights.safetensors    the network's state_dict (safetensors: no pickle anywhere)
       calibration.safetensors  (optional) the calibration window scores, for live thresholds (DSPOT) and audits
 
 Bundles are written atomically (a temporary sibling directory, then a rename) and verified on load: unknown schema
-versions, checksum mismatches, unexpected files and feature configs that differ from the caller's are refused
-with a message naming the field.
+versions, an edited manifest, checksum mismatches, unexpected files, missing or wrong signatures (when the site sets
+a key) and feature configs that differ from the caller's are refused with a message naming the field.
+
+Bundles are written with the permissions the umask allows (0755 directories and 0644 files under the usual 022),
+so the service user of the daemon can read a bundle that another user trained; a umask of 077 keeps them private.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,6 +42,7 @@ import ae_monitor
 from ae_monitor.config import FeaturesConfig, ModelConfig, TrainingConfig
 from ae_monitor.errors import BundleError
 from ae_monitor.features import FeatureExtractor, build_extractor
+from ae_monitor.model.integrity import Seal, reseal, seal, signing_key, verify, warn_unchecked
 from ae_monitor.model.networks import Autoencoder, build_model
 from ae_monitor.threshold import Calibration
 
@@ -74,19 +81,23 @@ class Bundle:
         return replace(self, calibration=calibration, calibration_scores=kept)
 
 
-def save_bundle(bundle: Bundle, path: str | Path) -> Path:
-    """Write `bundle` to the directory `path` atomically, replacing an existing bundle there."""
+def save_bundle(bundle: Bundle, path: str | Path, *, environ: Mapping[str, str] | None = None) -> Path:
+    """Write `bundle` to the directory `path` atomically, replacing an existing bundle there.
+
+    The manifest is sealed with a digest, and signed when `environ` (default: the process environment) holds a
+    bundle key (`AE_MONITOR_BUNDLE_KEY`)."""
     target = Path(path)
+    key = signing_key(os.environ if environ is None else environ)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = _staging_dir(target)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS))
         if bundle.calibration_scores is not None:
             save_file({"scores": torch.from_numpy(bundle.calibration_scores.copy())}, str(staging / CALIBRATION_SCORES))
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
-        manifest = _manifest(bundle, files)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _write_manifest(staging / MANIFEST, seal(_manifest(bundle, files), key=key))
+        _match_umask(staging)
         _replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -103,11 +114,15 @@ def weights_version(model: Autoencoder) -> str:
     return digest.hexdigest()[:12]
 
 
-def load_bundle(path: str | Path, *, expected_features: FeaturesConfig | None = None) -> Bundle:
-    """Load and verify the bundle at `path`. Raises BundleError naming the field or file at fault."""
+def load_bundle(
+    path: str | Path, *, expected_features: FeaturesConfig | None = None, environ: Mapping[str, str] | None = None
+) -> Bundle:
+    """Load and verify the bundle at `path`. Raises BundleError naming the field or file at fault.
+
+    When `environ` (default: the process environment) holds a bundle key, only bundles signed with it load."""
     root = Path(path)
-    manifest = _read_manifest(root)
-    _verify_files(root, manifest)
+    manifest, found = _verified_manifest(root, environ)
+    warn_unchecked(found, where=root)
     features = _section(manifest, "features_config", FeaturesConfig)
     if expected_features is not None:
         _check_features_match(features, expected_features)
@@ -127,6 +142,38 @@ def load_bundle(path: str | Path, *, expected_features: FeaturesConfig | None = 
         extra=manifest.get("extra", {}),
         calibration_scores=_calibration_scores(root, manifest),
     )
+
+
+def check_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Seal:
+    """Verify the manifest's digest, the signature (when a key is set) and every file's sha256, without loading the
+    model; say how the bundle is sealed (logging nothing). Raises BundleError as `load_bundle` does."""
+    return _verified_manifest(Path(path), environ)[1]
+
+
+def sign_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Seal:
+    """`ae-monitor bundle sign`: seal the bundle at `path` again in place, signed when a key is set.
+
+    Its files must match the manifest and a sealed manifest its digest: only a bundle written before digests
+    existed, or one signed with another key, changes; an edited one is refused."""
+    root = Path(path)
+    env = os.environ if environ is None else environ
+    manifest = _read_manifest(root)
+    _verify_files(root, manifest)
+    sealed = reseal(manifest, key=signing_key(env))
+    staged = root.parent / f".{root.name}.{MANIFEST}.{secrets.token_hex(4)}"
+    try:
+        _write_manifest(staged, sealed)
+        staged.replace(root / MANIFEST)  # atomic: a reader sees the old manifest or the new one
+    finally:
+        staged.unlink(missing_ok=True)
+    return check_bundle(root, environ=env)
+
+
+def _verified_manifest(root: Path, environ: Mapping[str, str] | None) -> tuple[dict[str, Any], Seal]:
+    manifest = _read_manifest(root)
+    found = verify(manifest, key=signing_key(os.environ if environ is None else environ))
+    _verify_files(root, manifest)
+    return manifest, found
 
 
 def _manifest(bundle: Bundle, files: dict[str, str]) -> dict[str, Any]:
@@ -271,6 +318,29 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _staging_dir(target: Path) -> Path:
+    # Not tempfile.mkdtemp: it creates 0700 whatever the umask, and the daemon's user could not read the bundle.
+    # mkdir(0o777) gives what the umask allows (0755 under 022); _match_umask gives the files the same.
+    while True:
+        staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        try:
+            staging.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return staging
+
+
+def _match_umask(staging: Path) -> None:
+    # safetensors writes 0600 whatever the umask: give every file what the umask gave the directory, less execute.
+    mode = stat.S_IMODE(staging.stat().st_mode) & 0o666
+    for path in staging.iterdir():
+        path.chmod(mode)
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "Autoencoder",
     "Conv1dAutoencoder",
     "DenseAutoencoder",
+    "InterpolationAutoencoder",
     "LstmAutoencoder",
     "ModelOutput",
     "VariationalAutoencoder",
@@ -103,6 +104,26 @@ class DenseAutoencoder(Autoencoder):
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         return self.decoder(code)  # type: ignore[no-any-return]
+
+
+class InterpolationAutoencoder(DenseAutoencoder):
+    """The dense autoencoder with its centre time step hidden from the encoder: it interpolates that step from its
+    neighbours and reconstructs the others (the "interpolation DNN" of DCASE 2020 entries). Same weights as "dense".
+
+    A sound that is new only in its timing (a transient too early, too soft or missing) is predicted from context
+    rather than copied through the bottleneck.
+    """
+
+    def __init__(self, cfg: ModelConfig, vector_shape: tuple[int, int]) -> None:
+        super().__init__(cfg, vector_shape)
+        steps, groups = self.vector_shape
+        keep = torch.ones(steps, groups)
+        keep[steps // 2] = 0.0
+        self.keep: torch.Tensor
+        self.register_buffer("keep", keep.reshape(-1), persistent=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x * self.keep)  # type: ignore[no-any-return]
 
 
 class VariationalAutoencoder(Autoencoder):
@@ -218,6 +239,7 @@ _BUILDERS: dict[str, Callable[[ModelConfig, tuple[int, int]], Autoencoder]] = {
     "conv1d": Conv1dAutoencoder,
     "lstm": LstmAutoencoder,
     "vae": VariationalAutoencoder,
+    "interp": InterpolationAutoencoder,
 }
 
 

@@ -2,7 +2,10 @@
 
 Mapping (docs/alerts.md): labels `alertname="AeMonitorAnomaly"`, `stream`, `bundle`, `severity` (`critical` when
 score/threshold >= 2, else `warning`) plus the configured static labels (which cannot override those four);
-annotations carry the details (alert_id, scores, contributors). `startsAt` is the event time.
+annotations carry the details (alert_id, scores, contributors) and `runbook_url`, docs/operations.md's runbook for
+this alert (the same form as the Prometheus rules' runbook_url). `startsAt` is the event time; `generatorURL` (the
+"Source" link in Alertmanager's UI) is the sending process: the /metrics URL of replay and the demo, or
+`http://<host name>/` when the caller gives none.
 
 Alertmanager semantics (prometheus.io/docs/alerting/clients): `endsAt` is set only when the end is known; a firing
 alert without it ends `resolve_timeout` (default 5 min) after it was last received, and clients are expected to
@@ -19,72 +22,66 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+import socket
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from ae_monitor.config import HttpSinkConfig
-from ae_monitor.errors import ConfigError, SinkError
+from ae_monitor.errors import SinkError
 from ae_monitor.records import Alert
-from ae_monitor.sinks.http import DEFAULT_POLICY, NO_RETRY, RetryPolicy, post_json
+from ae_monitor.sinks.delivery import Backoff
+from ae_monitor.sinks.http import HttpTarget
 
 log = logging.getLogger(__name__)
 
 ALERTNAME = "AeMonitorAnomaly"
 CRITICAL_SEVERITY = 2.0  # score/threshold at which an alert is critical rather than a warning
 RESERVED_LABELS = ("alertname", "stream", "bundle", "severity")
+API_PATH = "/api/v2/alerts"
+RUNBOOK_URL = "docs/operations.md#runbook-aemonitoranomaly"
 
 
 class AlertmanagerSink:
-    """POSTs alert events to one Alertmanager; `send` returns once it answered 2xx (or raises SinkError)."""
+    """POSTs alert events to one Alertmanager; `send` returns once it answered 2xx (or raises SinkError). One attempt
+    per call (sinks/http.py); the delivery queue retries with the sink's backoff."""
 
     name = "alertmanager"
 
     def __init__(
         self,
-        client: httpx.Client,
-        url: str,
+        target: HttpTarget,
         *,
-        policy: RetryPolicy = DEFAULT_POLICY,
-        timeout_s: float = 5.0,
         labels: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
         generator_url: str | None = None,
+        runbook_url: str = RUNBOOK_URL,
         resend_interval_s: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._client, self._url = client, url.rstrip("/") + "/api/v2/alerts"
-        self._policy, self._timeout_s, self._sleep = policy, timeout_s, sleep
+        self._target = target
         self._labels = dict(labels or {})
-        self._headers = dict(headers or {})
-        self._generator_url = generator_url
+        self._generator_url = generator_url or f"http://{socket.getfqdn()}/"
+        self._runbook_url = runbook_url
         self._resend_interval_s = resend_interval_s
         self._active: dict[str, dict[str, Any]] = {}  # alert id -> the firing payload item, for re-sends
         self._last_resend_s: float | None = None
 
+    @property
+    def backoff(self) -> Backoff:
+        return self._target.backoff
+
     @staticmethod
     def from_config(cfg: HttpSinkConfig, client: httpx.Client, **kwargs: Any) -> AlertmanagerSink:
-        if cfg.url is None:
-            raise ConfigError("the Alertmanager sink needs a url", key="sinks.alertmanager.url")
-        return AlertmanagerSink(
-            client,
-            cfg.url,
-            policy=RetryPolicy.from_config(cfg),
-            timeout_s=cfg.timeout_s,
-            labels=cfg.labels,
-            headers=cfg.headers,
-            **kwargs,
-        )
+        target = HttpTarget.from_config(cfg, client, sink=AlertmanagerSink.name, path=API_PATH)
+        return AlertmanagerSink(target, labels=cfg.labels, **kwargs)
 
     def send(self, alerts: Sequence[Alert]) -> None:
         """POST all `alerts` in one request (an array, as the API takes it)."""
         if not alerts:
             return
         per_alert = [(alert, self._items(alert)) for alert in alerts]
-        self._post([item for _, items in per_alert for item in items], self._policy)
+        self._post([item for _, items in per_alert for item in items])
         for alert, items in per_alert:
             self._remember(alert, items[0])
 
@@ -95,23 +92,13 @@ class AlertmanagerSink:
         self._last_resend_s = now_s
         if not self._active:
             return
-        try:  # one try: a re-send refreshes alerts Alertmanager already has, the next tick tries again
-            self._post(list(self._active.values()), NO_RETRY)
+        try:  # a re-send refreshes alerts Alertmanager already has, the next tick tries again
+            self._post(list(self._active.values()))
         except SinkError as exc:
             log.warning("re-sending %d firing alerts failed: %s", len(self._active), exc)
 
-    def _post(self, items: list[dict[str, Any]], policy: RetryPolicy) -> None:
-        body = json.dumps(items, separators=(",", ":")).encode("utf-8")
-        post_json(
-            self._client,
-            self._url,
-            body,
-            sink=self.name,
-            policy=policy,
-            timeout_s=self._timeout_s,
-            headers=self._headers,
-            sleep=self._sleep,
-        )
+    def _post(self, items: list[dict[str, Any]]) -> None:
+        self._target.post(json.dumps(items, separators=(",", ":")).encode("utf-8"))
 
     def _items(self, alert: Alert) -> list[dict[str, Any]]:
         if alert.status == "firing":
@@ -131,13 +118,12 @@ class AlertmanagerSink:
         labels["severity"] = severity
         item: dict[str, Any] = {
             "labels": labels,
-            "annotations": alert_annotations(alert),
+            "annotations": {**alert_annotations(alert), "runbook_url": self._runbook_url},
             "startsAt": rfc3339(alert.event_time_s),
+            "generatorURL": self._generator_url,
         }
         if alert.status == "resolved":
             item["endsAt"] = rfc3339(alert.detection_time_s if alert.ends_at_s is None else alert.ends_at_s)
-        if self._generator_url:
-            item["generatorURL"] = self._generator_url
         return item
 
 

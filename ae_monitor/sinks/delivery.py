@@ -1,9 +1,11 @@
 """Stage 7, sink: the delivery queue that makes a sink outage lose no alert.
 
 `DeliveryQueue` fans alert events out to every sink. Each sink has its own FIFO lane: what a sink failed to take
-waits there, in order, and is tried again by `retry(now_s)` with exponential backoff, while the other sinks go on
-receiving. Nothing is ever dropped: a sink that keeps failing (even one that rejects a payload outright, HTTP 4xx)
-keeps its alerts, logs every failure and counts it in `ae_monitor_sink_failures_total{sink}`.
+waits there, in order, and is tried again by `retry(now_s)` with exponential backoff (the sink's own, when it has
+one, and never sooner than a receiver's Retry-After within that backoff's cap), while the other sinks go on
+receiving. This is the only place alerts are retried: sinks make one attempt per call and never sleep. Nothing is
+ever dropped: a sink that keeps failing (even one that rejects a payload outright, HTTP 4xx) keeps its alerts, logs
+every failure and counts it in `ae_monitor_sink_failures_total{sink}`.
 
 Contract with the daemon (at-least-once):
 
@@ -84,6 +86,14 @@ class Backoff:
     def delay_s(self, failures: int, rng: Callable[[], float] = random.random) -> float:
         step = min(self.max_s, self.initial_s * 2.0 ** max(failures - 1, 0))
         return step * (0.5 + 0.5 * rng())
+
+
+@runtime_checkable
+class BackingOff(Protocol):
+    """A sink with its own retry pacing (the HTTP sinks: `backoff_initial_s`, `backoff_max_s` of their config)."""
+
+    @property
+    def backoff(self) -> Backoff: ...
 
 
 @dataclass
@@ -215,7 +225,10 @@ class DeliveryQueue:
 
     def _failed(self, name: str, lane: _Lane, now_s: float, exc: SinkError) -> None:
         lane.failures += 1
-        delay_s = self._backoff.delay_s(lane.failures, self._rng)
+        backoff = lane.sink.backoff if isinstance(lane.sink, BackingOff) else self._backoff
+        delay_s = backoff.delay_s(lane.failures, self._rng)
+        if exc.retry_after_s is not None:  # the receiver said how long: wait that, within the sink's own cap
+            delay_s = min(max(delay_s, exc.retry_after_s), backoff.max_s)
         lane.next_attempt_s = now_s + delay_s
         if self._metrics is not None:
             self._metrics.sink_failures.labels(sink=name).inc()

@@ -1,4 +1,5 @@
-"""JSON Lines sinks: one JSON object per alert or dead letter, to stdout or a file, flushed after every batch."""
+"""Stage 7, sink: JSON Lines, one JSON object per alert or dead letter, to stdout or a file, flushed after every
+batch. `to_json` is also the alert text of the Kafka and webhook sinks."""
 
 from __future__ import annotations
 
@@ -6,18 +7,32 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from ae_monitor.records import Alert, DeadLetter
 
+# Each epoch-seconds field of an alert, and the ISO-8601 UTC field written beside it for people.
+ISO_FIELDS = {"event_time_s": "event_time", "detection_time_s": "detection_time", "ends_at_s": "ends_at"}
+
 
 def to_json(item: Alert | DeadLetter) -> str:
-    """A compact, key-sorted JSON line for `item` (tuples become lists)."""
+    """A compact, key-sorted JSON line for `item` (tuples become lists); an alert's times also as ISO-8601 UTC."""
     data: dict[str, Any] = dataclasses.asdict(item)
     if isinstance(item, Alert):
         data["top_contributors"] = [{"name": n, "share": s} for n, s in item.top_contributors]
+        data |= {iso: None if data[epoch] is None else iso_utc(data[epoch]) for epoch, iso in ISO_FIELDS.items()}
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def iso_utc(epoch_s: float) -> str:
+    """UTC, millisecond precision, `Z` suffix.
+
+    >>> iso_utc(1732600000.25)
+    '2024-11-26T05:46:40.250Z'
+    """
+    return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JsonlSink:

@@ -18,13 +18,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from ae_monitor.config import KafkaConnectionConfig
 from ae_monitor.errors import SinkError
+from ae_monitor.kafka_client import client_configs, connect
 from ae_monitor.records import Alert, CleanedWindow, DeadLetter, VectorCode, WindowScore
 from ae_monitor.sinks.jsonl import to_json
 
@@ -36,36 +37,18 @@ ProducerFactory = Callable[[], Producer]
 ConsumerFactory = Callable[[], Any]
 AdminFactory = Callable[[], Any]
 
+
+class _Streamed(Protocol):
+    @property
+    def stream(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Streamed)
+
 BASE64_PREFIX = "base64:"  # a DeadLetter.payload of bytes that are not UTF-8 (sources/decode.py, docs/records.md)
 
 
 # --- clients ------------------------------------------------------------------------------------------------------
-
-
-def client_configs(conn: KafkaConnectionConfig) -> dict[str, Any]:
-    """kafka-python settings shared by every client built from `conn` (`extra` passes through unchanged)."""
-    return {
-        "bootstrap_servers": list(conn.bootstrap_servers),
-        "security_protocol": conn.security_protocol,
-        "client_id": conn.client_id,
-        "bootstrap_timeout_ms": int(conn.connect_timeout_s * 1000),
-        **conn.extra,
-    }
-
-
-def connect(build: Callable[[], Any], *, what: str, attempts: int = 5, first_delay_s: float = 1.0) -> Any:
-    """`build()`, retried with backoff: kafka-python 3 clients block until a broker answers, then raise."""
-    delay_s = first_delay_s
-    for attempt in range(1, attempts + 1):
-        try:
-            return build()
-        except KafkaError as exc:
-            if attempt == attempts:
-                raise SinkError(f"no Kafka broker answered after {attempts} attempts: {exc!r}", sink=what) from exc
-            log.warning("Kafka %s: %r; attempt %d of %d again in %.1f s", what, exc, attempt + 1, attempts, delay_s)
-            time.sleep(delay_s)
-            delay_s *= 2
-    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def producer_factory(conn: KafkaConnectionConfig, *, send_timeout_s: float = 10.0) -> ProducerFactory:
@@ -77,18 +60,18 @@ def producer_factory(conn: KafkaConnectionConfig, *, send_timeout_s: float = 10.
         "max_block_ms": int(send_timeout_s * 1000),
         **client_configs(conn),
     }
-    return lambda: connect(lambda: KafkaProducer(**configs), what="producer")
+    return lambda: connect(lambda: KafkaProducer(**configs), what="producer", timeout_s=conn.connect_timeout_s)
 
 
 def admin_factory(conn: KafkaConnectionConfig) -> AdminFactory:
     configs = client_configs(conn)
-    return lambda: connect(lambda: KafkaAdminClient(**configs), what="admin")
+    return lambda: connect(lambda: KafkaAdminClient(**configs), what="admin client", timeout_s=conn.connect_timeout_s)
 
 
 def state_consumer_factory(conn: KafkaConnectionConfig) -> ConsumerFactory:
     """Consumers for `load_state`: no group, no commits (the state topic is always read whole)."""
     configs = {"group_id": None, "enable_auto_commit": False, **client_configs(conn)}
-    return lambda: connect(lambda: KafkaConsumer(**configs), what="state consumer")
+    return lambda: connect(lambda: KafkaConsumer(**configs), what="state consumer", timeout_s=conn.connect_timeout_s)
 
 
 def ensure_topics(admin_factory: AdminFactory, topics: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -229,28 +212,16 @@ def score_to_json(score: WindowScore) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-class KafkaScoresSink:
-    """Every window's score as JSON, key = stream (an optional topic for dashboards and offline study)."""
+class KafkaJsonSink(Generic[T]):
+    """Items as compact JSON, key = stream: the scores, codes and cleaned-windows topics (`encode` gives the JSON,
+    e.g. `score_to_json`). `send` waits for the broker's acknowledgements."""
 
-    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
-        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+    def __init__(self, producer: Producer, topic: str, encode: Callable[[T], str], *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._encode, self._timeout_s = producer, topic, encode, timeout_s
         self.name = f"kafka:{topic}"
 
-    def send(self, scores: Sequence[WindowScore]) -> None:
-        messages: list[Message] = [(s.stream.encode(), score_to_json(s).encode(), []) for s in scores]
-        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
-
-
-class KafkaCodesSink:
-    """Latent codes per scored vector as JSON, key = stream: a downstream store can keep these instead of the raw
-    data and rebuild windows with `ae-monitor decode` and the same bundle version."""
-
-    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
-        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
-        self.name = f"kafka:{topic}"
-
-    def send(self, codes: Sequence[VectorCode]) -> None:
-        messages: list[Message] = [(c.stream.encode(), code_to_json(c).encode(), []) for c in codes]
+    def send(self, items: Sequence[T]) -> None:
+        messages: list[Message] = [(item.stream.encode(), self._encode(item).encode(), []) for item in items]
         send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
 
 
@@ -264,18 +235,6 @@ def code_to_json(code: VectorCode) -> str:
         "code": [round(v, 7) for v in code.code],
     }
     return json.dumps(data, separators=(",", ":"))
-
-
-class KafkaCleanedSink:
-    """Reconstructed (denoised) windows as JSON, key = stream."""
-
-    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
-        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
-        self.name = f"kafka:{topic}"
-
-    def send(self, windows: Sequence[CleanedWindow]) -> None:
-        messages: list[Message] = [(w.stream.encode(), cleaned_to_json(w).encode(), []) for w in windows]
-        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
 
 
 def cleaned_to_json(window: CleanedWindow) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ae_monitor.errors import RecordError
+from ae_monitor.errors import DataError, RecordError, SampleRateError
 from ae_monitor.records import AudioRecord, DeadLetter, Record, SensorRecord
 
 FORMAT_HEADER = "format"
@@ -284,6 +284,15 @@ def dead_letter(error: RecordError, *, value: bytes | None, topic: str, partitio
         message=str(error),
         payload=payload_text(value),
     )
+
+
+def record_dead_letter(record: Record, exc: RecordError | DataError) -> DeadLetter:
+    """The dead letter of a record that decoded but could not be scored (routing, intake or features refused it)."""
+    if isinstance(exc, RecordError):
+        reason = exc.reason
+    else:
+        reason = "sample_rate" if isinstance(exc, SampleRateError) else "invalid_record"
+    return DeadLetter(source=record.stream, reason=reason, message=str(exc), payload=record_payload(record))
 
 
 def kafka_source(topic: str, partition: int, offset: int) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError
@@ -22,6 +24,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
 from ae_monitor.errors import AeMonitorError, RecordError
+from ae_monitor.kafka_client import client_configs, connect
 from ae_monitor.records import Record, SampleRows
 from ae_monitor.sources.batch import decode_batch
 
@@ -51,6 +54,7 @@ class Chunk:
     last_offset: int
     first_row: int
     end_row: int
+    row_offsets: npt.NDArray[np.int64] | None = None  # the offset of each row (rows are the good messages, in order)
 
 
 @dataclass(frozen=True)
@@ -94,41 +98,22 @@ ConsumerFactory = Callable[[], Any]
 
 
 def consumer_factory(conn: KafkaConnectionConfig, cfg: KafkaSourceConfig) -> ConsumerFactory:
-    """A factory for the real consumer; the daemon's tests and users inject their own for other setups."""
-
-    def build() -> Any:
-        return KafkaConsumer(
-            bootstrap_servers=list(conn.bootstrap_servers),
-            security_protocol=conn.security_protocol,
-            client_id=conn.client_id,
-            group_id=cfg.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=cfg.start_from,
-            max_poll_records=cfg.max_poll_records,
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
-            # Cooperative rebalancing (KIP-429): a rebalance that leaves a partition where it is keeps its stream
-            # state and fetch position, instead of revoking everything and warming every stream up again.
-            partition_assignment_strategy=(CooperativeStickyAssignor,),
-            **conn.extra,
-        )
-
-    return build
-
-
-def connect(factory: ConsumerFactory, *, timeout_s: float, sleep: Callable[[float], None] = time.sleep) -> Any:
-    """Build the consumer, retrying with backoff while the brokers do not answer (kafka-python 3 blocks, then
-    raises). Gives up after `timeout_s` with an error naming the bootstrap servers' setting."""
-    deadline, delay = time.monotonic() + timeout_s, 0.5
-    while True:
-        try:
-            return factory()
-        except KafkaError as exc:
-            if time.monotonic() + delay > deadline:
-                raise AeMonitorError(f"cannot reach Kafka (kafka.bootstrap_servers): {exc}") from exc
-            log.warning("Kafka not reachable yet (%s); retrying in %.1f s", exc, delay)
-            sleep(delay)
-            delay = min(delay * 2, 10.0)
+    """A factory for the real consumer, connected with backoff (kafka_client.connect); the daemon's tests and users
+    inject their own for other setups."""
+    configs = {
+        **client_configs(conn),
+        "group_id": cfg.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": cfg.start_from,
+        "max_poll_records": cfg.max_poll_records,
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
+        # Cooperative rebalancing (KIP-429): a rebalance that leaves a partition where it is keeps its stream
+        # state and fetch position, instead of revoking everything and warming every stream up again.
+        "partition_assignment_strategy": (CooperativeStickyAssignor,),
+        **conn.extra,
+    }
+    return lambda: connect(lambda: KafkaConsumer(**configs), what="consumer", timeout_s=conn.connect_timeout_s)
 
 
 class KafkaSource:
@@ -141,15 +126,19 @@ class KafkaSource:
     """
 
     def __init__(self, connect: Callable[[], Any], cfg: KafkaSourceConfig, *, stall_after_s: float = 15.0,
-                 tags: Sequence[str] = ()) -> None:  # fmt: skip
+                 tags: Sequence[str] = (), reconnect_max_s: float = 30.0) -> None:  # fmt: skip
         self._connect, self._cfg, self._stall_after_s = connect, cfg, stall_after_s
         self._tags = tuple(tags)  # routing fields to keep (see decode_message)
         self._events: queue.SimpleQueue[RebalanceEvent] = queue.SimpleQueue()
         self._max_records = cfg.max_poll_records
         self._next: dict[Partition, int] = {}
+        self._committed_at: dict[Partition, int] = {}  # next offset after the last acknowledged commit
         self._failing_since: float | None = None
+        self._reconnect_max_s, self._reconnect_delay_s, self._reconnect_at = reconnect_max_s, 0.0, 0.0
         self.last_commit_s: float | None = None  # wall time of the last acknowledged commit
-        self._consumer = self._subscribe(connect())
+        # Startup needs the brokers (a wrong address or password stops it there, named); later outages are ridden
+        # out: a consumer that cannot be rebuilt leaves the source disconnected, and `poll` tries again.
+        self._consumer: Any | None = self._subscribe(connect())
 
     def _subscribe(self, consumer: Any) -> Any:
         listener = _Listener(self._events)
@@ -164,8 +153,15 @@ class KafkaSource:
         return consumer
 
     @property
+    def connected(self) -> bool:
+        """A consumer is there and not stalled: what /readyz reports as `source`."""
+        return self._consumer is not None and not self.stalled
+
+    @property
     def stalled(self) -> bool:
         """Commits kept failing, or the group has not answered a heartbeat, for `stall_after_s`."""
+        if self._consumer is None:
+            return False  # nothing to recover: `poll` reconnects
         since = self._failing_since
         if since is not None and time.monotonic() - since > self._stall_after_s:
             return True
@@ -173,15 +169,45 @@ class KafkaSource:
         return silent is not None and silent > self._stall_after_s
 
     def recover(self) -> None:
-        """Replace a stalled consumer with a new member of the group."""
-        log.warning("the consumer group has been rebalancing for %.0f s; reconnecting", self._stall_after_s)
-        self._consumer.close(autocommit=False)
+        """Replace a stalled consumer with a new member of the group (its partitions are revoked first)."""
+        log.warning("the consumer group has not answered for %.0f s; reconnecting", self._stall_after_s)
+        self._drop_consumer()
+        self._reconnect()
+
+    def _drop_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        owned = _names(consumer.assignment()) if consumer is not None else frozenset()
+        if consumer is not None:
+            try:
+                consumer.close(autocommit=False)
+            except Exception as exc:  # a consumer that lost its brokers may fail to close; it is gone either way
+                log.warning("closing the stalled consumer failed: %r", exc)
+        if owned:
+            self._events.put(RebalanceEvent("lost", owned))
         self._failing_since = None
         self._next.clear()
-        self._consumer = self._subscribe(self._connect())
+        self._committed_at.clear()
+
+    def _reconnect(self) -> None:
+        try:
+            self._consumer = self._subscribe(self._connect())
+        except AeMonitorError as exc:
+            self._reconnect_delay_s = min(max(1.0, 2 * self._reconnect_delay_s), self._reconnect_max_s)
+            self._reconnect_at = time.monotonic() + self._reconnect_delay_s
+            log.error("Kafka is unreachable, serving on without it: %s; next try in %.0f s", exc,
+                      self._reconnect_delay_s)  # fmt: skip
+            return
+        self._reconnect_delay_s = 0.0
+        log.info("reconnected to Kafka")
 
     def poll(self, *, timeout_ms: int) -> Polled:
         """Up to `max_poll_records` messages, decoded; waits at most `timeout_ms` when none are available."""
+        if self._consumer is None:
+            if time.monotonic() >= self._reconnect_at:
+                self._reconnect()
+            if self._consumer is None:
+                time.sleep(timeout_ms / 1000)
+                return Polled.empty()
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         items: list[Record | SampleRows] = []
         chunks, rejected, rows = [], [], 0
@@ -189,7 +215,9 @@ class KafkaSource:
             records = batches[tp]
             if not records:
                 continue
-            self._next[(tp.topic, tp.partition)] = records[-1].offset + 1
+            partition = (tp.topic, tp.partition)
+            self._committed_at.setdefault(partition, records[0].offset)  # where a restart would start now
+            self._next[partition] = records[-1].offset + 1
             decoded, errors = decode_batch([(m.key, m.value, m.headers or ()) for m in records], tags=self._tags)
             for i, error in errors:
                 m = records[i]
@@ -197,7 +225,8 @@ class KafkaSource:
             first = rows
             rows += sum(len(item) if isinstance(item, SampleRows) else 1 for item in decoded)
             items += decoded
-            chunks.append(Chunk(tp.topic, tp.partition, records[-1].offset, first, rows))
+            chunks.append(Chunk(tp.topic, tp.partition, records[-1].offset, first, rows,
+                                _row_offsets(records, errors, rows - first)))  # fmt: skip
         return Polled(items, chunks, rejected)
 
     def take_rebalance_events(self) -> list[RebalanceEvent]:
@@ -207,7 +236,7 @@ class KafkaSource:
         return events
 
     def assignment(self) -> frozenset[Partition]:
-        return _names(self._consumer.assignment())
+        return _names(self._consumer.assignment()) if self._consumer is not None else frozenset()
 
     def commit(self, offsets: dict[Partition, int], *, wait: bool = False) -> None:
         """Commit `offsets` (the next offset to read, per partition); partitions no longer owned are skipped.
@@ -217,11 +246,11 @@ class KafkaSource:
         offsets only grow). Shutdown waits (`wait=True`), when no rebalance can be in progress."""
         owned = self.assignment()
         mine = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items() if (t, p) in owned}
-        if not mine:
+        if not mine or self._consumer is None:
             return
         if wait:
             self._commit_now(mine)
-            self._committed()
+            self._committed(mine)
         else:
             self._consumer.commit_async(offsets=mine, callback=self._on_commit)
 
@@ -232,17 +261,22 @@ class KafkaSource:
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
         else:
-            self._committed()
+            self._committed(offsets)
 
-    def _committed(self) -> None:
+    def _committed(self, offsets: Any) -> None:
         self._failing_since = None
         self.last_commit_s = time.time()
+        for tp, meta in dict(offsets).items():
+            self._committed_at[(tp.topic, tp.partition)] = meta.offset
 
     def _commit_now(self, offsets: dict[Any, Any], *, timeout_s: float = 5.0) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                self._consumer.commit(offsets=offsets)
+                consumer.commit(offsets=offsets)
                 return
             except KafkaError as exc:
                 if not getattr(exc, "retriable", False) and "Rebalance" not in type(exc).__name__:
@@ -251,23 +285,44 @@ class KafkaSource:
                     raise AeMonitorError(f"offset commit failed until the deadline: {exc}") from exc
                 # A rebalance in progress completes only through poll(); what it returns is not processed, so
                 # those records stay uncommitted and are read again by the next owner.
-                self._consumer.poll(timeout_ms=100, max_records=1)
+                consumer.poll(timeout_ms=100, max_records=1)
 
     def lag(self) -> dict[Partition, int]:
         """Records behind the end of each owned partition, from the high watermarks of the latest fetches.
 
         No network call: blocking offset look-ups from the main thread were seen to hang kafka-python 3.0.12's
         rebalance, so partitions not fetched from yet are left out."""
+        return self._behind(self._next)
+
+    def uncommitted(self) -> dict[Partition, int]:
+        """Records of each owned partition after its last acknowledged commit: what a restart would read again
+        (counted from the first record polled when nothing was committed since the partition was assigned)."""
+        return self._behind(self._committed_at)
+
+    def _behind(self, offsets: dict[Partition, int]) -> dict[Partition, int]:
+        if self._consumer is None:
+            return {}
         lags = {}
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
-            consumed = self._next.get((tp.topic, tp.partition))
-            if high is not None and consumed is not None:
-                lags[(tp.topic, tp.partition)] = max(0, high - consumed)
+            offset = offsets.get((tp.topic, tp.partition))
+            if high is not None and offset is not None:
+                lags[(tp.topic, tp.partition)] = max(0, high - offset)
         return lags
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+
+
+def _row_offsets(
+    records: Sequence[Any], errors: Sequence[tuple[int, RecordError]], rows: int
+) -> npt.NDArray[np.int64] | None:
+    """The offset of each decoded row: every good message is one row, in order (None if that does not hold)."""
+    offsets = np.fromiter((m.offset for m in records), dtype=np.int64, count=len(records))
+    if errors:
+        offsets = np.delete(offsets, [i for i, _ in errors])
+    return offsets if len(offsets) == rows else None
 
 
 def _heartbeat_silence_s(consumer: Any) -> float | None:

@@ -25,16 +25,28 @@ class OffsetTracker(Generic[Marker]):
     def add(self, partition: TopicPartition, offset: int, marker: Marker | None) -> None:
         self._pending.setdefault(partition, deque()).append((offset, marker))
 
-    def committable(self, is_done: Callable[[Marker], bool], *, every: bool = False) -> dict[TopicPartition, int]:
+    def committable(
+        self,
+        is_done: Callable[[Marker], bool],
+        *,
+        every: bool = False,
+        done_below: Callable[[Marker], int | None] | None = None,
+    ) -> dict[TopicPartition, int]:
         """Offsets (next to read) that advanced since the last call, popping the completed prefixes; with `every`,
-        the committable offset of every partition seen (to re-send after commits that may have failed)."""
+        the committable offset of every partition seen (to re-send after commits that may have failed).
+
+        `done_below(marker)`, when given, looks inside the first entry that is not complete: the offset of its
+        first record that is not done (so a partly complete poll commits its done prefix), or None."""
         advanced = {}
         for partition, queue in self._pending.items():
-            last = None
+            next_offset = -1
             while queue and (queue[0][1] is None or is_done(queue[0][1])):
-                last = queue.popleft()[0]
-            if last is not None and last + 1 > self._committed.get(partition, -1):
-                advanced[partition] = self._committed[partition] = last + 1
+                next_offset = queue.popleft()[0] + 1
+            head = queue[0][1] if queue else None
+            if done_below is not None and head is not None:
+                next_offset = max(next_offset, done_below(head) or -1)
+            if next_offset > self._committed.get(partition, -1):
+                advanced[partition] = self._committed[partition] = next_offset
         return dict(self._committed) if every else advanced
 
     def pending(self) -> int:

@@ -1,0 +1,65 @@
+"""One loaded bundle and what scores with it: scorer, alert policy, window plan, stream clocks, live thresholds,
+drift watch. The engine keeps one `Slot` per bundle and swaps it whole on a reload."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ae_monitor.alerting import AlertPolicy
+from ae_monitor.config import AlertingConfig, CalibrationConfig, DriftConfig
+from ae_monitor.drift import DriftWatch
+from ae_monitor.errors import BundleError
+from ae_monitor.features.clock import StreamClock, clock_factory
+from ae_monitor.metrics import Metrics
+from ae_monitor.model.bundle import Bundle
+from ae_monitor.scoring import scorer_for, window_plan
+from ae_monitor.threshold import OnlineThresholds
+
+
+class Slot:
+    """One loaded bundle and what scores with it."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        alerting: AlertingConfig,
+        batch_size: int,
+        drift: DriftConfig,
+        metrics: Metrics,
+        online: CalibrationConfig | None = None,
+    ) -> None:
+        if bundle.calibration is None:
+            raise BundleError("the bundle has no calibrated threshold; run `ae-monitor calibrate`", field="calibration")
+        self.bundle = bundle
+        self.scorer = scorer_for(bundle, batch_size=batch_size)
+        self.policy = AlertPolicy(
+            alerting,
+            bundle_name=bundle.name,
+            bundle_version=bundle.version,
+            group_names=bundle.extractor.group_names,
+            calibration=bundle.calibration,
+        )
+        self.plan = window_plan(bundle.features)
+        self.new_clock: Callable[[], StreamClock] = clock_factory(bundle.features)
+        # Records stamp each sample (sensors): consecutive records join into blocks, and SampleRows take the
+        # columnar lane.
+        self.stamps_each_sample = self.new_clock().stamps_each_sample
+        self.online = _online_thresholds(bundle, online)
+        publish = metrics.score_drift.labels(bundle.name).set
+        self.drift = (
+            DriftWatch.from_config(drift, bundle.calibration.reference_quantiles, bundle=bundle.name, publish=publish)
+            if drift.enabled
+            else None
+        )
+
+
+def _online_thresholds(bundle: Bundle, cfg: CalibrationConfig | None) -> OnlineThresholds | None:
+    if cfg is None or cfg.online == "none":
+        return None
+    if bundle.calibration_scores is None:
+        raise BundleError(
+            "calibration.online = 'dspot' needs the calibration scores; recalibrate the bundle with this version",
+            field="calibration.safetensors",
+        )
+    return OnlineThresholds(bundle.calibration_scores, cfg)

@@ -1,0 +1,169 @@
+"""Scoring per bundle: the vectors of a micro-batch through each bundle's network, then windows with their times.
+
+All vectors routed to a slot in one micro-batch go through its network in one batched
+pass; sensor vectors are windows themselves, audio vectors are grouped into windows per stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from ae_monitor.engine.batch import Scored
+from ae_monitor.engine.slots import Slot
+from ae_monitor.engine.streams import Pushed, Segment
+from ae_monitor.features.sensor import SensorExtractor
+from ae_monitor.metrics import Metrics
+from ae_monitor.model.bundle import Bundle
+from ae_monitor.records import CleanedWindow, IntArray, VectorCode, WindowScore, WindowTable
+from ae_monitor.scoring import ScoredWindow, VectorScores
+from ae_monitor.threshold import OnlineThresholds
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class VectorOutputs:
+    """Per-vector outputs some deployments ask for: latent codes (compression) and reconstructions (denoising)."""
+
+    want_codes: bool = False
+    want_cleaned: bool = False
+    codes: list[VectorCode] = field(default_factory=list)
+    cleaned: list[CleanedWindow] = field(default_factory=list)
+
+    @property
+    def wanted(self) -> bool:
+        return self.want_codes or self.want_cleaned
+
+
+def score_slot(slot: Slot, items: list[Pushed], *, metrics: Metrics, outputs: VectorOutputs) -> Scored:
+    """Score every vector pushed for `slot` in one pass; windows come back as one table."""
+    started = time.perf_counter()
+    data = np.concatenate([item.vectors.data for item in items]) if len(items) > 1 else items[0].vectors.data
+    scores = slot.scorer.score(data)
+    metrics.batch_seconds.observe(time.perf_counter() - started)
+    segments = [seg for item in items for seg in item.segments]
+    first = np.concatenate([item.vectors.first_sample for item in items])
+    end = np.concatenate([item.vectors.end_sample for item in items])
+    if outputs.wanted:
+        _vector_outputs(slot, segments, data, first, end, outputs)
+    if slot.plan == (1, 1):
+        scored = _vector_windows(slot, segments, scores, first, end)
+    else:
+        scored = _grouped_windows(slot, segments, scores, first, end)
+    if slot.online is not None:
+        scored = Scored(slot, _with_thresholds(scored.table, slot.online), scored.spans)
+    if slot.drift is not None:
+        slot.drift.observe_many(scored.table.score.tolist())
+    return scored
+
+
+def _vector_windows(slot: Slot, segments: list[Segment], scores: VectorScores, first: IntArray,
+                    end: IntArray) -> Scored:  # fmt: skip
+    """Each vector is a window (sensors): every column of the table in one vectorised step."""
+    start_s, end_s = _vector_times(segments, first, end)
+    totals = scores.group_errors.sum(axis=1, keepdims=True)
+    shares = np.divide(scores.group_errors, totals, out=np.zeros_like(scores.group_errors), where=totals > 0)
+    names: list[str] = []
+    spans, row = [], 0
+    for seg in segments:
+        names += [seg.stream] * seg.count
+        spans.append((seg.stream, row, row + seg.count))
+        row += seg.count
+        seg.state.warming = False
+        seg.state.last_window_start = int(first[row - 1])
+    threshold = np.full(len(names), slot.bundle.threshold)
+    table = WindowTable(slot.bundle.name, names, start_s, end_s, scores.errors, threshold, shares)
+    return Scored(slot, table, spans)
+
+
+def _grouped_windows(slot: Slot, segments: list[Segment], scores: VectorScores, first: IntArray,
+                     end: IntArray) -> Scored:  # fmt: skip
+    """Windows of several vectors (audio), per stream through its WindowAggregator."""
+    windows: list[WindowScore] = []
+    spans, offset = [], 0
+    for seg in segments:
+        part = scores.slice(offset, offset + seg.count)
+        made = seg.state.windows.push(part, first[offset : offset + seg.count], end[offset : offset + seg.count])
+        offset += seg.count
+        spans.append((seg.stream, len(windows), len(windows) + len(made)))
+        windows += [_window_score(seg, slot.bundle, window) for window in made]
+    return Scored(slot, _table(slot.bundle, windows), spans)
+
+
+def _window_score(seg: Segment, bundle: Bundle, window: ScoredWindow) -> WindowScore:
+    state = seg.state
+    state.warming = False
+    state.last_window_start = int(window.start)
+    start_s, end_s = state.clock.time_of(int(window.start)), state.clock.end_of(int(window.end))
+    return WindowScore(seg.stream, bundle.name, start_s, end_s, window.score, bundle.threshold, window.contributions)
+
+
+def _vector_times(segments: list[Segment], first: IntArray, end: IntArray) -> tuple[F64, F64]:
+    """Epoch seconds of each vector's start and end, in one pass over all segments (one clock kind per slot)."""
+    clocks = [seg.state.clock for seg in segments]
+    counts = np.array([seg.count for seg in segments])
+    return type(clocks[0]).vector_times(clocks, counts, first, end)
+
+
+def _vector_outputs(slot: Slot, segments: list[Segment], data: npt.NDArray[np.float32], first: IntArray,
+                    end: IntArray, outputs: VectorOutputs) -> None:  # fmt: skip
+    bundle = slot.bundle
+    start_s, end_s = _vector_times(segments, first, end)
+    spans = list(zip([s.stream for s in segments for _ in range(s.count)], start_s.tolist(), end_s.tolist(),
+                     strict=True))  # fmt: skip
+    if outputs.want_codes:
+        codes = slot.scorer.encode(data).tolist()
+        outputs.codes += [VectorCode(stream, bundle.name, bundle.version, start, stop, tuple(code))
+                          for (stream, start, stop), code in zip(spans, codes, strict=True)]  # fmt: skip
+    if outputs.want_cleaned:
+        outputs.cleaned += _cleaned_windows(slot, spans, slot.scorer.reconstruct(data))
+
+
+def _cleaned_windows(slot: Slot, spans: list[tuple[str, float, float]],
+                     recon: npt.NDArray[np.float32]) -> list[CleanedWindow]:  # fmt: skip
+    bundle, unscale = slot.bundle, _unscaler(slot.bundle)
+    out = []
+    for (stream, start, end), row in zip(spans, recon, strict=True):
+        values = unscale(row) if unscale is not None else {}
+        vector = () if values else tuple(row.tolist())
+        out.append(CleanedWindow(stream, bundle.name, bundle.version, start, end, values, vector))
+    return out
+
+
+def _unscaler(bundle: Bundle) -> Callable[[npt.NDArray[np.float32]], dict[str, tuple[float, ...]]] | None:
+    """Turns a reconstructed sensor window back into raw units per channel (None where that is not possible)."""
+    extractor = bundle.extractor
+    if not isinstance(extractor, SensorExtractor) or extractor.cfg.differences:
+        return None
+    offset, scale, _ = extractor.scaling_arrays()
+    shape = extractor.vector_shape
+
+    def unscale(row: npt.NDArray[np.float32]) -> dict[str, tuple[float, ...]]:
+        raw = row.reshape(shape) * scale + offset
+        return {name: tuple(raw[:, c].tolist()) for c, name in enumerate(extractor.group_names)}
+
+    return unscale
+
+
+def _table(bundle: Bundle, windows: list[WindowScore]) -> WindowTable:
+    groups = len(bundle.extractor.group_names)
+    return WindowTable(
+        bundle.name,
+        [w.stream for w in windows],
+        np.array([w.start_s for w in windows], dtype=np.float64),
+        np.array([w.end_s for w in windows], dtype=np.float64),
+        np.array([w.score for w in windows], dtype=np.float64),
+        np.array([w.threshold for w in windows], dtype=np.float64),
+        np.array([w.contributions for w in windows], dtype=np.float64).reshape(len(windows), groups),
+    )
+
+
+def _with_thresholds(table: WindowTable, online: OnlineThresholds) -> WindowTable:
+    """The table with each window judged against the live DSPOT threshold of its stream, window by window."""
+    thresholds = np.array([online(window).threshold for window in table.rows()], dtype=np.float64)
+    return replace(table, threshold=thresholds)
