@@ -28,6 +28,7 @@ and `tail_probability` of the peak score under the calibration.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,6 +250,8 @@ class AlertPolicy:
             tail_probability=self._calibration.tail_probability(episode.peak_score),
             top_contributors=self._top_contributors(episode.peak_contributions),
             ends_at_s=ends_at_s,
+            # Computed in log space: distinct far out in the tail, where tail_probability sits at its floor.
+            surprise=_finite(round(self._calibration.surprise(episode.peak_score), 4)),
         )
 
     def _top_contributors(self, shares: tuple[float, ...]) -> tuple[tuple[str, float], ...]:
@@ -265,3 +268,7 @@ def _severity(peak_score: float, threshold: float) -> float:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

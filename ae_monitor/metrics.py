@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ class Metrics:
             "Window score divided by the bundle's threshold (1 = at the threshold).",
             ["bundle"],
             buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=registry,
+        )
+        self.surprise_hist = BulkHistogram(
+            "ae_monitor_surprise",
+            "Window surprise: -log10 P(normal score >= the window's score) under the bundle's calibration.",
+            ["bundle"],
+            buckets=(0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0),
             registry=registry,
         )
         self.late_samples = Counter(
@@ -151,6 +159,7 @@ class StreamReading:
     score: float | None
     threshold: float | None
     last_sample_s: float | None
+    surprise: float | None = None
 
 
 class StreamSeries:
@@ -166,6 +175,9 @@ class StreamSeries:
          ("stream", "bundle")),
         ("ae_monitor_stream_last_sample_timestamp_seconds", "Event time of the newest sample of each stream.",
          ("stream",)),
+        ("ae_monitor_window_surprise",
+         "Latest window's surprise: -log10 of the probability of its score on normal data (comparable across streams).",
+         ("stream", "bundle")),
     )  # fmt: skip
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -181,14 +193,17 @@ class StreamSeries:
             yield GaugeMetricFamily(name, doc, labels=list(labels))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        score, threshold, last = (GaugeMetricFamily(name, doc, labels=list(labels)) for name, doc, labels in self._DOCS)
+        families = [GaugeMetricFamily(name, doc, labels=list(labels)) for name, doc, labels in self._DOCS]
+        score, threshold, last, surprise = families
         for reading in self._read():
             if reading.score is not None and reading.threshold is not None:
                 score.add_metric([reading.stream, reading.bundle], reading.score)
                 threshold.add_metric([reading.stream, reading.bundle], reading.threshold)
             if reading.last_sample_s is not None:
                 last.add_metric([reading.stream], reading.last_sample_s)
-        yield from (score, threshold, last)
+            if reading.surprise is not None and math.isfinite(reading.surprise):
+                surprise.add_metric([reading.stream, reading.bundle], reading.surprise)
+        yield from families
 
 
 class BulkHistogram:

@@ -97,6 +97,7 @@ class WindowScore:
     score: float
     threshold: float
     contributions: tuple[float, ...]
+    surprise: float | None = None  # -log10 P(normal score >= score) under the bundle's calibration
 
     @property
     def anomalous(self) -> bool:
@@ -115,6 +116,7 @@ class WindowTable:
     score: npt.NDArray[np.float64]
     threshold: npt.NDArray[np.float64]
     shares: npt.NDArray[np.float64]
+    surprise: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -122,11 +124,12 @@ class WindowTable:
     def rows(self, start: int = 0, stop: int | None = None) -> list[WindowScore]:
         """Rows [start, stop) as WindowScore values."""
         cut = slice(start, stop)
+        surprises = self.surprise[cut].tolist() if self.surprise is not None else [None] * len(self.streams[cut])
         return [
-            WindowScore(stream, self.bundle, begin, end, score, threshold, tuple(shares))
-            for stream, begin, end, score, threshold, shares in zip(
+            WindowScore(stream, self.bundle, begin, end, score, threshold, tuple(shares), surprise)
+            for stream, begin, end, score, threshold, shares, surprise in zip(
                 self.streams[cut], self.start_s[cut].tolist(), self.end_s[cut].tolist(), self.score[cut].tolist(),
-                self.threshold[cut].tolist(), self.shares[cut].tolist(), strict=True,
+                self.threshold[cut].tolist(), self.shares[cut].tolist(), surprises, strict=True,
             )
         ]  # fmt: skip
 
@@ -152,6 +155,7 @@ class Alert:
     tail_probability: float
     top_contributors: tuple[tuple[str, float], ...] = field(default_factory=tuple)
     ends_at_s: float | None = None
+    surprise: float | None = None  # -log10 of tail_probability, computed in log space (see threshold.py)
 
 
 @dataclass(frozen=True)

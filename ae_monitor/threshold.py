@@ -149,7 +149,23 @@ class Calibration:
                 # Below t the empirical tail, never under the peak rate (monotone across t); above it the GPD.
                 logs = np.where(above, log_rate, np.maximum(logs, log_rate))
                 logs[above] += stats.genpareto.logsf(v[above] - p["t"], p["xi"], scale=p["sigma"])
+                if p["xi"] < 0:
+                    logs = self._exponential_past_the_sample(v, logs, log_rate)
         out[ok] = np.minimum(np.asarray(logs, dtype=np.float64), 0.0)
+        return out
+
+    def _exponential_past_the_sample(self, v: Scores, logs: Scores, log_rate: float) -> Scores:
+        """A bounded POT tail (xi < 0) puts every score past its endpoint at probability 0 (surprise inf). Past the
+        largest calibration score, where the fit has no data anyway, it goes on as an exponential with the GPD's
+        local scale there: finite, still decaying. Inside the sample the fit is kept (and the threshold with it)."""
+        p, top = self.parameters, self.reference_quantiles[-1]
+        beyond = v > top
+        if not beyond.any():
+            return logs
+        scale = max(p["sigma"] + p["xi"] * (top - p["t"]), 1e-12 * max(abs(top), 1.0))
+        at_top = log_rate + float(stats.genpareto.logsf(top - p["t"], p["xi"], scale=p["sigma"]))
+        out = logs.copy()
+        out[beyond] = at_top - (v[beyond] - top) / scale
         return out
 
     def _empirical_tails(self, v: Scores) -> Scores:
@@ -162,8 +178,8 @@ class Calibration:
         return np.maximum(tails, floor)
 
     def surprise(self, score: float) -> float:
-        """-log10 P(normal score >= `score`): 0 for ordinary scores, 3 for a one-in-1,000 window, inf past the
-        support of a bounded tail. Comparable across streams and bundles, unlike raw scores.
+        """-log10 P(normal score >= `score`): 0 for ordinary scores, 3 for a one-in-1,000 window, finite and still
+        rising far past the largest calibration score. Comparable across streams and bundles, unlike raw scores.
 
             >>> cal = calibrate(np.arange(1000.0), CalibrationConfig(method="quantile", quantile=0.9), window_hop_s=1)
             >>> round(cal.surprise(899.0), 2)

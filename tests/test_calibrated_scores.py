@@ -160,3 +160,13 @@ def test_surprise_keeps_rising_past_the_largest_score_for_an_empirical_threshold
     )
     assert cal.surprise(top + 5.0) - cal.surprise(top + 1.0) == pytest.approx(-decay / math.log(10))
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+
+
+def test_surprise_of_a_bounded_pot_tail_stays_finite_and_rising_past_its_endpoint() -> None:
+    scores = np.random.default_rng(3).uniform(0.0, 1.0, 2_000)  # a bounded distribution: the GPD fit has xi < 0
+    cal = calibrate(scores, CalibrationConfig(method="pot"), window_hop_s=1.0)
+    assert cal.parameters["xi"] < 0
+    endpoint = cal.parameters["t"] + cal.parameters["sigma"] / -cal.parameters["xi"]
+    far = cal.surprises([endpoint, 2 * endpoint, 10 * endpoint])
+    assert np.isfinite(far).all()
+    assert far[0] < far[1] < far[2]

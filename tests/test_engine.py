@@ -348,3 +348,13 @@ def test_sample_rows_in_another_channel_order_score_like_the_bundles_order(bundl
     swapped = SampleRows(rows.streams, rows.ts_s, rows.values[:, ::-1].copy(), CHANNELS[::-1])
     want = Harness(bundle).runner.process_batch([rows]).windows
     assert Harness(bundle).runner.process_batch([swapped]).windows == want
+
+
+def test_every_window_carries_its_surprise_under_the_bundles_calibration(bundle: Bundle) -> None:
+    harness = Harness(bundle)
+    windows = harness.runner.process([_record("s", 0, 40)])
+    assert bundle.calibration is not None
+    assert [w.surprise for w in windows] == pytest.approx(bundle.calibration.surprises([w.score for w in windows]))
+    labels = {"stream": "s", "bundle": bundle.name}
+    assert harness.metric("ae_monitor_window_surprise", **labels) == pytest.approx(windows[-1].surprise)
+    assert harness.metric("ae_monitor_surprise_count", bundle=bundle.name) == len(windows)

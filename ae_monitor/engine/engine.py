@@ -170,13 +170,14 @@ class Engine:
         slots = self._slots
         return [
             StreamReading(name, slots[state.slot].bundle.name, state.last_score, state.last_threshold,
-                          state.last_ts_s if state.samples else None)
+                          state.last_ts_s if state.samples else None, state.last_surprise)
             for name, state in list(self._streams.states.items())
         ]  # fmt: skip
 
     def _publish_bundle(self, bundle: Bundle) -> None:
         self._metrics.bundle_started(bundle.name)
         self._metrics.score_hist.labels(bundle.name)
+        self._metrics.surprise_hist.labels(bundle.name)
         self._metrics.threshold.labels(bundle.name).set(bundle.threshold)
         self._metrics.bundle_info.labels(bundle.name, bundle.version).set(1)
 
@@ -185,12 +186,16 @@ class Engine:
             table = part.table
             bundle = table.bundle
             scores, thresholds = table.score.tolist(), table.threshold.tolist()
+            surprises = table.surprise.tolist() if table.surprise is not None else [None] * len(table)
             for stream, start, stop in part.spans:
                 state = self._streams.get(stream)
                 if stop > start and state is not None:
                     state.last_score, state.last_threshold = scores[stop - 1], thresholds[stop - 1]
+                    state.last_surprise = surprises[stop - 1]
             self._metrics.windows.labels(bundle).inc(len(table))
             self._metrics.score_hist.observe_many(table.score / table.threshold, bundle)
+            if table.surprise is not None:
+                self._metrics.surprise_hist.observe_many(table.surprise[np.isfinite(table.surprise)], bundle)
         for alert in alerts:
             self._metrics.alerts.labels(alert.bundle_name, alert.status).inc()
             self._metrics.firing.labels(alert.stream).set(1 if alert.status == "firing" else 0)

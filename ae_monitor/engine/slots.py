@@ -62,4 +62,5 @@ def _online_thresholds(bundle: Bundle, cfg: CalibrationConfig | None) -> OnlineT
             "calibration.online = 'dspot' needs the calibration scores; recalibrate the bundle with this version",
             field="calibration.safetensors",
         )
-    return OnlineThresholds(bundle.calibration_scores, cfg)
+    # Short calibration data starts the live thresholds at the bundle's own (they follow each stream from there).
+    return OnlineThresholds(bundle.calibration_scores, cfg, fallback_threshold=bundle.threshold)

@@ -53,6 +53,7 @@ class StreamState:
     alert_changed: bool = False
     last_score: float | None = None  # the newest window's, for the per-stream gauges
     last_threshold: float | None = None
+    last_surprise: float | None = None
 
     @property
     def samples(self) -> int:

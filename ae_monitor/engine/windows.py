@@ -55,6 +55,9 @@ def score_slot(slot: Slot, items: list[Pushed], *, metrics: Metrics, outputs: Ve
         scored = _vector_windows(slot, segments, scores, first, end)
     else:
         scored = _grouped_windows(slot, segments, scores, first, end)
+    if slot.bundle.calibration is not None:  # always so: a Slot refuses an uncalibrated bundle
+        table = scored.table
+        scored = Scored(slot, replace(table, surprise=slot.bundle.calibration.surprises(table.score)), scored.spans)
     if slot.online is not None:
         scored = Scored(slot, _with_thresholds(scored.table, slot.online), scored.spans)
     if slot.drift is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -207,6 +208,7 @@ def score_to_json(score: WindowScore) -> str:
         "end_s": score.end_s,
         "score": score.score,
         "threshold": score.threshold,
+        "surprise": score.surprise if score.surprise is not None and math.isfinite(score.surprise) else None,
         "contributions": list(score.contributions),
     }
     return json.dumps(data, separators=(",", ":"))
