@@ -449,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every scenario small (a smoke test)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--workdir", type=Path, help="keep the broker, bundle and serve logs here (default: temp)")
     parser.add_argument("--soak-s", type=float, help="soak duration in seconds (600; quick: 15)")
     parser.add_argument("--soak-rate", type=float, help="soak records per second (20,000; quick: 2,000)")
     args = parser.parse_args(argv)
@@ -462,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak_rate is not None:
         settings.soak_rate = args.soak_rate
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="ae-monitor-chaos-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ae-monitor-chaos-")))
         broker = [kafka_broker.start_broker(workdir / "kafka")]
         webhook = Webhook()
         try:

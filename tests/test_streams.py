@@ -88,3 +88,25 @@ def test_commits_take_the_done_prefix_of_a_poll_that_is_not_done_as_a_whole(engi
     assert book.committable(engine.is_done, every=False, done_marks=engine.done_marks) == {("t", 0): 100}
     engine.process([_record("a", 40, 30)])  # a's window now starts after all of its first record's samples
     assert book.committable(engine.is_done, every=False, done_marks=engine.done_marks) == {("t", 0): 101}
+
+
+def test_a_stream_evicted_while_its_episode_fires_continues_it_under_its_id_when_it_comes_back(
+    sensor_bundle: Path,
+) -> None:
+    from ae_monitor.config import StreamsConfig
+
+    one = StreamsConfig(max_streams=1)
+    engine = Engine(load_bundle(sensor_bundle), alerting=AlertingConfig(k=2, n=3, cooldown_s=0),
+                    metrics=Metrics(CollectorRegistry()), streams=one, max_gap_s=1e9)  # fmt: skip
+    faulty = _record("pump", 0, 60)
+    faulty.values[:, 2] += 5.0  # pressure far off: every window anomalous
+    fired = [a for a in engine.process([faulty]).alerts if a.status == "firing"]
+    assert len(fired) == 1
+    engine.process([_record("other", 0, 5)])  # max_streams = 1: `pump` is evicted for capacity
+    assert "pump" not in engine.streams
+    again = _record("pump", 60, 40)
+    again.values[:, 2] += 5.0
+    result = engine.process([again])
+    assert [a for a in result.alerts if a.status == "firing"] == []  # no new episode: the old one goes on
+    assert engine.streams["pump"].alert.episode is not None
+    assert engine.streams["pump"].alert.episode.alert_id == fired[0].id

@@ -124,9 +124,16 @@ class StreamTable:
         return state
 
     def drop(self, names: Sequence[str], *, reason: str) -> None:
+        """Forget streams. One evicted (idle or for capacity) in the middle of an episode keeps its alert state
+        here, so that it continues the episode under its id when it comes back; revoked streams do not (the new
+        owner reads theirs from the state topic)."""
         for name in names:
-            if self._states.pop(name, None) is not None:
-                self._on_drop(name, reason)
+            state = self._states.pop(name, None)
+            if state is None:
+                continue
+            if reason in ("idle", "capacity") and state.alert.episode is not None:
+                self._restored[name] = state.alert.to_dict()
+            self._on_drop(name, reason)
 
     def idle(self, now_wall_s: float) -> list[str]:
         """Streams that sent nothing for `streams.idle_eviction_s`."""
