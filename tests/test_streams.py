@@ -110,3 +110,16 @@ def test_a_stream_evicted_while_its_episode_fires_continues_it_under_its_id_when
     assert [a for a in result.alerts if a.status == "firing"] == []  # no new episode: the old one goes on
     assert engine.streams["pump"].alert.episode is not None
     assert engine.streams["pump"].alert.episode.alert_id == fired[0].id
+
+
+def test_records_of_a_stream_evicted_for_capacity_are_done_although_it_comes_back(sensor_bundle: Path) -> None:
+    from ae_monitor.config import StreamsConfig
+
+    engine = Engine(load_bundle(sensor_bundle), alerting=AlertingConfig(), metrics=Metrics(CollectorRegistry()),
+                    streams=StreamsConfig(max_streams=1), max_gap_s=1e9)  # fmt: skip
+    position = engine.process([_record("pump", 0, 50)]).positions[0]
+    assert position is not None
+    assert not engine.is_done(position)  # its last samples wait for a window
+    engine.process([_record("other", 0, 5)])  # `pump` evicted: its open window can never complete
+    engine.process([_record("pump", 50, 5)])  # and comes back, its sample count starting at 0 again
+    assert engine.is_done(position)

@@ -7,6 +7,7 @@ what was saved (`restore_alert_states`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RecordPosition:
-    """Where a record's samples went: stream, the stream's restart generation, index of its last sample."""
+    """Where a record's samples went: stream, the generation of its state (unique per state this process made:
+    a restart or a re-creation after eviction starts a new one), index of its last sample."""
 
     stream: str
     generation: int
@@ -90,6 +92,8 @@ class StreamTable:
         self.limits = limits
         self._states: dict[str, StreamState] = {}
         self._restored: dict[str, Mapping[str, Any]] = {}
+        # Sample indices start at 0 in every new state: its generation tells its positions from an older state's.
+        self._generations = itertools.count()
         self._on_drop = on_drop  # (stream, reason), after a state was dropped
 
     @property
@@ -113,13 +117,13 @@ class StreamTable:
         alert = slot.policy.new_state()
         if stream in self._restored:
             alert = StreamAlertState.from_dict(self._restored.pop(stream))
-        state = _fresh_state(slot_name, slot, alert)
+        state = _fresh_state(slot_name, slot, alert, generation=next(self._generations))
         self._states[stream] = state
         return state
 
     def restart(self, stream: str, old: StreamState, slot: Slot) -> StreamState:
         """New windows for a stream after a gap or a bundle with other features; alert episodes span restarts."""
-        state = _fresh_state(old.slot, slot, old.alert, generation=old.generation + 1, seen_wall_s=old.seen_wall_s)
+        state = _fresh_state(old.slot, slot, old.alert, generation=next(self._generations), seen_wall_s=old.seen_wall_s)
         self._states[stream] = state
         return state
 
