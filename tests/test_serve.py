@@ -491,21 +491,3 @@ def test_serve_rides_out_a_broker_crash_says_so_on_readyz_and_resumes_after_the_
     _wait(lambda: _scored(daemon) >= 400 - 29, timeout_s=90)
     code, _ = daemon.stop()
     assert code == 0
-
-
-def test_a_recalibrated_bundle_with_the_same_weights_is_swapped_in(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
-    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
-) -> None:  # fmt: skip
-    import shutil
-
-    served = Path(shutil.copytree(sensor_bundle, tmp_path / "served"))
-    config = _serve_config(kafka_bootstrap, kafka_topic(1), served, service={"reload_check_s": 0.1})
-    _, _, registry = running(config)
-    old = load_bundle(served)
-    _wait(lambda: registry.get_sample_value("ae_monitor_threshold", {"bundle": "pump"}) == old.threshold)
-    assert old.calibration is not None
-    recalibrated = old.with_calibration(dataclasses.replace(old.calibration, threshold=old.threshold * 2))
-    save_bundle(recalibrated, served)
-    _wait(lambda: registry.get_sample_value("ae_monitor_threshold", {"bundle": "pump"}) == old.threshold * 2)
-    assert registry.get_sample_value("ae_monitor_bundle_reloads_total", {"result": "ok"}) == 1

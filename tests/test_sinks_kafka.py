@@ -98,7 +98,7 @@ def test_scores_topic_gets_one_json_message_per_window(
 ) -> None:
     topic = kafka_topic(1)
     scores = [
-        WindowScore("pump-1", "pump", 10.0, 70.0, 0.8, 1.5, (0.5, 0.5)),
+        WindowScore("pump-1", "pump", 10.0, 70.0, 0.8, 1.5, (0.5, 0.5), surprise=0.7),
         WindowScore("fan", "fan", 0, 1, 2, 1, ()),
     ]
     KafkaJsonSink(producer, topic, score_to_json).send(scores)
@@ -111,8 +111,10 @@ def test_scores_topic_gets_one_json_message_per_window(
         "end_s": 70.0,
         "score": 0.8,
         "threshold": 1.5,
+        "surprise": 0.7,
         "contributions": [0.5, 0.5],
     }
+    assert json.loads(records[1].value)["surprise"] is None  # none known (or not finite): null, never Infinity
 
 
 def test_dead_letters_keep_the_original_bytes_and_carry_the_reason_and_source_in_headers(
