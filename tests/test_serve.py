@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import signal
@@ -249,11 +250,14 @@ def test_a_tombstone_on_the_input_topic_is_a_dead_letter_and_the_daemon_goes_on(
 
 
 def _http(url: str) -> tuple[int, str]:
+    """(status, body); (0, why) when the request got no answer (a reset connection on a loaded machine)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except (ConnectionError, http.client.RemoteDisconnected) as exc:
+        return 0, repr(exc)
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float = 60) -> None:

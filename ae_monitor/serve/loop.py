@@ -142,7 +142,7 @@ class Daemon:
 
     def _settle_outputs(self) -> bool:
         """Wait for the acknowledgements of pipelined outputs; False (and a warning) when one failed."""
-        for output in (self._out.state, self._out.dead_letters):
+        for output in (self._out.state, self._out.dead_letters, *self._out.settling):
             if isinstance(output, Settling):
                 try:
                     output.settle()

@@ -49,6 +49,7 @@ class Outputs:
     cleaned: Callable[[Sequence[CleanedWindow]], None] | None = None
     state: StateStore | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    settling: list[Settling] = field(default_factory=list)  # pipelined outputs to settle before a commit
 
     def close(self) -> None:
         for close in self.closers:
@@ -116,9 +117,10 @@ def build_outputs(sinks: SinksConfig, kafka: KafkaConnectionConfig, metrics: Met
                           "or webhook.url", key="sinks")  # fmt: skip
     queue = DeliveryQueue(alert_sinks, max_pending=sinks.max_pending_alerts, metrics=metrics)
     dead: DeadLetterSink = topics.get("dead") or JsonlSink(sys.stderr)
-    outputs = Outputs(alerts=QueueSink(queue), dead_letters=dead, scores=topics.get("scores"),
-                      codes=topics.get("codes"), cleaned=topics.get("cleaned"), state=topics.get("state"),
-                      closers=closers)  # fmt: skip
+    sends = {name: topics[name].send if name in topics else None for name in ("scores", "codes", "cleaned")}
+    outputs = Outputs(alerts=QueueSink(queue), dead_letters=dead, scores=sends["scores"], codes=sends["codes"],
+                      cleaned=sends["cleaned"], state=topics.get("state"), closers=closers,
+                      settling=[topics[name] for name in ("scores", "codes", "cleaned") if name in topics])  # fmt: skip
     return outputs, queue
 
 
@@ -137,12 +139,10 @@ def _kafka_outputs(sinks: SinksConfig, kafka: KafkaConnectionConfig, alert_sinks
     found: dict[str, Any] = {}
     if cfg.alerts_topic:
         alert_sinks["kafka"] = ks.KafkaAlertSink(producer, cfg.alerts_topic, timeout_s=timeout_s)
-    if cfg.scores_topic:
-        found["scores"] = ks.KafkaJsonSink(producer, cfg.scores_topic, ks.score_to_json, timeout_s=timeout_s).send
-    if cfg.codes_topic:
-        found["codes"] = ks.KafkaJsonSink(producer, cfg.codes_topic, ks.code_to_json, timeout_s=timeout_s).send
-    if cfg.cleaned_topic:
-        found["cleaned"] = ks.KafkaJsonSink(producer, cfg.cleaned_topic, ks.cleaned_to_json, timeout_s=timeout_s).send
+    for name, topic, encode in (("scores", cfg.scores_topic, ks.score_to_json), ("codes", cfg.codes_topic,
+                                ks.code_to_json), ("cleaned", cfg.cleaned_topic, ks.cleaned_to_json)):  # fmt: skip
+        if topic:
+            found[name] = ks.KafkaJsonSink(producer, topic, encode, timeout_s=timeout_s, pipelined=True)
     if cfg.dead_letter_topic:
         found["dead"] = ks.KafkaDeadLetterSink(producer, cfg.dead_letter_topic, timeout_s=timeout_s, pipelined=True)
     if cfg.state_topic:

@@ -155,10 +155,11 @@ class InFlight:
 
     def __init__(self, producer: Producer, topic: str, *, sink: str, timeout_s: float) -> None:
         self._producer, self._topic, self._sink, self._timeout_s = producer, topic, sink, timeout_s
-        self._entries: dict[object, tuple[Message, PendingSends]] = {}
+        self._entries: dict[object, tuple[Message, PendingSends | None]] = {}
         self._sent = 0
 
     def send(self, message: Message, *, key: object = None) -> None:
+        """Hand `message` over; never raises: one the producer refused (a broker outage) is kept for `settle`."""
         self._sent += 1
         self._entries[self._sent if key is None else key] = (message, self._submit(message))
 
@@ -167,6 +168,8 @@ class InFlight:
         failure: SinkError | None = None
         for key, (message, pending) in list(self._entries.items()):
             try:
+                if pending is None:
+                    raise SinkError(f"topic {self._topic}: not handed to the producer yet", sink=self._sink)
                 pending.result(max(deadline_s - time.monotonic(), 0.001))
             except SinkError as exc:
                 failure = exc
@@ -177,8 +180,12 @@ class InFlight:
         if failure is not None:
             raise failure
 
-    def _submit(self, message: Message) -> PendingSends:
-        return submit_all(self._producer, self._topic, [message], sink=self._sink)
+    def _submit(self, message: Message) -> PendingSends | None:
+        try:
+            return submit_all(self._producer, self._topic, [message], sink=self._sink)
+        except SinkError as exc:
+            log.warning("%s; kept for the next try", exc)
+            return None
 
 
 class KafkaAlertSink:
@@ -216,15 +223,48 @@ def score_to_json(score: WindowScore) -> str:
 
 class KafkaJsonSink(Generic[T]):
     """Items as compact JSON, key = stream: the scores, codes and cleaned-windows topics (`encode` gives the JSON,
-    e.g. `score_to_json`). `send` waits for the broker's acknowledgements."""
+    e.g. `score_to_json`). `send` waits for the broker's acknowledgements; with `pipelined` it only hands the
+    batch to the producer and `settle` waits (the daemon settles before every commit: a broker outage pauses commits
+    instead of ending serve)."""
 
-    def __init__(self, producer: Producer, topic: str, encode: Callable[[T], str], *, timeout_s: float = 10.0) -> None:
+    def __init__(self, producer: Producer, topic: str, encode: Callable[[T], str], *, timeout_s: float = 10.0,
+                 pipelined: bool = False) -> None:  # fmt: skip
         self._producer, self._topic, self._encode, self._timeout_s = producer, topic, encode, timeout_s
         self.name = f"kafka:{topic}"
+        self._pipelined = pipelined
+        self._pending: list[tuple[list[Message], PendingSends | None]] = []
 
     def send(self, items: Sequence[T]) -> None:
         messages: list[Message] = [(item.stream.encode(), self._encode(item).encode(), []) for item in items]
-        send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+        if not self._pipelined:
+            send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
+            return
+        self._pending.append((messages, self._submit(messages)))
+
+    def settle(self) -> None:
+        """Wait for every batch handed over; a refused one is sent again and SinkError raised (no commit now)."""
+        deadline_s = time.monotonic() + self._timeout_s
+        failure: SinkError | None = None
+        kept = []
+        for messages, pending in self._pending:
+            try:
+                if pending is None:
+                    raise SinkError(f"topic {self._topic}: not handed to the producer yet", sink=self.name)
+                pending.result(max(deadline_s - time.monotonic(), 0.001))
+            except SinkError as exc:
+                failure = exc
+                kept.append((messages, self._submit(messages)))
+        self._pending = kept
+        if failure is not None:
+            raise failure
+
+    def _submit(self, messages: list[Message]) -> PendingSends | None:
+        """Hand a batch over; None (kept for `settle`) when the producer refuses it (a broker outage)."""
+        try:
+            return submit_all(self._producer, self._topic, messages, sink=self.name)
+        except SinkError as exc:
+            log.warning("%s; kept for the next try", exc)
+            return None
 
 
 def code_to_json(code: VectorCode) -> str:
