@@ -155,13 +155,18 @@ class InFlight:
 
     def __init__(self, producer: Producer, topic: str, *, sink: str, timeout_s: float) -> None:
         self._producer, self._topic, self._sink, self._timeout_s = producer, topic, sink, timeout_s
-        self._entries: dict[object, tuple[Message, PendingSends | None]] = {}
+        self._entries: dict[object, tuple[list[Message], PendingSends | None]] = {}
         self._sent = 0
 
     def send(self, message: Message, *, key: object = None) -> None:
         """Hand `message` over; never raises: one the producer refused (a broker outage) is kept for `settle`."""
         self._sent += 1
-        self._entries[self._sent if key is None else key] = (message, self._submit(message))
+        self._entries[self._sent if key is None else key] = ([message], self._submit([message]))
+
+    def send_many(self, messages: list[Message]) -> None:
+        """Hand a batch over as one entry (the scores topic: one per micro-batch, not one per window)."""
+        self._sent += 1
+        self._entries[self._sent] = (messages, self._submit(messages))
 
     def settle(self) -> None:
         deadline_s = time.monotonic() + self._timeout_s
@@ -180,9 +185,9 @@ class InFlight:
         if failure is not None:
             raise failure
 
-    def _submit(self, message: Message) -> PendingSends | None:
+    def _submit(self, messages: list[Message]) -> PendingSends | None:
         try:
-            return submit_all(self._producer, self._topic, [message], sink=self._sink)
+            return submit_all(self._producer, self._topic, messages, sink=self._sink)
         except SinkError as exc:
             log.warning("%s; kept for the next try", exc)
             return None
@@ -231,40 +236,19 @@ class KafkaJsonSink(Generic[T]):
                  pipelined: bool = False) -> None:  # fmt: skip
         self._producer, self._topic, self._encode, self._timeout_s = producer, topic, encode, timeout_s
         self.name = f"kafka:{topic}"
-        self._pipelined = pipelined
-        self._pending: list[tuple[list[Message], PendingSends | None]] = []
+        self._in_flight = InFlight(producer, topic, sink=self.name, timeout_s=timeout_s) if pipelined else None
 
     def send(self, items: Sequence[T]) -> None:
         messages: list[Message] = [(item.stream.encode(), self._encode(item).encode(), []) for item in items]
-        if not self._pipelined:
+        if self._in_flight is None:
             send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
             return
-        self._pending.append((messages, self._submit(messages)))
+        self._in_flight.send_many(messages)
 
     def settle(self) -> None:
         """Wait for every batch handed over; a refused one is sent again and SinkError raised (no commit now)."""
-        deadline_s = time.monotonic() + self._timeout_s
-        failure: SinkError | None = None
-        kept = []
-        for messages, pending in self._pending:
-            try:
-                if pending is None:
-                    raise SinkError(f"topic {self._topic}: not handed to the producer yet", sink=self.name)
-                pending.result(max(deadline_s - time.monotonic(), 0.001))
-            except SinkError as exc:
-                failure = exc
-                kept.append((messages, self._submit(messages)))
-        self._pending = kept
-        if failure is not None:
-            raise failure
-
-    def _submit(self, messages: list[Message]) -> PendingSends | None:
-        """Hand a batch over; None (kept for `settle`) when the producer refuses it (a broker outage)."""
-        try:
-            return submit_all(self._producer, self._topic, messages, sink=self.name)
-        except SinkError as exc:
-            log.warning("%s; kept for the next try", exc)
-            return None
+        if self._in_flight is not None:
+            self._in_flight.settle()
 
 
 def code_to_json(code: VectorCode) -> str:
