@@ -157,10 +157,22 @@ class CalibrationConfig(_Section):
     # Calibrating on the training windows themselves (in-sample) underestimates how new normal data scores: the
     # threshold is the method's value times `margin` (SKAB's published Conv-AE used 4/3). 1.0 = no margin.
     margin: float = Field(1.0, gt=0)
+    # Which normal windows calibrate (without folds): "held_out" = the held-out tail (training.calibration_fraction),
+    # "all" = every normal window, training windows included, scored by the final network: the whole normal range
+    # (cycles, operating points) at the cost of in-sample scores that run a little low (see `margin`).
+    calibrate_on: Literal["held_out", "all"] = "held_out"
+    # Score a window by the errors of its last `recent_steps` time steps only (0 = all of them): an alert starts and
+    # ends with the newest samples instead of lagging a whole window, and a short spike is not averaged away.
+    recent_steps: int = Field(0, ge=0)
     # Live thresholds: "dspot" gives each stream its own StreamingPot (pot_risk, pot_initial_quantile), started from
-    # the calibration scores, moving with that stream's normal scores; "none" keeps the bundle's fixed threshold.
-    online: Literal["none", "dspot"] = "none"
+    # the calibration scores, moving with that stream's normal scores; "track" raises each stream's threshold by the
+    # ratio of its recent normal scores' median to the calibration median (never lowers it; see docs/calibration.md);
+    # "none" keeps the bundle's fixed threshold.
+    online: Literal["none", "dspot", "track"] = "none"
     dspot_depth: int = Field(0, ge=0)  # normal scores in DSPOT's moving level; 0 = plain SPOT (no drift term)
+    track_windows: int = Field(100, ge=10)  # "track": the stream's last accepted window scores whose median is tracked
+    # "track": a run of flagged windows this long is taken as the stream's new normal (0 = never).
+    track_settle_windows: int = Field(300, ge=0)
 
 
 class ScoringConfig(_Section):

@@ -84,6 +84,13 @@ class Metrics:
         self.late_samples = Counter(
             "ae_monitor_late_samples", "Samples dropped for arriving after newer ones.", registry=registry
         )
+        self.out_of_range = Counter(
+            "ae_monitor_out_of_range_windows",
+            "Sensor windows whose newest sample lies more than 10 training standard deviations from a channel's "
+            "training mean: unlike anything the model was trained on, whatever the cause.",
+            ["bundle", "channel"],
+            registry=registry,
+        )
         self.evicted = Counter("ae_monitor_streams_evicted", "Stream states dropped.", ["reason"], registry=registry)
         self.record_latency = Histogram(
             "ae_monitor_record_to_score_seconds",

@@ -1,6 +1,7 @@
 """Stage 5, score: batched reconstruction error per vector, per-group error shares, and windows of vectors.
 
-A vector's score is its mean squared reconstruction error (the DCASE score), or, for a bundle calibrated with
+A vector's score is its mean squared reconstruction error (the DCASE score; over its last `recent_steps` time steps
+only when the calibration says so), or, for a bundle calibrated with
 aggregation "max", the largest over groups of each group's mean squared error divided by that group's calibration
 scale (`group_scores`): a spike on one channel of forty is not averaged away. A window's score is the mean over
 its vectors. Each window also carries every feature group's share of the squared error (mel bands for audio,
@@ -17,6 +18,7 @@ import numpy.typing as npt
 import torch
 
 from ae_monitor.config import FeaturesConfig, ModelConfig
+from ae_monitor.errors import BundleError
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.model.networks import Autoencoder
 from ae_monitor.model.training import LossKind, output_activation
@@ -52,9 +54,14 @@ class Scorer:
         batch_size: int = 1024,
         aggregation: str = "mean",
         group_scale: Sequence[float] | None = None,
+        recent_steps: int = 0,
     ) -> None:
         if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
             raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
+        if not 0 <= recent_steps <= vector_shape[0]:
+            raise ValueError(f"recent_steps must be in [0, {vector_shape[0]}] (the vector's steps), got {recent_steps}")
+        # Only the last `recent_steps` time steps of each vector are scored (0 = all): see CalibrationConfig.
+        self._first_step = vector_shape[0] - recent_steps if recent_steps else 0
         self._aggregation = aggregation
         self._group_scale = None if group_scale is None else np.asarray(group_scale, dtype=np.float64)
         self._model = model.eval()
@@ -71,8 +78,13 @@ class Scorer:
             return VectorScores(np.zeros(0), np.zeros((0, self._shape[1])))
         errors, groups = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         if self._aggregation == "max" and self._group_scale is not None:
-            errors = group_scores(groups, self._shape[0], self._group_scale)
+            errors = group_scores(groups, self.scored_steps, self._group_scale)
         return VectorScores(errors, groups)
+
+    @property
+    def scored_steps(self) -> int:
+        """How many time steps of each vector its score covers."""
+        return self._shape[0] - self._first_step
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Latent codes of `data` (N, T*G) -> (N, latent); a VAE gives its mean."""
@@ -90,19 +102,28 @@ class Scorer:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             out = self._model(x)
-            squared = (self._activation(out.reconstruction) - x).square()
-            errors = squared.mean(dim=1)
+            squared = (self._activation(out.reconstruction) - x).square().reshape(-1, *self._shape)
+            squared = squared[:, self._first_step :, :]
+            errors = squared.mean(dim=(1, 2))
             if self._elbo and out.mu is not None and out.logvar is not None:
                 # Negative ELBO per value: reconstruction term plus the KL term spread over the D inputs.
                 kl = -0.5 * (1 + out.logvar - out.mu.square() - out.logvar.exp()).sum(dim=1)
                 errors = errors + self._beta * kl / x.shape[1]
-            groups = squared.reshape(-1, *self._shape).sum(dim=1)
+            groups = squared.sum(dim=1)
         return errors.double().numpy(), groups.double().numpy()
 
 
-def scorer_for(bundle: Bundle, *, batch_size: int = 1024) -> Scorer:
-    """The scorer of a loaded bundle: its network, vector shape, loss, score kind and group aggregation."""
+def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | None = None) -> Scorer:
+    """The scorer of a loaded bundle: its network, vector shape, loss, score kind, group aggregation and scored
+    steps (`recent_steps` overrides the calibration's: calibration itself scores before it has a record)."""
     cal = bundle.calibration
+    if recent_steps is None:
+        recent_steps = 0 if cal is None else cal.recent_steps
+    if recent_steps > bundle.extractor.vector_shape[0]:
+        raise BundleError(
+            f"{recent_steps} recent steps, but a vector holds {bundle.extractor.vector_shape[0]}",
+            field="calibration.recent_steps",
+        )
     return Scorer(
         bundle.model,
         vector_shape=bundle.extractor.vector_shape,
@@ -111,6 +132,7 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 1024) -> Scorer:
         batch_size=batch_size,
         aggregation="mean" if cal is None else cal.aggregation,
         group_scale=None if cal is None else cal.group_scale,
+        recent_steps=recent_steps,
     )
 
 
@@ -257,6 +279,17 @@ class OutOfRange:
             f"{self.channel} at z = {self.z:+.1f} ({self.rows} rows from row {self.first_row}): outside the range "
             "the model was trained on; its windows score high because they are unlike training, whatever the cause"
         )
+
+
+def newest_z(bundle: Bundle, data: npt.NDArray[np.floating]) -> F64 | None:
+    """Per sensor vector (N, T*G in feature units), each channel's newest sample in training standard deviations
+    (N, G), as `out_of_range` measures it; None for audio bundles and windows of differences."""
+    sensor = bundle.features.sensor
+    if bundle.features.kind != "sensor" or sensor.differences or len(data) == 0:
+        return None
+    newest = np.asarray(data, dtype=np.float64).reshape(len(data), *bundle.extractor.vector_shape)[:, -1, :]
+    # Standard scaling is already in standard deviations; min-max ranges span about four of them (see below).
+    return newest if sensor.scaling == "standard" else newest * 4.0
 
 
 def out_of_range(

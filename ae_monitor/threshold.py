@@ -30,10 +30,12 @@ across streams and bundles: 3 means "a normal window scores this high once in 1,
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +57,8 @@ MIN_EXCEEDANCES = 10
 N_REFERENCE_QUANTILES = 101
 # A GPD fitted to fewer peaks than this is mostly noise; SPOT's authors use hundreds.
 MIN_PEAKS = 10
+# A tracked threshold (calibration.online = "track") follows a stream only once it has this many accepted scores.
+MIN_TRACKED = 10
 # tail_probability never returns 0: a score beyond every model's support is "very rare", not impossible.
 TAIL_FLOOR = float(np.finfo(np.float64).tiny)
 _GPD_KEYS = ("t", "sigma", "xi", "n_peaks")
@@ -77,6 +81,8 @@ class Calibration:
     # error divided by `group_scale` (one value per channel or mel band). Old bundles have neither: "mean".
     aggregation: str = "mean"
     group_scale: tuple[float, ...] | None = None
+    # Time steps of each vector the score covers, counted back from the newest (0 = all; old bundles: all).
+    recent_steps: int = 0
     # What calibration could not do as asked and what it did instead (shown by train/calibrate, kept for audits).
     notes: tuple[str, ...] = ()
     # The [calibration] settings that produced this record; `calibrate` reuses them unless told otherwise.
@@ -92,6 +98,8 @@ class Calibration:
             raise ValueError("aggregation 'max' needs group_scale")
         if self.group_scale is not None and not all(math.isfinite(v) and v > 0 for v in self.group_scale):
             raise ValueError(f"group_scale must hold finite positive values, got {self.group_scale}")
+        if self.recent_steps < 0:
+            raise ValueError(f"recent_steps must be >= 0, got {self.recent_steps}")
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; expected one of {', '.join(METHODS)}")
         if len(self.reference_quantiles) != N_REFERENCE_QUANTILES:
@@ -225,6 +233,7 @@ class Calibration:
             "reference_quantiles": list(self.reference_quantiles),
             "aggregation": self.aggregation,
             "group_scale": None if self.group_scale is None else list(self.group_scale),
+            "recent_steps": self.recent_steps,
             "notes": list(self.notes),
             "settings": self.settings,
             "tail_fit": self.tail_fit,
@@ -244,6 +253,7 @@ class Calibration:
                 reference_quantiles=tuple(float(v) for v in d["reference_quantiles"]),
                 aggregation=str(d.get("aggregation", "mean")),
                 group_scale=None if d.get("group_scale") is None else tuple(float(v) for v in d["group_scale"]),
+                recent_steps=int(d.get("recent_steps", 0)),
                 notes=tuple(str(n) for n in d.get("notes", ())),
                 settings=None if d.get("settings") is None else dict(d["settings"]),
                 tail_fit=None if d.get("tail_fit") is None else {str(k): float(v) for k, v in d["tail_fit"].items()},
@@ -551,8 +561,106 @@ class OnlineThresholds:
             self._streams[stream] = pot
         return pot
 
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop the state of streams this process no longer owns (evicted, or their partition moved)."""
+        for stream in streams:
+            self._streams.pop(stream, None)
+
     def __call__(self, window: WindowScore) -> WindowScore:
-        pot = self._pot(window.stream)
-        judged = replace(window, threshold=pot.threshold * self._cfg.margin)
-        pot.update(window.score / self._cfg.margin)
-        return judged
+        return replace(window, threshold=float(self.judge([window.stream], np.array([window.score]))[0]))
+
+    def judge(self, streams: Sequence[str], scores: npt.NDArray[np.float64]) -> Scores:
+        """The live threshold each window (in stream order) is judged against; each then teaches its stream."""
+        out = np.empty(len(scores), dtype=np.float64)
+        for i, (stream, score) in enumerate(zip(streams, scores.tolist(), strict=True)):
+            pot = self._pot(stream)
+            out[i] = pot.threshold * self._cfg.margin
+            pot.update(score / self._cfg.margin)
+        return out
+
+
+class TrackedThreshold:
+    """One stream's threshold, raised while the stream's recent normal scores run above the calibration's median.
+
+    The threshold is the bundle's times max(1, median of the last `windows` accepted scores / the calibration
+    median): a stream that wanders to where every window scores twice as high as the calibration data (a level
+    drift, an operating point the training data did not cover) needs twice the score to alert, while a sudden fault
+    still stands out against the stream's own recent level. Flagged windows are not accepted, so a fault does not
+    raise its own bar; a flagged run that lasts `settle_windows` is taken as the stream's new normal and accepted
+    from then on (0 = never). The threshold never drops below the bundle's. Until `MIN_TRACKED` scores are
+    accepted it is the bundle's.
+
+        >>> tracked = TrackedThreshold(threshold=3.0, reference=1.0, windows=20, settle_windows=0)
+        >>> [tracked.update(2.0) for _ in range(20)][-1], tracked.threshold
+        (False, 6.0)
+        >>> tracked.update(5.0), tracked.update(7.0)
+        (False, True)
+    """
+
+    def __init__(self, *, threshold: float, reference: float, windows: int, settle_windows: int) -> None:
+        self._base = threshold
+        # A calibration median of 0 (a perfectly reconstructed channel) would make every ratio infinite.
+        self._reference = max(reference, threshold * 1e-3, 1e-300)
+        self._recent: deque[float] = deque(maxlen=windows)
+        self._sorted: list[float] = []
+        self._settle, self._run = settle_windows, 0
+
+    @property
+    def threshold(self) -> float:
+        if len(self._sorted) < MIN_TRACKED:
+            return self._base
+        n = len(self._sorted)
+        median = 0.5 * (self._sorted[(n - 1) // 2] + self._sorted[n // 2])
+        return self._base * max(1.0, median / self._reference)
+
+    def update(self, score: float) -> bool:
+        """Judge one live score against the current threshold, then learn from it if accepted; True = flagged."""
+        flagged = score > self.threshold
+        self._run = self._run + 1 if flagged else 0
+        if not flagged or (self._settle and self._run >= self._settle):
+            self._accept(score)
+        return flagged
+
+    def _accept(self, score: float) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
+        self._recent.append(score)
+        bisect.insort(self._sorted, score)
+
+
+class TrackedThresholds:
+    """One `TrackedThreshold` per stream of a bundle (`calibration.online = "track"`); same call as OnlineThresholds."""
+
+    def __init__(self, calibration: Calibration, cfg: CalibrationConfig) -> None:
+        self._threshold, self._cfg = calibration.threshold, cfg
+        self._reference = calibration.reference_quantiles[N_REFERENCE_QUANTILES // 2]
+        self._streams: dict[str, TrackedThreshold] = {}
+
+    def threshold(self, stream: str) -> float:
+        return self._tracked(stream).threshold
+
+    def _tracked(self, stream: str) -> TrackedThreshold:
+        tracked = self._streams.get(stream)
+        if tracked is None:
+            tracked = TrackedThreshold(threshold=self._threshold, reference=self._reference,
+                                       windows=self._cfg.track_windows,
+                                       settle_windows=self._cfg.track_settle_windows)  # fmt: skip
+            self._streams[stream] = tracked
+        return tracked
+
+    def __call__(self, window: WindowScore) -> WindowScore:
+        return replace(window, threshold=float(self.judge([window.stream], np.array([window.score]))[0]))
+
+    def judge(self, streams: Sequence[str], scores: npt.NDArray[np.float64]) -> Scores:
+        """The live threshold each window (in stream order) is judged against; each then teaches its stream."""
+        out = np.empty(len(scores), dtype=np.float64)
+        for i, (stream, score) in enumerate(zip(streams, scores.tolist(), strict=True)):
+            tracked = self._tracked(stream)
+            out[i] = tracked.threshold
+            tracked.update(score)
+        return out
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop the state of streams this process no longer owns (evicted, or their partition moved)."""
+        for stream in streams:
+            self._streams.pop(stream, None)

@@ -358,3 +358,25 @@ def test_every_window_carries_its_surprise_under_the_bundles_calibration(bundle:
     labels = {"stream": "s", "bundle": bundle.name}
     assert harness.metric("ae_monitor_window_surprise", **labels) == pytest.approx(windows[-1].surprise)
     assert harness.metric("ae_monitor_surprise_count", bundle=bundle.name) == len(windows)
+
+
+def test_a_stream_outside_the_training_range_is_counted_and_logged_once_per_excursion(
+    bundle: Bundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(bundle)
+    harness.runner.process([_record("steady", 0, 40)])
+    moved = _record("moved", 0, 40)
+    moved.values[:, 1] += 1000.0  # the second channel far beyond anything in training
+    with caplog.at_level("INFO", logger="ae_monitor.engine.windows"):
+        harness.runner.process([moved])
+        moved_on = _record("moved", 40, 20)
+        moved_on.values[:, 1] += 1000.0
+        harness.runner.process([moved_on, _record("steady", 40, 20)])
+        harness.runner.process([_record("moved", 60, 40)])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "outside" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"stream moved: {CHANNELS[1]} at z = +" in warnings[0]
+    assert "outside the range the model was trained on" in warnings[0]
+    assert any("stream moved: back inside the training range" in r.getMessage() for r in caplog.records)
+    assert harness.metric("ae_monitor_out_of_range_windows_total", bundle="pump", channel=CHANNELS[1]) == (40 - 30 + 1) + 20
+    assert harness.metric("ae_monitor_out_of_range_windows_total", bundle="pump", channel=CHANNELS[0]) == 0

@@ -124,6 +124,9 @@ class Engine:
         """Forget streams (their partitions moved to another process); their new owner warms up."""
         for name in names:
             self._router.forget(name)
+        for slot in self._slots.values():
+            if slot.online is not None:
+                slot.online.forget(names)
         self._streams.drop(names, reason=reason)
         self._update_gauges([], [])
 

@@ -13,7 +13,7 @@ from ae_monitor.features.clock import StreamClock, clock_factory
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.scoring import scorer_for, window_plan
-from ae_monitor.threshold import OnlineThresholds
+from ae_monitor.threshold import OnlineThresholds, TrackedThresholds
 
 
 class Slot:
@@ -45,7 +45,7 @@ class Slot:
         # Records stamp each sample (sensors): consecutive records join into blocks, and SampleRows take the
         # columnar lane.
         self.stamps_each_sample = self.new_clock().stamps_each_sample
-        self.online = _online_thresholds(bundle, online)
+        self.online = online_thresholds(bundle, online)
         publish = metrics.score_drift.labels(bundle.name).set
         self.drift = (
             DriftWatch.from_config(drift, bundle.calibration.reference_quantiles, bundle=bundle.name, publish=publish)
@@ -54,9 +54,12 @@ class Slot:
         )
 
 
-def _online_thresholds(bundle: Bundle, cfg: CalibrationConfig | None) -> OnlineThresholds | None:
-    if cfg is None or cfg.online == "none":
+def online_thresholds(bundle: Bundle, cfg: CalibrationConfig | None) -> OnlineThresholds | TrackedThresholds | None:
+    """The per-stream live thresholds `cfg.online` asks for (None = the bundle's fixed threshold)."""
+    if cfg is None or cfg.online == "none" or bundle.calibration is None:
         return None
+    if cfg.online == "track":
+        return TrackedThresholds(bundle.calibration, cfg)
     if bundle.calibration_scores is None:
         raise BundleError(
             "calibration.online = 'dspot' needs the calibration scores; recalibrate the bundle with this version",

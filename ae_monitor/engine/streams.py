@@ -56,6 +56,7 @@ class StreamState:
     last_score: float | None = None  # the newest window's, for the per-stream gauges
     last_threshold: float | None = None
     last_surprise: float | None = None
+    out_of_range: bool = False  # its newest window left the training range (logged once per excursion)
 
     @property
     def samples(self) -> int:

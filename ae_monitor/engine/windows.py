@@ -6,6 +6,7 @@ pass; sensor vectors are windows themselves, audio vectors are grouped into wind
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,10 +21,12 @@ from ae_monitor.features.sensor import SensorExtractor
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import CleanedWindow, IntArray, VectorCode, WindowScore, WindowTable
-from ae_monitor.scoring import ScoredWindow, VectorScores
-from ae_monitor.threshold import OnlineThresholds
+from ae_monitor.scoring import OUT_OF_RANGE_Z, ScoredWindow, VectorScores, newest_z
+from ae_monitor.threshold import OnlineThresholds, TrackedThresholds
 
 F64 = npt.NDArray[np.float64]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +56,7 @@ def score_slot(slot: Slot, items: list[Pushed], *, metrics: Metrics, outputs: Ve
         _vector_outputs(slot, segments, data, first, end, outputs)
     if slot.plan == (1, 1):
         scored = _vector_windows(slot, segments, scores, first, end)
+        _watch_range(slot, segments, data, metrics)
     else:
         scored = _grouped_windows(slot, segments, scores, first, end)
     if slot.bundle.calibration is not None:  # always so: a Slot refuses an uncalibrated bundle
@@ -82,6 +86,31 @@ def _vector_windows(slot: Slot, segments: list[Segment], scores: VectorScores, f
     threshold = np.full(len(names), slot.bundle.threshold)
     table = WindowTable(slot.bundle.name, names, start_s, end_s, scores.errors, threshold, shares)
     return Scored(slot, table, spans)
+
+
+def _watch_range(slot: Slot, segments: list[Segment], data: npt.NDArray[np.float32], metrics: Metrics) -> None:
+    """Count sensor windows whose newest sample is out of the training range, and log each stream's excursion
+    once when it starts and once when it ends: such windows score high because they are unlike training."""
+    z = newest_z(slot.bundle, data)
+    if z is None:
+        return
+    beyond = np.abs(z) > OUT_OF_RANGE_Z
+    names = slot.bundle.extractor.group_names
+    for channel in np.flatnonzero(beyond.any(axis=0)).tolist():
+        metrics.out_of_range.labels(slot.bundle.name, names[channel]).inc(int(beyond[:, channel].sum()))
+    row = 0
+    for seg in segments:
+        rows = slice(row, row + seg.count)
+        row += seg.count
+        now = bool(beyond[rows][-1].any()) if seg.count else seg.state.out_of_range
+        if now and not seg.state.out_of_range:
+            c = int(np.argmax(np.abs(z[rows][-1])))
+            log.warning("stream %s: %s at z = %+.1f: outside the range the model was trained on (|z| > %g); its "
+                        "windows score high because they are unlike training, whatever the cause", seg.stream,
+                        names[c], float(z[rows][-1, c]), OUT_OF_RANGE_Z)  # fmt: skip
+        elif seg.state.out_of_range and not now:
+            log.info("stream %s: back inside the training range", seg.stream)
+        seg.state.out_of_range = now
 
 
 def _grouped_windows(slot: Slot, segments: list[Segment], scores: VectorScores, first: IntArray,
@@ -166,7 +195,7 @@ def _table(bundle: Bundle, windows: list[WindowScore]) -> WindowTable:
     )
 
 
-def _with_thresholds(table: WindowTable, online: OnlineThresholds) -> WindowTable:
-    """The table with each window judged against the live DSPOT threshold of its stream, window by window."""
-    thresholds = np.array([online(window).threshold for window in table.rows()], dtype=np.float64)
+def _with_thresholds(table: WindowTable, online: OnlineThresholds | TrackedThresholds) -> WindowTable:
+    """The table with each window judged against its stream's live threshold (DSPOT or tracked), in order."""
+    thresholds = online.judge(table.streams, table.score)
     return replace(table, threshold=thresholds)

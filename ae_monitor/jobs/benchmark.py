@@ -30,6 +30,7 @@ from sklearn.decomposition import PCA
 
 from ae_monitor.alerting import AlertPolicy
 from ae_monitor.config import Config, dump_config
+from ae_monitor.engine.slots import online_thresholds
 from ae_monitor.errors import DataError
 from ae_monitor.jobs.data import ScoredSignal, Signal, fit_extractor, load_signals, score_signal, vectors_of
 from ae_monitor.jobs.train import calibrate_on, fit_bundle
@@ -153,6 +154,7 @@ def alert_states(bundle: Bundle, config: Config, scored: ScoredSignal) -> tuple[
         group_names=bundle.extractor.group_names, calibration=bundle.calibration,  # type: ignore[arg-type]
     )  # fmt: skip
     state = policy.new_state()
+    online = online_thresholds(bundle, config.calibration)  # the live per-stream thresholds, as serve applies them
     n = len(scored.signal.samples)
     score, alert = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
     for window in scored.windows:
@@ -160,6 +162,8 @@ def alert_states(bundle: Bundle, config: Config, scored: ScoredSignal) -> tuple[
         live = WindowScore(scored.signal.name, bundle.name, scored.window_time_s(int(window.start)),
                            scored.window_end_s(int(window.end)), window.score, bundle.threshold,
                            window.contributions)  # fmt: skip
+        if online is not None:
+            live = online(live)
         policy.update(state, live, now_s=live.end_s)
         score[row], alert[row] = window.score, int(state.firing)
     _hold_until_next_window(alert, scored)

@@ -20,10 +20,10 @@ from sklearn.metrics import roc_auc_score
 
 from ae_monitor.errors import DataError
 from ae_monitor.jobs import dcase
-from ae_monitor.jobs.data import ScoredSignal, load_signals, score_signal
-from ae_monitor.jobs.predictions import Predictions, predictions_for, row_predictions
+from ae_monitor.jobs.data import ScoredSignal, Signal, checked_channels, load_signals, score_signal
+from ae_monitor.jobs.predictions import Predictions, predictions_for, row_predictions, window_thresholds
 from ae_monitor.model.bundle import Bundle
-from ae_monitor.scoring import scorer_for
+from ae_monitor.scoring import out_of_range, scorer_for
 
 F64 = npt.NDArray[np.float64]
 
@@ -46,6 +46,7 @@ def score_files(
     count = 0
     short: list[str] = []
     for signal in load_signals(paths, bundle.features, rows=rows):
+        warn_out_of_range(bundle, signal)
         scored = score_signal(bundle, scorer, signal)
         if not scored.windows:
             short.append(f"{signal.name} ({len(signal.samples)} {_unit(bundle)})")
@@ -63,6 +64,13 @@ def score_files(
     return count
 
 
+def warn_out_of_range(bundle: Bundle, signal: Signal) -> None:
+    """One warning per channel of `signal` that leaves the bundle's training range: its windows will score high
+    because they are unlike training, which is not the same as a fault (SKAB's valve1 runs at z = -40 to -55)."""
+    for found in out_of_range(bundle, checked_channels(bundle, signal)):
+        log.warning("%s: %s", signal.name, found.message())
+
+
 def _unit(bundle: Bundle) -> str:
     return "rows" if bundle.features.kind == "sensor" else "samples"
 
@@ -74,6 +82,7 @@ def _window_text(bundle: Bundle) -> str:
 
 
 def _window_rows(bundle: Bundle, scored: ScoredSignal, *, first_row: int = 0) -> list[dict[str, Any]]:
+    limits = window_thresholds(bundle, scored).tolist()
     return [
         {
             "stream": scored.signal.name,
@@ -82,13 +91,13 @@ def _window_rows(bundle: Bundle, scored: ScoredSignal, *, first_row: int = 0) ->
             "start_row": first_row + int(w.start),
             "end_row": first_row + int(w.end),
             "score": w.score,
-            "threshold": bundle.threshold,
-            "anomaly": int(w.score > bundle.threshold),
+            "threshold": limit,
+            "anomaly": int(w.score > limit),
             "contributions": dict(
                 zip(bundle.extractor.group_names, (round(c, 6) for c in w.contributions), strict=True)
             ),
         }
-        for w in scored.windows
+        for w, limit in zip(scored.windows, limits, strict=True)
     ]
 
 
@@ -129,7 +138,10 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     scorer = scorer_for(bundle)
     paths = dcase.test_folders(paths) if bundle.features.kind == "logmel" else paths
-    scored = [score_signal(bundle, scorer, s) for s in load_signals(paths, bundle.features, rows=rows)]
+    signals = load_signals(paths, bundle.features, rows=rows)
+    for signal in signals:
+        warn_out_of_range(bundle, signal)
+    scored = [score_signal(bundle, scorer, s) for s in signals]
     pred = predictions_for(bundle, scored)
     report: dict[str, Any] = {
         "bundle": {"name": bundle.name, "version": bundle.version},
@@ -157,7 +169,7 @@ def evaluate(
 def _file_metrics(bundle: Bundle, scored: ScoredSignal) -> dict[str, Any]:
     if bundle.features.kind != "sensor":
         return {"score": scored.clip_score, "label": scored.signal.clip_label}
-    return detection_metrics(row_predictions([scored]), bundle.threshold)
+    return detection_metrics(row_predictions([scored], bundle), bundle.threshold)
 
 
 def _write_predictions(path: Path, pred: Predictions, threshold: float) -> None:

@@ -175,16 +175,26 @@ def run_ae_monitor(config: Config, case: Case, notes: list[str], *, dump: Path |
             worst = max(found, key=lambda o: abs(o.z))
             notes.append(f"{part.name}: {len(found)} channel(s) out of range, e.g. {worst.message()}")
         predictions.append(Prediction(score[keep], alert[keep]))
+        if dump is not None:
+            arrays[f"test{i}_steps"] = _step_errors(bundle, scored)
         arrays |= {f"test{i}_groups": scored.scores.group_errors, f"test{i}_end": scored.vectors.end_sample,
                    f"test{i}_label": part.label, f"test{i}_context": np.array(len(part.context))}  # fmt: skip
     if dump is not None:
         # Everything needed to compare operating points offline without retraining (scripts/bench_detection.py).
         oof = [s.scores.group_errors for s in fit.calibration_scored]
-        arrays |= {"calibration_groups": np.concatenate(oof), "steps": np.array(bundle.extractor.vector_shape[0])}
+        train = score_signal(bundle, scorer_for(bundle), _signal(case.name, case.train, case.channels, period))
+        arrays |= {"calibration_groups": np.concatenate(oof), "steps": np.array(bundle.extractor.vector_shape[0]),
+                   "train_groups": train.scores.group_errors, "train_steps": _step_errors(bundle, train)}  # fmt: skip
         dump.mkdir(parents=True, exist_ok=True)
         savez: Any = np.savez_compressed  # its stubs read **arrays as its own keyword arguments
         savez(dump / f"{case.name.replace('/', '_')}.npz", **arrays)
     return predictions
+
+
+def _step_errors(bundle: Any, scored: Any) -> npt.NDArray[np.float32]:
+    data = scored.vectors.data
+    squared = (scorer_for(bundle).reconstruct(data) - data) ** 2
+    return np.asarray(squared.reshape(len(data), *bundle.extractor.vector_shape), dtype=np.float32)
 
 
 def track_levels(values: F64, *, halflife_rows: float = TRACKING_HALFLIFE_ROWS) -> F64:

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ae_monitor.config import CalibrationConfig, Config
-from ae_monitor.errors import DataError
+from ae_monitor.errors import ConfigError, DataError
 from ae_monitor.jobs.data import (
     ScoredSignal,
     Signal,
@@ -91,7 +91,8 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
         calibration_fraction=config.training.calibration_fraction,
     )
     fit = _fit_network(config, train, validation, name=name, progress=progress)
-    scored = _scored(fit.bundle, calibration or validation)
+    on = signals if config.calibration.calibrate_on == "all" else (calibration or validation)
+    scored = _scored(fit.bundle, on, recent_steps=config.calibration.recent_steps)
     bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
     bundle = replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]})
     return replace(fit, bundle=bundle, calibration_scored=tuple(scored))
@@ -135,7 +136,7 @@ def _fit_cross_fitted(config: Config, signals: Sequence[Signal], *, name: str, p
         if not vectors_of(fit_extractor(config.features, train), train).size:
             continue
         fold_fit = _fit_network(config, train, validation, name=f"{name}-fold{fold}", progress=False)
-        out_of_fold += _scored(fold_fit.bundle, held_out)
+        out_of_fold += _scored(fold_fit.bundle, held_out, recent_steps=config.calibration.recent_steps)
     train, validation, _ = split_signals(signals, validation_fraction=v, calibration_fraction=0.0)
     fit = _fit_network(config, train, validation, name=name, progress=progress)
     notes: tuple[str, ...] = ()
@@ -145,7 +146,7 @@ def _fit_cross_fitted(config: Config, signals: Sequence[Signal], *, name: str, p
             "the training windows themselves, whose scores run lower than new data's: expect more false alerts",
         )
         log.warning("calibration: %s", notes[0])
-        out_of_fold = _scored(fit.bundle, signals)
+        out_of_fold = _scored(fit.bundle, signals, recent_steps=config.calibration.recent_steps)
     calibration, scores = calibrate_scored(fit.bundle, out_of_fold, config.calibration)
     calibration = replace(calibration, notes=notes + calibration.notes)
     bundle = fit.bundle.with_calibration(calibration, scores)
@@ -182,8 +183,13 @@ def _rows_per_window(config: Config) -> int:
     return logmel.n_fft + (logmel.frames - 1) * logmel.hop_length
 
 
-def _scored(bundle: Bundle, signals: Sequence[Signal]) -> list[ScoredSignal]:
-    scorer = scorer_for(bundle)
+def _scored(bundle: Bundle, signals: Sequence[Signal], *, recent_steps: int) -> list[ScoredSignal]:
+    if recent_steps > bundle.extractor.vector_shape[0]:
+        raise ConfigError(
+            f"must not exceed the {bundle.extractor.vector_shape[0]} time steps of a feature vector",
+            key="calibration.recent_steps",
+        )
+    scorer = scorer_for(bundle, recent_steps=recent_steps)
     return [score_signal(bundle, scorer, s, every_vector=True) for s in signals]
 
 
@@ -192,7 +198,7 @@ def calibrate_scored(
 ) -> tuple[Calibration, npt.NDArray[np.float64]]:
     """Calibrate on signals scored by an uncalibrated (mean-error) scorer: with `cfg.aggregation` "max" the group
     scales come from these normal errors first, and the window scores are re-formed with them."""
-    steps = bundle.extractor.vector_shape[0]
+    steps = cfg.recent_steps or bundle.extractor.vector_shape[0]
     scale = None
     if cfg.aggregation == "max":
         groups = np.concatenate([s.scores.group_errors for s in scored])
@@ -212,7 +218,7 @@ def calibrate_scored(
         )
     log.info("calibrating with %s on %d window scores", cfg.method, len(x))
     calibration = calibrate(x, cfg, window_hop_s=window_hop_s(bundle.features))
-    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale), x
+    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps), x
 
 
 def calibrate_on(bundle: Bundle, signals: Sequence[Signal], cfg: CalibrationConfig) -> Calibration:
@@ -235,7 +241,9 @@ def calibrate_scores(
     if bundle.calibration is not None:
         # The scores were formed with the bundle's aggregation and group scales: the threshold is in those units.
         old = bundle.calibration
-        calibration = replace(calibration, aggregation=old.aggregation, group_scale=old.group_scale)
+        calibration = replace(
+            calibration, aggregation=old.aggregation, group_scale=old.group_scale, recent_steps=old.recent_steps
+        )
     return calibration, scores
 
 
