@@ -11,15 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from ae_monitor.config import FeaturesConfig, ModelConfig
 from ae_monitor.model.bundle import Bundle
-from ae_monitor.model.networks import Autoencoder
-from ae_monitor.model.training import LossKind, output_activation
+from ae_monitor.model.onnx import OnnxNetwork
+
+if TYPE_CHECKING:
+    # Imported where used: with scoring.backend "onnx" the daemon never imports torch (docs/footprint.md).
+    import torch
+
+    from ae_monitor.model.networks import Autoencoder
+    from ae_monitor.model.training import LossKind
 
 F64 = npt.NDArray[np.float64]
 Positions = npt.NDArray[np.float64] | npt.NDArray[np.int64]
@@ -53,6 +59,8 @@ class Scorer:
         aggregation: str = "mean",
         group_scale: Sequence[float] | None = None,
     ) -> None:
+        from ae_monitor.model.training import output_activation
+
         if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
             raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
         self._aggregation = aggregation
@@ -76,17 +84,23 @@ class Scorer:
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Latent codes of `data` (N, T*G) -> (N, latent); a VAE gives its mean."""
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
             return self._model.encode(x).float().numpy()
 
     def reconstruct(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The network's reconstruction of `data` (N, T*G), in feature units."""
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
             return self._activation(self._model(x).reconstruction).float().numpy()
 
     def _score_batch(self, batch: npt.NDArray[np.float32]) -> tuple[F64, F64]:
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             out = self._model(x)
@@ -100,11 +114,47 @@ class Scorer:
         return errors.double().numpy(), groups.double().numpy()
 
 
+class OnnxScorer(Scorer):
+    """Scorer for scoring.backend "onnx": the bundle's exported graph (model/onnx.py) computes what `_score_batch`
+    does in torch; batching and group aggregation are the same."""
+
+    def __init__(
+        self,
+        network: OnnxNetwork,
+        *,
+        vector_shape: tuple[int, int],
+        batch_size: int = 1024,
+        aggregation: str = "mean",
+        group_scale: Sequence[float] | None = None,
+    ) -> None:
+        # Not Scorer.__init__: it sets up the torch network; the graph already holds the loss and score kind.
+        if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
+            raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
+        self._aggregation, self._shape, self._batch_size = aggregation, vector_shape, batch_size
+        self._group_scale = None if group_scale is None else np.asarray(group_scale, dtype=np.float64)
+        self._network = network
+
+    def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._network.run(data)[2]
+
+    def reconstruct(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._network.run(data)[3]
+
+    def _score_batch(self, batch: npt.NDArray[np.float32]) -> tuple[F64, F64]:
+        errors, groups = self._network.score(batch)
+        return errors.astype(np.float64), groups.astype(np.float64)
+
+
 def scorer_for(bundle: Bundle, *, batch_size: int = 1024) -> Scorer:
-    """The scorer of a loaded bundle: its network, vector shape, loss, score kind and group aggregation."""
+    """The scorer of a loaded bundle: its network (or exported graph), vector shape, loss, score kind and group
+    aggregation."""
     cal = bundle.calibration
+    if bundle.onnx is not None:  # loaded with backend "onnx" (model.bundle.load_bundle)
+        return OnnxScorer(bundle.onnx, vector_shape=bundle.extractor.vector_shape, batch_size=batch_size,
+                          aggregation="mean" if cal is None else cal.aggregation,
+                          group_scale=None if cal is None else cal.group_scale)  # fmt: skip
     return Scorer(
-        bundle.model,
+        bundle.network,
         vector_shape=bundle.extractor.vector_shape,
         model_config=bundle.model_config,
         loss=bundle.training.loss,
