@@ -124,7 +124,7 @@ IMPORT_STEPS = {
 }  # fmt: skip
 
 
-def child(backend: str, bundle_path: str, streams: int) -> None:
+def child(backend: str, bundle_path: str, streams: int, signal_path: str | None) -> None:
     """Go through serve's phases, announcing each on stdout and waiting for a line on stdin before the next."""
     import importlib
 
@@ -158,35 +158,53 @@ def child(backend: str, bundle_path: str, streams: int) -> None:
     engine = Engine(bundle, alerting=AlertingConfig(), metrics=Metrics(CollectorRegistry()),
                     streams=StreamsConfig(max_streams=max(streams, 1)))  # fmt: skip
     channels = bundle.extractor.group_names
-    rng = np.random.default_rng(0)
     rows = bundle.features.sensor.window_samples + 10
+    # Healthy signal (no alerts, so no open episodes are kept after eviction), each stream from its own offset.
+    rng = np.random.default_rng(0)
+    signal = np.load(signal_path) if signal_path else rng.normal(0.0, 1.0, size=(2000, len(channels)))
 
-    def feed(names: Sequence[str], start_s: float, n: int) -> int:
-        records = [SensorRecord(name, start_s + np.arange(n, dtype=np.float64),
-                                rng.normal(0.5, 0.1, size=(n, len(channels))), channels) for name in names]  # fmt: skip
+    def feed(names: Sequence[str], first_row: int, n: int) -> int:
+        def values(i: int) -> np.ndarray:
+            start = (7 * i) % (len(signal) - 2 * rows) + first_row  # contiguous across feeds
+            return np.ascontiguousarray(signal[start : start + n])
+
+        records = [SensorRecord(name, 1.7e9 + first_row + np.arange(n, dtype=np.float64), values(i), channels)
+                   for i, name in enumerate(names)]  # fmt: skip
         return sum(engine.process(records[i : i + 1000]).window_count for i in range(0, len(records), 1000))
 
-    feed(["warm-up"], 1.7e9, rows)
+    feed(["warm-up"], 0, rows)
     engine.drop_streams(["warm-up"])
     gc.collect()
     phase("bundle loaded, engine built, one stream scored")
     names = [f"pump-{i:05d}" for i in range(streams)]
-    scored = feed(names, 1.7e9, rows)
-    scored += feed(names, 1.7e9 + rows, 5)
+    scored = feed(names, 0, rows)
+    scored += feed(names, rows, 5)
     gc.collect()
-    phase(f"{streams:,} active streams ({scored:,} windows scored)")
+    firing = sum(1 for state in engine.streams.values() if state.alert.episode is not None)
+    phase(f"{streams:,} active streams ({scored:,} windows scored, {firing:,} firing)")
     evicted = engine.evict_idle(time.time() + 10 * StreamsConfig().idle_eviction_s)
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     phase(f"after evicting {len(evicted):,} streams (gc + malloc_trim, as serve does)")
+    # A second generation of as many new streams: what eviction kept is reused, not added to.
+    names = [f"valve-{i:05d}" for i in range(streams)]
+    feed(names, 0, rows)
+    gc.collect()
+    phase(f"{streams:,} other streams")
+    evicted = engine.evict_idle(time.time() + 10 * StreamsConfig().idle_eviction_s)
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    phase(f"after evicting those {len(evicted):,}")
     torch_loaded = "torch" in sys.modules
     print(f"done torch_imported={torch_loaded}", flush=True)
 
 
-def measure_child(backend: str, bundle: Path, streams: int) -> list[tuple[str, dict[str, object]]]:
+def measure_child(backend: str, bundle: Path, streams: int, signal: Path | None) -> list[tuple[str, dict[str, object]]]:
     """Run the child for `backend`; the breakdown after each of its phases."""
     command = [sys.executable, __file__, "--child", backend, "--bundle", str(bundle), "--streams", str(streams)]
+    command += ["--signal", str(signal)] if signal else []
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     assert proc.stdin is not None
@@ -323,6 +341,23 @@ def prepare_bundle(workdir: Path) -> Path:
     return path
 
 
+def healthy_signal(bundle: Path, workdir: Path) -> Path | None:
+    """The demo pump's healthy signal as .npy when the bundle has its channels (and torch is here to train the
+    demo's module chain); None gives the child noise."""
+    import numpy as np
+
+    try:
+        from ae_monitor.jobs.demo import CHANNELS, machine
+    except ImportError:  # a serve-only install: no training modules
+        return None
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    if tuple(manifest["group_names"]) != CHANNELS:
+        return None
+    path = workdir / "healthy.npy"
+    np.save(path, machine(2000, np.random.default_rng(3))[0])
+    return path
+
+
 def with_onnx(bundle: Path, workdir: Path) -> Path:
     """`bundle` if it has a model.onnx, else a copy with one exported."""
     if (bundle / "model.onnx").exists():
@@ -345,13 +380,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pid", type=int, help="only break down this running process")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--signal", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        child(args.child, str(args.bundle), args.streams)
+        child(args.child, str(args.bundle), args.streams, args.signal)
         return 0
     if args.pid:
         found = breakdown(args.pid)
@@ -363,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle = args.bundle or prepare_bundle(work)
         if "onnx" in backends:
             bundle = with_onnx(bundle, work)
-        results = {backend: measure_child(backend, bundle, args.streams) for backend in backends}
+        signal = healthy_signal(bundle, work)
+        results = {backend: measure_child(backend, bundle, args.streams, signal) for backend in backends}
         served: dict[str, dict[str, object]] = {}
         if args.serve:
             with local_broker(args.bootstrap) as bootstrap:
