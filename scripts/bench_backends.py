@@ -64,7 +64,8 @@ def variant(base: Path, model_config: ModelConfig | None, out: Path) -> Path:
         extractor = build_extractor(features)
         model = build_model(ModelConfig(), extractor.vector_shape).eval()
         bundle = Bundle(name="audio", version=weights_version(model), features=features, model_config=ModelConfig(),
-                        training=TrainingConfig(), extractor=extractor, model=model, calibration=None, extra={})  # fmt: skip
+                        training=TrainingConfig(), extractor=extractor, model=model, calibration=None,
+                        extra={})  # fmt: skip
     else:
         model = build_model(model_config, bundle.extractor.vector_shape).eval()
         bundle = replace(bundle, model_config=model_config, model=model, version=weights_version(model))
@@ -91,7 +92,7 @@ def scorer_rates(path: Path, repeats: int) -> list[tuple[int, float, float, floa
         data = np.random.default_rng(0).normal(size=(batch, steps * groups)).astype(np.float32)
         want, got = torch_scorer.score(data).errors, onnx_scorer.score(data).errors
         diff = float(np.abs(want - got).max() / max(float(np.abs(want).max()), 1e-12))
-        pairs = [(rate(lambda: torch_scorer.score(data), batch), rate(lambda: onnx_scorer.score(data), batch))
+        pairs = [(rate(lambda d=data: torch_scorer.score(d), batch), rate(lambda d=data: onnx_scorer.score(d), batch))
                  for _ in range(repeats)]  # fmt: skip
         rows.append((batch, statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs), diff))
     return rows

@@ -221,6 +221,7 @@ def measure_child(backend: str, bundle: Path, streams: int, signal: Path | None)
             proc.stdin.flush()
     finally:
         proc.stdin.close()
+        proc.stdout.close()
         if proc.wait(timeout=120) != 0:
             raise SystemExit(f"the {backend} child failed with exit status {proc.returncode}")
     return phases
