@@ -246,14 +246,18 @@ def local_broker(bootstrap: str | None) -> Iterator[str]:
 
 
 def serve_at_rest(backend: str, bundle: Path, bootstrap: str, workdir: Path, settle_s: float) -> dict[str, object]:
-    """`ae-monitor serve` with the backend, subscribed to an empty topic; its breakdown once ready and settled."""
+    """`ae-monitor serve` with the backend and production outputs, subscribed to an empty topic; its breakdown once
+    ready and settled."""
     import urllib.request
 
     topic = f"footprint-{backend}-{os.getpid()}"
     config = workdir / f"serve-{backend}.toml"
     config.write_text(
         f'[kafka]\nbootstrap_servers = ["{bootstrap}"]\n\n[source]\ntopics = ["{topic}"]\ngroup_id = "{topic}"\n\n'
-        f'[scoring]\nbackend = "{backend}"\n\n[service]\nhttp_port = 0\n\n[[routes]]\nbundle_path = "{bundle}"\n',
+        f'[scoring]\nbackend = "{backend}"\n\n[service]\nhttp_port = 0\n\n[[routes]]\nbundle_path = "{bundle}"\n\n'
+        # The outputs of scripts/chaos.py's production setting: alerts, dead letters, alert states, a webhook.
+        f'[sinks.kafka]\nalerts_topic = "{topic}-alerts"\ndead_letter_topic = "{topic}-dead"\n'
+        f'state_topic = "{topic}-state"\n\n[sinks.webhook]\nurl = "http://127.0.0.1:9/alerts"\n',
         encoding="utf-8",
     )
     log = workdir / f"serve-{backend}.log"
