@@ -385,7 +385,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pid", type=int, help="only break down this running process")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--signal", help=argparse.SUPPRESS)
+    parser.add_argument("--signal", help="healthy rows (n, channels) as .npy to feed (default: the demo pump's)")
     return parser.parse_args(argv)
 
 
@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle = args.bundle or prepare_bundle(work)
         if "onnx" in backends:
             bundle = with_onnx(bundle, work)
-        signal = healthy_signal(bundle, work)
+        signal = Path(args.signal) if args.signal else healthy_signal(bundle, work)
         results = {backend: measure_child(backend, bundle, args.streams, signal) for backend in backends}
         served: dict[str, dict[str, object]] = {}
         if args.serve:
