@@ -8,12 +8,16 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
 
 from ae_monitor.cli import main
 from ae_monitor.config import ModelConfig, TrainingConfig, load_config
@@ -23,7 +27,7 @@ from ae_monitor.model.integrity import KEY_ENV, seal
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.onnx import ONNX_FILE
 from ae_monitor.scoring import scorer_for
-from ae_monitor.serve.app import load_routed_bundles
+from ae_monitor.serve.app import load_routed_bundles, serve
 
 pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed (the Makefile installs it)")
 
@@ -219,3 +223,30 @@ def test_a_daemon_scoring_with_onnx_never_imports_torch_or_the_training_librarie
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_serve_with_the_onnx_backend_raises_the_alerts_torch_would_through_a_real_broker(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], exported: Path, sensor_data: tuple[Path, Path]
+) -> None:
+    from test_serve import _expected_alerts, _interleave, _messages, _produce, _read, _serve_config
+
+    topic = kafka_topic(2)
+    tag = topic.rsplit("-", 1)[-1]
+    config = _serve_config(kafka_bootstrap, topic, exported, scoring={"backend": "onnx"})
+    messages = _interleave(*(_messages(sensor_data[1] / f"pump-{i}.csv", f"pump-{i}", config) for i in (1, 2)))
+    expected = _expected_alerts(exported, messages, config)  # the torch engine, offline
+    assert {a.status for a in expected} == {"firing", "resolved"}
+    stop, registry = threading.Event(), CollectorRegistry()
+    thread = threading.Thread(target=serve, args=(config,), kwargs={"registry": registry, "stop": stop})
+    thread.start()
+    try:
+        _produce(kafka_bootstrap, topic, messages)
+        wanted = {(a.id, a.status) for a in expected}
+
+        def alerts(seen: list[Any]) -> set[tuple[str, str]]:
+            return {(json.loads(m.value)["id"], json.loads(m.value)["status"]) for m in seen}
+
+        assert alerts(_read(kafka_bootstrap, f"alerts-{tag}", lambda seen: wanted <= alerts(seen))) == wanted
+    finally:
+        stop.set()
+        thread.join(timeout=30)
