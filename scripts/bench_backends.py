@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exported = work / "exported"
         shutil.copytree(base, exported)
         export_onnx(exported)
-        pairs = [(engine_rate(exported, "torch"), engine_rate(exported, "onnx")) for _ in range(3)]
+        pairs = [(engine_rate(exported, "torch"), engine_rate(exported, "onnx")) for _ in range(min(3, args.repeats))]
         torch_rate, onnx_rate = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         print("\n| engine, demo sensor bundle, 100 streams, 1-sample records | torch records/s | onnx records/s "
               "| onnx / torch |\n|---|---:|---:|---:|")  # fmt: skip
