@@ -86,7 +86,7 @@ def export_graph(graph: torch.nn.Module, *, input_dim: int) -> bytes:
             warnings.simplefilter("ignore", DeprecationWarning)
             # The tracer warns where a network branches on a shape (Conv1d's crop to T): those are the time and
             # group axes, fixed per bundle; only the batch axis varies, and the check below runs another batch size.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]  # public, not re-exported
             # The LSTM's zero initial states are sized from the input's batch (aten::size) in the graph: it runs
             # at any batch size, which the same check confirms.
             warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
