@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                parser.add_subparsers(required=True, metavar="COMMAND"))  # fmt: skip
     _add_config(sub)
     _add_bundle(sub)
+    _add_export(sub)
     _add_train(sub)
     _add_calibrate(sub)
     _add_score(sub)
@@ -149,6 +150,22 @@ def _seal_text(found: Seal) -> str:
     if found.state == "sealed":
         return f"digest {found.digest}, not signed"
     return "UNVERIFIED: no digest (written before ae_monitor sealed bundles; `ae-monitor bundle sign` adds one)"
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="write a bundle's scoring graph for another runtime (scoring.backend)")
+    p.add_argument("--onnx", action="store_true", required=True,
+                   help="model.onnx in the bundle, for scoring.backend = 'onnx' (needs the `onnx` extra)")  # fmt: skip
+    p.add_argument("paths", nargs="+", type=Path, metavar="BUNDLE")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ae_monitor.model.bundle import export_onnx
+
+    for path in args.paths:
+        print(f"{path}: wrote {export_onnx(path)} (checked against torch's scores)")
+    return 0
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -178,7 +178,9 @@ class CalibrationConfig(_Section):
 class ScoringConfig(_Section):
     batch_size: int = Field(1024, gt=0)
     max_batch_delay_ms: float = Field(50.0, ge=0)
-    torch_threads: int = Field(1, gt=0)
+    torch_threads: int = Field(1, gt=0)  # also the onnxruntime session's threads with backend "onnx"
+    # "onnx" scores with the bundle's model.onnx (`ae-monitor export --onnx`) in onnxruntime, without torch.
+    backend: Literal["torch", "onnx"] = "torch"
 
 
 class AlertingConfig(_Section):

@@ -12,16 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from ae_monitor.config import FeaturesConfig, ModelConfig
 from ae_monitor.errors import BundleError
 from ae_monitor.model.bundle import Bundle
-from ae_monitor.model.networks import Autoencoder
-from ae_monitor.model.training import LossKind, output_activation
+from ae_monitor.model.onnx import OnnxNetwork
+
+if TYPE_CHECKING:
+    # Imported where used: with scoring.backend "onnx" the daemon never imports torch (docs/footprint.md).
+    import torch
+
+    from ae_monitor.model.networks import Autoencoder
+    from ae_monitor.model.training import LossKind
 
 F64 = npt.NDArray[np.float64]
 Positions = npt.NDArray[np.float64] | npt.NDArray[np.int64]
@@ -56,6 +62,8 @@ class Scorer:
         group_scale: Sequence[float] | None = None,
         recent_steps: int = 0,
     ) -> None:
+        from ae_monitor.model.training import output_activation
+
         if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
             raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
         if not 0 <= recent_steps <= vector_shape[0]:
@@ -88,17 +96,23 @@ class Scorer:
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Latent codes of `data` (N, T*G) -> (N, latent); a VAE gives its mean."""
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
             return self._model.encode(x).float().numpy()
 
     def reconstruct(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The network's reconstruction of `data` (N, T*G), in feature units."""
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
             return self._activation(self._model(x).reconstruction).float().numpy()
 
     def _score_batch(self, batch: npt.NDArray[np.float32]) -> tuple[F64, F64]:
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             out = self._model(x)
@@ -113,6 +127,49 @@ class Scorer:
         return errors.double().numpy(), groups.double().numpy()
 
 
+class OnnxScorer(Scorer):
+    """Scorer for scoring.backend "onnx": the bundle's exported graph (model/onnx.py) computes what `_score_batch`
+    does in torch; batching and group aggregation are the same."""
+
+    def __init__(
+        self,
+        network: OnnxNetwork,
+        *,
+        vector_shape: tuple[int, int],
+        batch_size: int = 1024,
+        aggregation: str = "mean",
+        group_scale: Sequence[float] | None = None,
+        recent_steps: int = 0,
+    ) -> None:
+        # Not Scorer.__init__: it sets up the torch network; the graph already holds the loss and score kind.
+        if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
+            raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
+        if not 0 <= recent_steps <= vector_shape[0]:
+            raise ValueError(f"recent_steps must be in [0, {vector_shape[0]}] (the vector's steps), got {recent_steps}")
+        self._first_step = vector_shape[0] - recent_steps if recent_steps else 0
+        self._aggregation, self._shape, self._batch_size = aggregation, vector_shape, batch_size
+        self._group_scale = None if group_scale is None else np.asarray(group_scale, dtype=np.float64)
+        self._network = network
+
+    def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._network.run(data)[2]
+
+    def reconstruct(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._network.run(data)[3]
+
+    def _score_batch(self, batch: npt.NDArray[np.float32]) -> tuple[F64, F64]:
+        if not self._first_step:
+            errors, groups = self._network.score(batch)
+            return errors.astype(np.float64), groups.astype(np.float64)
+        # The graph scores every step; with recent_steps the newest steps' errors replace the all-step mean (any
+        # ELBO term the graph added stays, as in Scorer._score_batch).
+        errors, groups, _, reconstruction = self._network.run(batch)
+        squared = np.square(reconstruction.astype(np.float64) - batch).reshape(-1, *self._shape)
+        recent = squared[:, self._first_step :, :]
+        errors = errors.astype(np.float64) - squared.mean(axis=(1, 2)) + recent.mean(axis=(1, 2))
+        return errors, recent.sum(axis=1)
+
+
 def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | None = None) -> Scorer:
     """The scorer of a loaded bundle: its network, vector shape, loss, score kind, group aggregation and scored
     steps (`recent_steps` overrides the calibration's: calibration itself scores before it has a record)."""
@@ -124,8 +181,13 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | No
             f"{recent_steps} recent steps, but a vector holds {bundle.extractor.vector_shape[0]}",
             field="calibration.recent_steps",
         )
+    if bundle.onnx is not None:  # loaded with backend "onnx" (model.bundle.load_bundle)
+        return OnnxScorer(bundle.onnx, vector_shape=bundle.extractor.vector_shape, batch_size=batch_size,
+                          aggregation="mean" if cal is None else cal.aggregation,
+                          group_scale=None if cal is None else cal.group_scale,
+                          recent_steps=recent_steps)  # fmt: skip
     return Scorer(
-        bundle.model,
+        bundle.network,
         vector_shape=bundle.extractor.vector_shape,
         model_config=bundle.model_config,
         loss=bundle.training.loss,

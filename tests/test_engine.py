@@ -378,5 +378,6 @@ def test_a_stream_outside_the_training_range_is_counted_and_logged_once_per_excu
     assert f"stream moved: {CHANNELS[1]} at z = +" in warnings[0]
     assert "outside the range the model was trained on" in warnings[0]
     assert any("stream moved: back inside the training range" in r.getMessage() for r in caplog.records)
-    assert harness.metric("ae_monitor_out_of_range_windows_total", bundle="pump", channel=CHANNELS[1]) == (40 - 30 + 1) + 20
+    counted = harness.metric("ae_monitor_out_of_range_windows_total", bundle="pump", channel=CHANNELS[1])
+    assert counted == (40 - 30 + 1) + 20
     assert harness.metric("ae_monitor_out_of_range_windows_total", bundle="pump", channel=CHANNELS[0]) == 0

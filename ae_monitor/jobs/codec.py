@@ -68,19 +68,17 @@ def encode_array(model: Autoencoder, data: npt.NDArray[np.floating]) -> F32:
 
 def decode_array(bundle: Bundle, codes: npt.NDArray[np.floating]) -> F32:
     """Reconstructed vectors (N, D) in feature units (the output activation applied) from codes (N, latent_dim)."""
-    activation = output_activation(bundle.training.loss)
-    parts = [
-        _run(lambda c: activation(bundle.model.decode(c)), codes[i : i + _BATCH]) for i in range(0, len(codes), _BATCH)
-    ]
-    dim = bundle.model.input_dim
+    activation, network = output_activation(bundle.training.loss), bundle.network
+    parts = [_run(lambda c: activation(network.decode(c)), codes[i : i + _BATCH]) for i in range(0, len(codes), _BATCH)]
+    dim = bundle.network.input_dim
     return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
 
 
 def reconstruct_array(bundle: Bundle, data: npt.NDArray[np.floating]) -> F32:
     """What the model rebuilds of vectors (N, D): decode(encode(x)), the reconstruction scoring compares against."""
     if len(data) == 0:
-        return np.zeros((0, bundle.model.input_dim), dtype=np.float32)
-    return decode_array(bundle, encode_array(bundle.model, data))
+        return np.zeros((0, bundle.network.input_dim), dtype=np.float32)
+    return decode_array(bundle, encode_array(bundle.network, data))
 
 
 def _run(fn: Callable[[torch.Tensor], torch.Tensor], batch: npt.NDArray[np.floating]) -> F32:
@@ -175,7 +173,7 @@ def _encode_signal(bundle: Bundle, index: int, signal: Signal) -> dict[str, npt.
     vectors = feature_vectors(bundle, signal)
     times = _sample_times(signal)
     return {
-        "codes": encode_array(bundle.model, vectors.data),
+        "codes": encode_array(bundle.network, vectors.data),
         "vectors": vectors.data,
         "stream_index": np.full(len(vectors), index, dtype=np.int32),
         "first_sample": vectors.first_sample,

@@ -9,6 +9,8 @@ Layout::
                              (model/integrity.py)
       weights.safetensors    the network's state_dict (safetensors: no pickle anywhere)
       calibration.safetensors  (optional) the calibration window scores, for live thresholds (DSPOT) and audits
+      model.onnx             (optional) the scoring graph for `scoring.backend = "onnx"` (`ae-monitor export
+                             --onnx`; model/onnx.py), with an `onnx` manifest record naming the weights it came from
 
 Bundles are written atomically (a temporary sibling directory, then a rename) and verified on load: unknown schema
 versions, an edited manifest, checksum mismatches, unexpected files, missing or wrong signatures (when the site sets
@@ -30,21 +32,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 
 import ae_monitor
 from ae_monitor.config import FeaturesConfig, ModelConfig, TrainingConfig
 from ae_monitor.errors import BundleError
 from ae_monitor.features import FeatureExtractor, build_extractor
+from ae_monitor.model.integrity import FIELD as INTEGRITY
 from ae_monitor.model.integrity import Seal, reseal, seal, signing_key, verify, warn_unchecked
-from ae_monitor.model.networks import Autoencoder, build_model
+from ae_monitor.model.onnx import INPUT, ONNX_FILE, OPSET, OUTPUTS, OnnxNetwork, export_graph, scoring_graph
 from ae_monitor.threshold import Calibration
+
+if TYPE_CHECKING:
+    # torch is imported where a network is built or saved: a bundle loaded for the onnx backend never needs it.
+    from ae_monitor.model.networks import Autoencoder
 
 _S = TypeVar("_S", FeaturesConfig, ModelConfig, TrainingConfig)
 
@@ -52,12 +59,16 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 CALIBRATION_SCORES = "calibration.safetensors"
-ALLOWED_FILES = {WEIGHTS, CALIBRATION_SCORES}
+ALLOWED_FILES = {WEIGHTS, CALIBRATION_SCORES, ONNX_FILE}
+Backend = Literal["torch", "onnx"]
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A trained model with everything needed to score with it: features, network, calibration."""
+    """A trained model with everything needed to score with it: features, network, calibration.
+
+    `model` is the torch network; a bundle loaded for the onnx backend has `onnx` (its exported scoring graph in
+    an onnxruntime session) instead and `model` None."""
 
     name: str
     version: str
@@ -65,10 +76,19 @@ class Bundle:
     model_config: ModelConfig
     training: TrainingConfig
     extractor: FeatureExtractor
-    model: Autoencoder
+    model: Autoencoder | None
     calibration: Calibration | None
     extra: Mapping[str, Any]
     calibration_scores: npt.NDArray[np.float64] | None = None
+    onnx: OnnxNetwork | None = None
+
+    @property
+    def network(self) -> Autoencoder:
+        """The torch network; a BundleError when the bundle was loaded for the onnx backend."""
+        if self.model is None:
+            raise BundleError("the bundle was loaded for scoring.backend 'onnx' and has no torch network; load it "
+                              "with the torch backend for this", field=WEIGHTS)  # fmt: skip
+        return self.model
 
     @property
     def threshold(self) -> float:
@@ -91,10 +111,12 @@ def save_bundle(bundle: Bundle, path: str | Path, *, environ: Mapping[str, str] 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(target)
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in bundle.network.state_dict().items()}
         save_file(state, str(staging / WEIGHTS))
         if bundle.calibration_scores is not None:
-            save_file({"scores": torch.from_numpy(bundle.calibration_scores.copy())}, str(staging / CALIBRATION_SCORES))
+            save_arrays({"scores": np.ascontiguousarray(bundle.calibration_scores)}, str(staging / CALIBRATION_SCORES))
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         _write_manifest(staging / MANIFEST, seal(_manifest(bundle, files), key=key))
         _match_umask(staging)
@@ -115,11 +137,18 @@ def weights_version(model: Autoencoder) -> str:
 
 
 def load_bundle(
-    path: str | Path, *, expected_features: FeaturesConfig | None = None, environ: Mapping[str, str] | None = None
+    path: str | Path,
+    *,
+    expected_features: FeaturesConfig | None = None,
+    environ: Mapping[str, str] | None = None,
+    backend: Backend = "torch",
+    threads: int = 1,
 ) -> Bundle:
     """Load and verify the bundle at `path`. Raises BundleError naming the field or file at fault.
 
-    When `environ` (default: the process environment) holds a bundle key, only bundles signed with it load."""
+    When `environ` (default: the process environment) holds a bundle key, only bundles signed with it load.
+    `backend` "onnx" loads its `model.onnx` into an onnxruntime session of `threads` threads instead of the torch
+    network (torch is not imported); a bundle without one is refused."""
     root = Path(path)
     manifest, found = _verified_manifest(root, environ)
     warn_unchecked(found, where=root)
@@ -128,8 +157,10 @@ def load_bundle(
         _check_features_match(features, expected_features)
     model_config = _section(manifest, "model", ModelConfig)
     vector_shape = _vector_shape(manifest)
-    model = build_model(model_config, vector_shape)
-    _load_weights(model, root / WEIGHTS)
+    if backend == "onnx":
+        model, onnx = None, _load_onnx(root, manifest, threads)
+    else:
+        model, onnx = _torch_model(root, model_config, vector_shape), None
     return Bundle(
         name=str(manifest.get("name", root.name)),
         version=str(manifest["version"]),
@@ -141,6 +172,7 @@ def load_bundle(
         calibration=_calibration(manifest),
         extra=manifest.get("extra", {}),
         calibration_scores=_calibration_scores(root, manifest),
+        onnx=onnx,
     )
 
 
@@ -169,6 +201,52 @@ def sign_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     return check_bundle(root, environ=env)
 
 
+def export_onnx(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Path:
+    """`ae-monitor export --onnx`: add the scoring graph of the bundle at `path` as `model.onnx` (replacing an
+    earlier one), in place and atomically, sealed (and signed, when a key is set) like the rest of the bundle.
+
+    The graph is checked against torch's scores before it is written. Saving the bundle again (`calibrate`)
+    writes it without the graph: export after the last change."""
+    import torch
+
+    root = Path(path)
+    env = os.environ if environ is None else environ
+    bundle = load_bundle(root, environ=env)
+    key = signing_key(env)
+    # reseal refuses a signed bundle without the key (it would drop the signature) before anything is written.
+    manifest = {k: v for k, v in reseal(_read_manifest(root), key=key).items() if k != INTEGRITY}
+    graph = scoring_graph(bundle.network, bundle.model_config, vector_shape=bundle.extractor.vector_shape,
+                          loss=bundle.training.loss)  # fmt: skip
+    data = export_graph(graph, input_dim=bundle.network.input_dim)
+    staging = _staging_dir(root)
+    try:
+        for item in root.iterdir():
+            if item.name not in (MANIFEST, ONNX_FILE):
+                shutil.copy2(item, staging / item.name)
+        (staging / ONNX_FILE).write_bytes(data)
+        files = {**manifest["files"], ONNX_FILE: _sha256(staging / ONNX_FILE)}
+        record = {"file": ONNX_FILE, "opset": OPSET, "inputs": [INPUT], "outputs": list(OUTPUTS),
+                  "weights_sha256": files[WEIGHTS], "torch_version": torch.__version__}  # fmt: skip
+        _write_manifest(staging / MANIFEST, seal({**manifest, "files": files, "onnx": record}, key=key))
+        _match_umask(staging)
+        _replace_dir(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root / ONNX_FILE
+
+
+def _load_onnx(root: Path, manifest: Mapping[str, Any], threads: int) -> OnnxNetwork:
+    record = manifest.get("onnx")
+    if ONNX_FILE not in manifest["files"] or not isinstance(record, dict):
+        raise BundleError(f"{root} has no {ONNX_FILE}, which scoring.backend 'onnx' needs; write it with "
+                          f"`ae-monitor export --onnx {root}`", field=ONNX_FILE)  # fmt: skip
+    if record.get("weights_sha256") != manifest["files"][WEIGHTS]:
+        raise BundleError(f"{root / ONNX_FILE} was exported from other weights than the bundle's {WEIGHTS}; "
+                          f"export it again (`ae-monitor export --onnx {root}`)", field=ONNX_FILE)  # fmt: skip
+    return OnnxNetwork.load(root / ONNX_FILE, threads=threads)
+
+
 def _verified_manifest(root: Path, environ: Mapping[str, str] | None) -> tuple[dict[str, Any], Seal]:
     manifest = _read_manifest(root)
     found = verify(manifest, key=signing_key(os.environ if environ is None else environ))
@@ -177,6 +255,8 @@ def _verified_manifest(root: Path, environ: Mapping[str, str] | None) -> tuple[d
 
 
 def _manifest(bundle: Bundle, files: dict[str, str]) -> dict[str, Any]:
+    import torch
+
     return {
         "schema_version": SCHEMA_VERSION,
         "name": bundle.name,
@@ -242,7 +322,7 @@ def _calibration_scores(root: Path, manifest: Mapping[str, Any]) -> npt.NDArray[
     if CALIBRATION_SCORES not in manifest["files"]:
         return None
     try:
-        return load_file(str(root / CALIBRATION_SCORES))["scores"].numpy().astype(np.float64)
+        return load_arrays(str(root / CALIBRATION_SCORES))["scores"].astype(np.float64)
     except Exception as exc:  # safetensors raises its own error types for malformed files
         raise BundleError(f"cannot read calibration scores: {exc}", field=CALIBRATION_SCORES) from exc
 
@@ -283,7 +363,17 @@ def _vector_shape(manifest: Mapping[str, Any]) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
+def _torch_model(root: Path, model_config: ModelConfig, vector_shape: tuple[int, int]) -> Autoencoder:
+    from ae_monitor.model.networks import build_model
+
+    model = build_model(model_config, vector_shape)
+    _load_weights(model, root / WEIGHTS)
+    return model
+
+
 def _load_weights(model: Autoencoder, path: Path) -> None:
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for malformed files

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from ae_monitor.config import Config, KafkaConnectionConfig, KafkaSinkConfig, RouteConfig
@@ -39,7 +38,10 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
     # Handlers first: a SIGTERM while startup waits for the brokers ends serve cleanly (exit 0) once it can.
     stop, reload = stop or threading.Event(), threading.Event()
     _install_signals(stop, reload)
-    torch.set_num_threads(config.scoring.torch_threads)
+    if config.scoring.backend == "torch":  # with "onnx" torch is never imported (docs/footprint.md)
+        import torch
+
+        torch.set_num_threads(config.scoring.torch_threads)
     bundles, routes, paths = load_routed_bundles(config)
     if registry is None:  # an injected registry is the caller's to fill
         registry = CollectorRegistry()
@@ -67,8 +69,8 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
                         notifier=SystemdNotifier(), bundle_paths=paths,
                         load_states=_state_reader(config.sinks.kafka, config.kafka),
                         reload_requested=reload)  # fmt: skip
-        # Everything loaded so far (torch, numpy, the bundles) lives as long as the process: moved out of the
-        # collector's sight, the full collections the main loop's garbage triggers no longer walk it. Measured
+        # Everything loaded so far (torch or onnxruntime, numpy, the bundles) lives as long as the process: moved out
+        # of the collector's sight, the full collections the main loop's garbage triggers no longer walk it. Measured
         # by scripts/bench_serve.py: about a quarter more records per second.
         gc.freeze()
         daemon.run(stop)
@@ -91,7 +93,7 @@ def load_routed_bundles(config: Config) -> tuple[dict[str, Bundle], list[tuple[R
         path = Path(route.bundle_path)
         key = str(path.resolve())
         if key not in bundles:
-            bundles[key] = load_bundle(path)
+            bundles[key] = load_bundle(path, backend=config.scoring.backend, threads=config.scoring.torch_threads)
             paths[key] = path
         pairs.append((route, key))
     return bundles, pairs, paths

@@ -63,6 +63,7 @@ class Daemon:
         self._service, self._poll_timeout_ms = service, int(scoring.max_batch_delay_ms)
         self._commit_interval_s = source_cfg.commit_interval_s
         self._paths = dict(bundle_paths)
+        self._backend, self._threads = scoring.backend, scoring.torch_threads
         self._load_states = load_states  # the alert states saved by every process of the group, read on assignment
         self._commits = CommitBook()
         self._last_commit = self._last_housekeeping = self._last_reload_check = 0.0
@@ -196,7 +197,7 @@ class Daemon:
         path = self._paths[name]
         self._mtimes[name] = _mtime(path)
         try:
-            bundle = load_bundle(path)
+            bundle = load_bundle(path, backend=self._backend, threads=self._threads)
             loaded = self._engine.bundles[name]
             # The version hashes the weights: a recalibrated bundle keeps it, and is swapped in all the same.
             if bundle.version == loaded.version and bundle.calibration == loaded.calibration:

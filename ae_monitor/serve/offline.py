@@ -63,7 +63,12 @@ def replay(config: Config, bundle_path: Path, inputs: Sequence[str | Path]) -> i
     """Stream `inputs` (files, or `-` for JSON lines on stdin) through the engine with the bundle; alerts go to
     `replay.alerts_path` and to the Alertmanager and webhook sinks of `[sinks]` that have a url, dead letters to
     `replay.dead_letters_path` (stderr when unset). Returns windows scored."""
-    bundle = load_bundle(bundle_path, expected_features=config.features)
+    bundle = load_bundle(
+        bundle_path,
+        expected_features=config.features,
+        backend=config.scoring.backend,
+        threads=config.scoring.torch_threads,
+    )
     check_stream_names(inputs, config.features)
     check_audio_rates(inputs, config.features)
     registry = CollectorRegistry()
