@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ae_monitor.config import config_from_dict
+from ae_monitor.config import config_from_dict, load_config
 from ae_monitor.jobs import suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +80,13 @@ def test_the_gutentag_suite_is_generated_from_the_committed_yaml() -> None:
     assert [(c.suite, len(c.channels), c.kind) for c in cases] == [
         ("gutentag-univariate", 1, "amplitude"), ("gutentag-multivariate", 5, cases[1].kind)]  # fmt: skip
     assert all(c.parts[0].label.sum() > 0 and len(c.train) == len(c.parts[0].values) for c in cases)
+
+
+def test_the_shipped_configuration_beats_both_baselines_on_the_demo_pumps(tmp_path: Path) -> None:
+    # The CI slice of the goal (the full benchmark runs in `make bench-detection`): the demo suite, shipped config.
+    shipped = load_config(ROOT / "configs" / "sensor-skab.toml")
+    by = suite.run_suite(shipped, suite.demo_cases(), tmp_path, plots=False)["suites"]["demo"]
+    ae, baselines = by["ae_monitor"], [by["zscore"], by["pca"]]
+    assert all(ae["f1"] > b["f1"] for b in baselines)
+    assert ae["event_recall"] == 1.0
+    assert ae["false_alerts_per_1000"] <= min(b["false_alerts_per_1000"] for b in baselines)
