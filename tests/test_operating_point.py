@@ -186,3 +186,15 @@ def test_score_reports_the_tracked_threshold_each_window_was_judged_against(tmp_
     assert thresholds[0] == pytest.approx(bundle.threshold)
     assert min(thresholds) >= bundle.threshold
     assert all(r["anomaly"] == int(r["score"] > r["threshold"]) for r in rows)
+
+
+def test_score_lines_carry_the_calibrated_surprise(tmp_path: Path) -> None:
+    bundle = fit_bundle(_config(), [_signal()], name="x", progress=False).bundle
+    path = tmp_path / "normal.csv"
+    path.write_text("a,b\n" + "\n".join(f"{a},{b}" for a, b in _signal(60, seed=7).samples), encoding="utf-8")
+    out = io.StringIO()
+    score_files(bundle, [path], out)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert bundle.calibration is not None
+    expected = bundle.calibration.surprises([r["score"] for r in rows])
+    assert [r["surprise"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-3)

@@ -42,7 +42,7 @@ def score_files(
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
         writer.writerow(["stream", "start_s", "end_s", "start_row", "end_row", "score", "threshold", "anomaly",
-                         *groups])  # fmt: skip
+                         "surprise", *groups])  # fmt: skip
     count = 0
     short: list[str] = []
     for signal in load_signals(paths, bundle.features, rows=rows):
@@ -83,6 +83,9 @@ def _window_text(bundle: Bundle) -> str:
 
 def _window_rows(bundle: Bundle, scored: ScoredSignal, *, first_row: int = 0) -> list[dict[str, Any]]:
     limits = window_thresholds(bundle, scored).tolist()
+    cal = bundle.calibration
+    scores = [w.score for w in scored.windows]
+    surprises = [None] * len(scores) if cal is None else [round(v, 3) for v in cal.surprises(scores).tolist()]
     return [
         {
             "stream": scored.signal.name,
@@ -93,11 +96,12 @@ def _window_rows(bundle: Bundle, scored: ScoredSignal, *, first_row: int = 0) ->
             "score": w.score,
             "threshold": limit,
             "anomaly": int(w.score > limit),
+            "surprise": surprise,
             "contributions": dict(
                 zip(bundle.extractor.group_names, (round(c, 6) for c in w.contributions), strict=True)
             ),
         }
-        for w, limit in zip(scored.windows, limits, strict=True)
+        for w, limit, surprise in zip(scored.windows, limits, surprises, strict=True)
     ]
 
 
