@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -447,12 +448,22 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ae_monitor.serve.app import serve
+    from ae_monitor.serve.app import StartupInterrupted, serve
 
     config = load_config(args.config)
     configure_logging(level=logging.WARNING if args.quiet else logging.INFO,
                       json_format=config.service.log_format == "json")  # fmt: skip
-    return serve(config)
+    try:
+        return serve(config)
+    except StartupInterrupted as stopped:
+        log.warning("%s", stopped)
+        # The Kafka client the signal interrupted cannot be closed; left to the interpreter's exit, its
+        # coroutines fail noisily ("Exception ignored in: <coroutine ... WakeupNotifier ...> ReferenceError").
+        # Nothing is consumed, committed or held yet, so the process ends here, with a normal stop's status.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

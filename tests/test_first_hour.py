@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -318,3 +322,35 @@ def test_the_split_check_counts_the_vectors_the_features_make(features: dict[str
         samples = rng.normal(size=(max(n, 20), *shape[1:]))
         extractor = fit_extractor(config.features, [Signal("x", samples, np.arange(len(samples)) * 1.0, channels)])
         assert _vectors_in(config, n) == len(extractor.transform(samples[:n]).data), n
+
+
+def test_sigint_while_serve_waits_for_an_unreachable_broker_stops_it_at_once_with_one_line(
+    sensor_bundle: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = int(sock.getsockname()[1])
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[kafka]\nbootstrap_servers = ["127.0.0.1:{closed}"]\n[source]\ntopics = ["sensors"]\n'
+                      f'[[routes]]\nbundle_path = "{sensor_bundle}"\n[service]\nhttp_port = 0\n'
+                      'log_format = "text"\n')  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ae_monitor.cli", "serve", "--config", str(config)],
+                                stderr=err, stdout=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while "Attempting bootstrap" not in log.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            asked = time.monotonic()
+            assert proc.wait(timeout=30) == 0  # as a SIGINT of a running serve
+            assert time.monotonic() - asked < 5  # not after kafka.connect_timeout_s (30 s)
+        finally:
+            proc.kill()
+    text = log.read_text()
+    assert "Exception ignored" not in text
+    assert "Traceback" not in text
+    ours = [line for line in text.splitlines() if " ae_monitor" in line]
+    assert ours[-1].endswith("WARNING ae_monitor: stopped by SIGINT while starting; nothing was consumed")
