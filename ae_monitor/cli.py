@@ -308,15 +308,18 @@ def _add_benchmark(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("suite", choices=["skab"])
     p.add_argument("--data", type=Path, required=True, help="the SKAB data folder (valve1/, valve2/, other/)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, results.json/.md, plots")
-    p.add_argument("--config", type=Path, default=Path("configs/sensor-skab.toml"))
+    p.add_argument("--config", type=Path, help="config file (default: configs/sensor-skab.toml as shipped, from any "
+                   "folder)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(handler=_benchmark)
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     from ae_monitor.jobs.benchmark import run_skab
+    from ae_monitor.starters import shipped_config
 
-    results = run_skab(load_config(args.config), args.data, args.out, plots=not args.no_plots)
+    config = load_config(args.config or shipped_config("sensor-skab.toml"))
+    results = run_skab(config, args.data, args.out, plots=not args.no_plots)
     print(f"f1={results['f1']:.4f} far={results['far']:.4f} mar={results['mar']:.4f} ({results['n_files']} files)")
     print(f"wrote {args.out / 'results.md'}")
     return 0

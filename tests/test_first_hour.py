@@ -354,3 +354,12 @@ def test_sigint_while_serve_waits_for_an_unreachable_broker_stops_it_at_once_wit
     assert "Traceback" not in text
     ours = [line for line in text.splitlines() if " ae_monitor" in line]
     assert ours[-1].endswith("WARNING ae_monitor: stopped by SIGINT while starting; nothing was consumed")
+
+
+def test_the_benchmarks_default_config_is_found_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    assert main(["benchmark", "skab", "--data", str(tmp_path / "skab"), "--out", str(tmp_path / "out")]) == 2
+    err = _one_line_error(capsys)
+    assert "no SKAB files under" in err  # the config loaded; the (absent) data is what stops it

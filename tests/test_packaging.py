@@ -3,6 +3,7 @@ guides the systemd unit points at; installs are pinned by constraints.txt."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -67,6 +68,24 @@ def test_the_systemd_units_documentation_is_a_file_the_wheel_installs_beside_its
     assert archive.read(data[relative]).decode() == (ROOT / "docs" / "operations.md").read_text()
     entry_points = archive.read(next(n for n in archive.namelist() if n.endswith("entry_points.txt"))).decode()
     assert f"{Path(executable).name} = ae_monitor.cli:main" in entry_points
+
+
+def test_the_wheel_ships_the_reference_configs_where_an_installed_package_finds_them(
+    wheel: Path, tmp_path: Path
+) -> None:
+    # A throwaway environment with only the wheel (no dependencies): the lookup needs none of them. Without
+    # PYTHONPATH, which may name this checkout.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, capture_output=True, env=env)
+    python = tmp_path / "venv" / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, env=env)
+    code = "from ae_monitor.starters import shipped_config; print(shipped_config('sensor-skab.toml'))"
+    found = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                           env=env)  # fmt: skip
+    path = Path(found.stdout.strip())
+    assert path == (tmp_path / "venv" / "share" / "ae-monitor" / "configs" / "sensor-skab.toml").resolve()
+    assert path.read_text() == (ROOT / "configs" / "sensor-skab.toml").read_text()
 
 
 def _pins() -> dict[str, str]:
