@@ -401,7 +401,8 @@ def _add_denoise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("denoise", help="clean signals with a denoising bundle, or measure its PSNR/SSIM gain")
     p.add_argument("--bundle", type=Path, required=True, help="a denoising bundle directory")
     p.add_argument("--input", type=Path, required=True, help="a file or folder of audio clips or sensor CSVs")
-    p.add_argument("--out", type=Path, help="cleaned file (one input file) or folder")
+    p.add_argument("--out", type=Path, help="folder for the cleaned files (one input file: or a file name with "
+                   "its suffix)")  # fmt: skip
     p.add_argument("--gain-snr-db", type=float, help="instead: add white noise at this SNR and print the gain")
     p.add_argument("--rows", help="START:END rows of each file (held-back normal data for --gain-snr-db)")
     p.add_argument("--seed", type=int, default=0, help="noise seed for --gain-snr-db")
