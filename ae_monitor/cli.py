@@ -358,6 +358,7 @@ def _add_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("paths", nargs="+", help="audio files/folders or sensor CSV files/folders to encode")
     p.add_argument("--out", type=Path, required=True, help="codes file to write (safetensors)")
     p.add_argument("--dtype", choices=["float32", "float16", "int8"], default="float32")
+    p.add_argument("--rows", help="START:END rows (sensor) or samples (audio) of each file to encode")
     p.set_defaults(handler=_encode)
 
 
@@ -365,9 +366,11 @@ def _encode(args: argparse.Namespace) -> int:
     import json
 
     from ae_monitor.jobs.codec import encode_files
+    from ae_monitor.jobs.data import parse_rows
     from ae_monitor.model.bundle import load_bundle
 
-    report = encode_files(load_bundle(args.bundle), args.paths, args.out, dtype=args.dtype)
+    bundle = load_bundle(args.bundle)
+    report = encode_files(bundle, args.paths, args.out, dtype=args.dtype, rows=parse_rows(args.rows))
     print(json.dumps(report.to_dict()))
     return 0
 

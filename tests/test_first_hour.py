@@ -363,3 +363,16 @@ def test_the_benchmarks_default_config_is_found_from_any_folder(
     assert main(["benchmark", "skab", "--data", str(tmp_path / "skab"), "--out", str(tmp_path / "out")]) == 2
     err = _one_line_error(capsys)
     assert "no SKAB files under" in err  # the config loaded; the (absent) data is what stops it
+
+
+def test_encode_takes_rows_like_the_other_commands(
+    sensor_bundle: Path, sensor_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from ae_monitor.jobs.codec import read_codes
+
+    pump = str(sensor_data[1] / "pump-1.csv")
+    args = ["-q", "encode", "--bundle", str(sensor_bundle), pump, "--out", str(tmp_path / "c.safetensors")]
+    assert main([*args, "--rows", "100:200"]) == 0
+    codes = read_codes(tmp_path / "c.safetensors")
+    assert codes.stream_samples == [100]
+    assert len(codes.first_sample) == 100 - 30 + 1  # one code per window of the 100 rows
