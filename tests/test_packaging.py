@@ -51,7 +51,9 @@ def test_make_dist_builds_the_wheel_that_the_operations_guide_installs(wheel: Pa
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     metadata_text = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata_text
-    assert "dist/ae_monitor-*.whl" in (ROOT / "docs" / "operations.md").read_text()
+    guides = [(ROOT / "docs" / "operations.md").read_text(), (ROOT / "README.md").read_text()]
+    assert "dist/ae_monitor-*.whl" in guides[0]
+    assert not any(re.search(r"pip install (--\S+ )*ae[-_]monitor\b", text) for text in guides)  # on no index
 
 
 def test_the_systemd_units_documentation_is_a_file_the_wheel_installs_beside_its_executable(wheel: Path) -> None:
