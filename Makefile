@@ -51,7 +51,7 @@ chaos: $(VENV)/.installed kafka-jars
 # The wheel to install elsewhere (docs/operations.md): dist/ae_monitor-<version>-py3-none-any.whl. ae-monitor is
 # not on a package index. Built without isolation from the venv's setuptools and wheel, so it needs no network.
 dist: $(VENV)/.installed
-	$(BIN)/pip install --quiet "setuptools>=77" wheel
+	$(BIN)/pip install --quiet -c constraints.txt "setuptools>=77" wheel
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
 install: $(VENV)/.installed
@@ -61,13 +61,13 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall whenever the dependencies in pyproject.toml change.
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e .
+# Reinstall whenever the dependencies in pyproject.toml or their pinned versions (constraints.txt) change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[dev,onnx]'
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnx]'
 	touch $@ $(VENV)/.installed
 
 # The audio benchmark (docs/audio.md): real clips from ../shared/data/audio (skipped when absent) and the synthetic

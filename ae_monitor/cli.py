@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -324,15 +325,18 @@ def _add_benchmark(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("suite", choices=["skab"])
     p.add_argument("--data", type=Path, required=True, help="the SKAB data folder (valve1/, valve2/, other/)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, results.json/.md, plots")
-    p.add_argument("--config", type=Path, default=Path("configs/sensor-skab.toml"))
+    p.add_argument("--config", type=Path, help="config file (default: configs/sensor-skab.toml as shipped, from any "
+                   "folder)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(handler=_benchmark)
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     from ae_monitor.jobs.benchmark import run_skab
+    from ae_monitor.starters import shipped_config
 
-    results = run_skab(load_config(args.config), args.data, args.out, plots=not args.no_plots)
+    config = load_config(args.config or shipped_config("sensor-skab.toml"))
+    results = run_skab(config, args.data, args.out, plots=not args.no_plots)
     print(f"f1={results['f1']:.4f} far={results['far']:.4f} mar={results['mar']:.4f} ({results['n_files']} files)")
     print(f"wrote {args.out / 'results.md'}")
     return 0
@@ -371,6 +375,7 @@ def _add_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("paths", nargs="+", help="audio files/folders or sensor CSV files/folders to encode")
     p.add_argument("--out", type=Path, required=True, help="codes file to write (safetensors)")
     p.add_argument("--dtype", choices=["float32", "float16", "int8"], default="float32")
+    p.add_argument("--rows", help="START:END rows (sensor) or samples (audio) of each file to encode")
     p.set_defaults(handler=_encode)
 
 
@@ -378,9 +383,11 @@ def _encode(args: argparse.Namespace) -> int:
     import json
 
     from ae_monitor.jobs.codec import encode_files
+    from ae_monitor.jobs.data import parse_rows
     from ae_monitor.model.bundle import load_bundle
 
-    report = encode_files(load_bundle(args.bundle), args.paths, args.out, dtype=args.dtype)
+    bundle = load_bundle(args.bundle)
+    report = encode_files(bundle, args.paths, args.out, dtype=args.dtype, rows=parse_rows(args.rows))
     print(json.dumps(report.to_dict()))
     return 0
 
@@ -414,7 +421,8 @@ def _add_denoise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("denoise", help="clean signals with a denoising bundle, or measure its PSNR/SSIM gain")
     p.add_argument("--bundle", type=Path, required=True, help="a denoising bundle directory")
     p.add_argument("--input", type=Path, required=True, help="a file or folder of audio clips or sensor CSVs")
-    p.add_argument("--out", type=Path, help="cleaned file (one input file) or folder")
+    p.add_argument("--out", type=Path, help="folder for the cleaned files (one input file: or a file name with "
+                   "its suffix)")  # fmt: skip
     p.add_argument("--gain-snr-db", type=float, help="instead: add white noise at this SNR and print the gain")
     p.add_argument("--rows", help="START:END rows of each file (held-back normal data for --gain-snr-db)")
     p.add_argument("--seed", type=int, default=0, help="noise seed for --gain-snr-db")
@@ -464,12 +472,22 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ae_monitor.serve.app import serve
+    from ae_monitor.serve.app import StartupInterrupted, serve
 
     config = load_config(args.config)
     configure_logging(level=logging.WARNING if args.quiet else logging.INFO,
                       json_format=config.service.log_format == "json")  # fmt: skip
-    return serve(config)
+    try:
+        return serve(config)
+    except StartupInterrupted as stopped:
+        log.warning("%s", stopped)
+        # The Kafka client the signal interrupted cannot be closed; left to the interpreter's exit, its
+        # coroutines fail noisily ("Exception ignored in: <coroutine ... WakeupNotifier ...> ReferenceError").
+        # Nothing is consumed, committed or held yet, so the process ends here, with a normal stop's status.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

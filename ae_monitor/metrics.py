@@ -13,6 +13,8 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
+from ae_monitor.records import Alert
+
 # Label values known in advance are exported at 0 from the start, so rate() and increase() see the first event
 # and dashboards show 0 rather than "no data" on a healthy daemon.
 DEAD_LETTER_REASONS = (
@@ -39,6 +41,16 @@ class Metrics:
         self.firing = Gauge(
             "ae_monitor_stream_firing", "1 while a stream's alert fires.", ["stream"], registry=registry
         )
+        # Per alert rather than per window: a series per channel (or mel band) of every stream, set at every
+        # window, would multiply the per-stream series by the channel count; alerts are few.
+        self.alert_contribution = Gauge(
+            "ae_monitor_alert_contribution",
+            "Share of the reconstruction error per channel or mel band (top contributors) of each stream's latest "
+            "firing alert.",
+            ["stream", "bundle", "group"],
+            registry=registry,
+        )
+        self._contributors: dict[str, list[tuple[str, str]]] = {}  # stream -> label pairs it exports
         self.dead_letters = Counter(
             "ae_monitor_dead_letters", "Records sent to the dead-letter sink.", ["reason"], registry=registry
         )
@@ -150,10 +162,23 @@ class Metrics:
         self.windows.labels(bundle)
 
     def forget_stream(self, stream: str) -> None:
-        """Drop a stream's firing series when its state is dropped (the other per-stream series are read from the
-        live stream states, so they go by themselves)."""
+        """Drop a stream's firing and contribution series when its state is dropped (the other per-stream series
+        are read from the live stream states, so they go by themselves)."""
         with contextlib.suppress(KeyError):  # never fired
             self.firing.remove(stream)
+        for bundle, group in self._contributors.pop(stream, []):
+            self.alert_contribution.remove(stream, bundle, group)
+
+    def alerts_delivered(self, alerts: Sequence[Alert]) -> None:
+        """Export the top contributors of each newly firing alert, replacing the stream's previous ones."""
+        for alert in alerts:
+            if alert.status != "firing" or not alert.top_contributors:
+                continue
+            for bundle, group in self._contributors.pop(alert.stream, []):
+                self.alert_contribution.remove(alert.stream, bundle, group)
+            for group, share in alert.top_contributors:
+                self.alert_contribution.labels(alert.stream, alert.bundle_name, group).set(share)
+            self._contributors[alert.stream] = [(alert.bundle_name, group) for group, _ in alert.top_contributors]
 
 
 @dataclass(frozen=True)

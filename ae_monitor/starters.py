@@ -6,6 +6,12 @@ reference recipes in the repository (configs/sensor-skab.toml, configs/audio-dca
 
 from __future__ import annotations
 
+import contextlib
+from importlib import metadata
+from pathlib import Path
+
+from ae_monitor.errors import ConfigError
+
 _COMMON = """
 [calibration]
 method = "quantile"           # "quantile", "gamma", "pot" (peaks over threshold) or "false_alarm_rate"
@@ -102,3 +108,19 @@ calibration_fraction = 0.1    # held out to calibrate the threshold
 """ + _COMMON.replace("{topic}", "audio")
 
 EXAMPLES = {"sensor": SENSOR, "audio": AUDIO}
+
+
+def shipped_config(name: str) -> Path:
+    """The path of a reference config of the repository's configs/ (e.g. "sensor-skab.toml") wherever ae_monitor
+    runs: installed from the wheel, it is under <prefix>/share/ae-monitor/configs (pyproject's data-files, found
+    through the install record); from a checkout or an editable install, in the checkout's configs/."""
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        for file in metadata.distribution("ae-monitor").files or ():
+            if file.parts[-3:] == ("ae-monitor", "configs", name):
+                located = Path(str(file.locate()))
+                if located.is_file():
+                    return located.resolve()
+    checkout = Path(__file__).resolve().parents[1] / "configs" / name
+    if checkout.is_file():
+        return checkout
+    raise ConfigError(f"the reference config {name} is neither installed nor in a checkout; pass --config")

@@ -100,4 +100,6 @@ def test_denoise_command_writes_a_wav_for_an_audio_bundle(tmp_path: Path) -> Non
     cleaned, rate = sf.read(tmp_path / "clean.wav")
     assert rate == 16000
     assert cleaned.shape == clip.shape
+    assert main([*args, "--out", str(tmp_path / "cleaned")]) == 0  # a folder, as for several inputs
+    assert sf.read(tmp_path / "cleaned" / "normal_0.wav")[0].shape == clip.shape
     assert main([*args, "--gain-snr-db", "0"]) == 0

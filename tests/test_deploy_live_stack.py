@@ -346,7 +346,7 @@ def expand(expr: str, streams: list[str]) -> str:
     """Substitute the dashboard variables as Grafana would: a multi-value selection becomes a regex alternation."""
     for name, value in GRAFANA_BUILTINS.items():
         expr = expr.replace(name, value)
-    expr = expr.replace("$site", SITE).replace("$stream", "|".join(streams))
+    expr = expr.replace("$job", "ae-monitor").replace("$site", SITE).replace("$stream", "|".join(streams))
     assert "$" not in expr, f"unknown variable left in {expr}"
     return expr
 
@@ -362,10 +362,10 @@ def test_the_dashboard_panel_query_returns_data(scenario: Scenario, panel: str, 
 def test_the_dashboard_variables_find_the_site_and_every_stream(scenario: Scenario) -> None:
     variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
-    for name, wanted in (("site", {SITE}), ("stream", {"pump-1", "pump-2", "pump-3"})):
+    for name, wanted in (("job", {"ae-monitor"}), ("site", {SITE}), ("stream", {"pump-1", "pump-2", "pump-3"})):
         match = re.fullmatch(r"label_values\((.*), (\w+)\)", variables[name]["query"]["query"])
         assert match, variables[name]
-        selector = match.group(1).replace("$site", SITE)
+        selector = match.group(1).replace("$job", "ae-monitor").replace("$site", SITE)
         # Grafana's label_values looks over the dashboard's time range, not at one instant: an evicted stream's
         # series (removed from /metrics) still counts.
         found = {r["metric"][match.group(2)] for r in scenario.prometheus.query(f"last_over_time({selector}[10m])")}

@@ -63,13 +63,22 @@ def test_the_example_scrape_config_passes_promtool_check_config() -> None:
 
 
 def dashboard_exprs() -> list[str]:
-    panels = json.loads(DASHBOARD.read_text())["panels"]
-    return [t["expr"] for p in panels for t in p.get("targets", [])]
+    """Every panel query and annotation query."""
+    board = json.loads(DASHBOARD.read_text())
+    annotations = [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
+    return [t["expr"] for p in board["panels"] for t in p.get("targets", [])] + annotations
 
 
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     # promtool parses PromQL only inside a rules file: wrap each query as a recording rule.
-    builtins = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$site": ".*", "$stream": ".*"}
+    builtins = {
+        "$__rate_interval": "1m",
+        "$__interval": "15s",
+        "$__range": "1h",
+        "$job": ".*",
+        "$site": ".*",
+        "$stream": ".*",
+    }
     exprs = dashboard_exprs()
     for name, value in builtins.items():
         exprs = [e.replace(name, value) for e in exprs]

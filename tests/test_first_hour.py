@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,8 @@ import soundfile
 from ae_monitor import __version__
 from ae_monitor.cli import main
 from ae_monitor.config import config_from_dict
-from ae_monitor.jobs.train import train_bundle
+from ae_monitor.jobs.data import Signal, fit_extractor
+from ae_monitor.jobs.train import _vectors_in, train_bundle
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -272,3 +277,102 @@ def test_replay_refuses_files_of_two_folders_that_would_share_a_stream_name(
     assert main(args) == 2
     assert "would both be stream '0'" in _one_line_error(capsys)
     assert main(["-q", *args[:-2], str(tmp_path)]) == 0  # their common folder: streams valve1/0 and valve2/0
+
+
+def _hum(path: Path, seconds: float) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(16000 * seconds)) / 16000
+    noise = np.random.default_rng(0).normal(0, 0.01, len(t))
+    soundfile.write(path / "normal_id_00_0.wav", 0.3 * np.sin(2 * np.pi * 120 * t) + noise, 16000)
+    return path
+
+
+def test_a_too_short_audio_training_set_stops_before_training_naming_how_much_audio_is_needed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "audio.toml"
+    config.write_text('[features]\nkind = "logmel"\n[training]\nepochs = 1\n[calibration]\nmethod = "quantile"\n'
+                      "[model]\nhidden_units = [16]\nlatent_dim = 4\n")  # fmt: skip
+    short = ["train", "--config", str(config), "--data", str(_hum(tmp_path / "short", 3.0)), "--out",
+             str(tmp_path / "b")]  # fmt: skip
+    assert main(short) == 2
+    out = capsys.readouterr()
+    assert "epoch" not in out.err  # nothing was trained
+    err = out.err.strip()
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+    assert "calibration part gives 1 window(s) before training, 2 needed" in err
+    assert "supply at least 11.2 s of audio per file (the longest has 3.0 s)" in err
+    enough = ["train", "--config", str(config), "--data", str(_hum(tmp_path / "enough", 11.2)), "--out",
+              str(tmp_path / "b")]  # fmt: skip
+    assert main(enough) == 0  # the length it names is enough
+
+
+@pytest.mark.parametrize(
+    "features",
+    [{"kind": "logmel"}, {"kind": "logmel", "logmel": {"pad_mode": "reflect", "hop_length": 256, "frames": 3}},
+     {"kind": "sensor", "sensor": {"window_samples": 7, "hop_samples": 3, "differences": True}}],
+)  # fmt: skip
+def test_the_split_check_counts_the_vectors_the_features_make(features: dict[str, object]) -> None:
+    config = config_from_dict({"features": features})
+    channels = () if features["kind"] == "logmel" else ("a",)
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 6, 7, 8, 9, 10, 11, 255, 511, 512, 1023, 1024, 2047, 2048, 2049, 2559, 2560, 5000):
+        shape = (n,) if features["kind"] == "logmel" else (n, 1)
+        samples = rng.normal(size=(max(n, 20), *shape[1:]))
+        extractor = fit_extractor(config.features, [Signal("x", samples, np.arange(len(samples)) * 1.0, channels)])
+        assert _vectors_in(config, n) == len(extractor.transform(samples[:n]).data), n
+
+
+def test_sigint_while_serve_waits_for_an_unreachable_broker_stops_it_at_once_with_one_line(
+    sensor_bundle: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = int(sock.getsockname()[1])
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[kafka]\nbootstrap_servers = ["127.0.0.1:{closed}"]\n[source]\ntopics = ["sensors"]\n'
+                      f'[[routes]]\nbundle_path = "{sensor_bundle}"\n[service]\nhttp_port = 0\n'
+                      'log_format = "text"\n')  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ae_monitor.cli", "serve", "--config", str(config)],
+                                stderr=err, stdout=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while "Attempting bootstrap" not in log.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            asked = time.monotonic()
+            assert proc.wait(timeout=30) == 0  # as a SIGINT of a running serve
+            assert time.monotonic() - asked < 5  # not after kafka.connect_timeout_s (30 s)
+        finally:
+            proc.kill()
+    text = log.read_text()
+    assert "Exception ignored" not in text
+    assert "Traceback" not in text
+    ours = [line for line in text.splitlines() if " ae_monitor" in line]
+    assert ours[-1].endswith("WARNING ae_monitor: stopped by SIGINT while starting; nothing was consumed")
+
+
+def test_the_benchmarks_default_config_is_found_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    assert main(["benchmark", "skab", "--data", str(tmp_path / "skab"), "--out", str(tmp_path / "out")]) == 2
+    err = _one_line_error(capsys)
+    assert "no SKAB files under" in err  # the config loaded; the (absent) data is what stops it
+
+
+def test_encode_takes_rows_like_the_other_commands(
+    sensor_bundle: Path, sensor_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from ae_monitor.jobs.codec import read_codes
+
+    pump = str(sensor_data[1] / "pump-1.csv")
+    args = ["-q", "encode", "--bundle", str(sensor_bundle), pump, "--out", str(tmp_path / "c.safetensors")]
+    assert main([*args, "--rows", "100:200"]) == 0
+    codes = read_codes(tmp_path / "c.safetensors")
+    assert codes.stream_samples == [100]
+    assert len(codes.first_sample) == 100 - 30 + 1  # one code per window of the 100 rows

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from ae_monitor.metrics import Metrics, StreamReading
+from ae_monitor.records import Alert, AlertStatus
 
 NAME = "ae_monitor_score_ratio"
 BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -142,3 +143,33 @@ def test_forget_stream_of_a_stream_that_never_fired_is_harmless() -> None:
     metrics = Metrics(CollectorRegistry())
     metrics.forget_stream("ghost")
     assert _stream_series(metrics, "ghost", "pump") == [None] * 4
+
+
+def _alert(stream: str, status: AlertStatus, contributors: tuple[tuple[str, float], ...]) -> Alert:
+    return Alert(id=f"{stream}-1", status=status, stream=stream, bundle_name="pump", bundle_version="v1",
+                 event_time_s=1.0, detection_time_s=2.0, peak_score=3.0, mean_score=2.5, threshold=1.0, severity=3.0,
+                 tail_probability=0.001, top_contributors=contributors)  # fmt: skip
+
+
+def _contributions(metrics: Metrics, stream: str) -> dict[str, float]:
+    return {
+        s.labels["group"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "ae_monitor_alert_contribution"
+        for s in family.samples
+        if s.labels["stream"] == stream
+    }
+
+
+def test_each_streams_latest_firing_alert_exports_its_channel_shares_until_the_stream_is_forgotten() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.alerts_delivered([_alert("pump-1", "firing", (("current", 0.7), ("pressure", 0.2)))])
+    metrics.alerts_delivered([_alert("pump-2", "firing", (("temperature", 0.9),))])
+    assert _contributions(metrics, "pump-1") == {"current": 0.7, "pressure": 0.2}
+    metrics.alerts_delivered([_alert("pump-1", "resolved", ())])  # a resolved alert leaves the last shares
+    assert _contributions(metrics, "pump-1") == {"current": 0.7, "pressure": 0.2}
+    metrics.alerts_delivered([_alert("pump-1", "firing", (("vibration", 0.8),))])  # the next one replaces them
+    assert _contributions(metrics, "pump-1") == {"vibration": 0.8}
+    metrics.forget_stream("pump-1")
+    assert _contributions(metrics, "pump-1") == {}
+    assert _contributions(metrics, "pump-2") == {"temperature": 0.9}

@@ -18,7 +18,7 @@ import pytest
 from ae_monitor.config import HttpSinkConfig
 from ae_monitor.errors import ConfigError, SinkError
 from ae_monitor.records import Alert
-from ae_monitor.sinks.alertmanager import AlertmanagerSink
+from ae_monitor.sinks.alertmanager import AlertmanagerSink, alert_annotations
 from ae_monitor.sinks.delivery import Backoff, DeliveryQueue
 from ae_monitor.sinks.http import HttpTarget
 from ae_monitor.sinks.jsonl import to_json
@@ -141,6 +141,14 @@ def test_alert_json_gives_each_epoch_time_beside_it_in_iso_8601_utc() -> None:
 
 
 # --- Alertmanager payload ------------------------------------------------------------------------------------------
+
+
+def test_a_tail_probability_below_the_floats_range_is_written_from_the_surprise_never_as_2_2e_308() -> None:
+    far_out = alert_annotations(_alert(tail_probability=2.2250738585072014e-308, surprise=412.34))
+    assert far_out["tail_probability"] == "1e-412.3"
+    assert "on normal data 1e-412.3." in far_out["description"]
+    assert "e-308" not in json.dumps(far_out)
+    assert alert_annotations(_alert(tail_probability=1e-4, surprise=4.0))["tail_probability"] == "0.0001"
 
 
 def test_alertmanager_alerts_carry_a_runbook_url_and_a_generator_url_by_default(

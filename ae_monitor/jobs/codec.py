@@ -153,9 +153,12 @@ class CodecReport:
         return dict(self.__dict__)
 
 
-def encode_files(bundle: Bundle, paths: Sequence[str | Path], out: str | Path, *, dtype: CodeDtype) -> CodecReport:
-    """`ae-monitor encode`: write the codes of every window of the files under `paths` to `out`; report the cost."""
-    signals = load_signals(paths, bundle.features)
+def encode_files(
+    bundle: Bundle, paths: Sequence[str | Path], out: str | Path, *, dtype: CodeDtype, rows: slice | None = None
+) -> CodecReport:
+    """`ae-monitor encode`: write the codes of every window of the files under `paths` (`rows` of each) to `out`;
+    report the cost."""
+    signals = load_signals(paths, bundle.features, rows=rows)
     parts = [_encode_signal(bundle, i, s) for i, s in enumerate(signals)]
     arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     codes, vectors = arrays.pop("codes"), arrays.pop("vectors")  # the vectors only measure the cost

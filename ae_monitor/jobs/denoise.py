@@ -39,11 +39,12 @@ def require_denoising(bundle: Bundle) -> None:
 
 
 def denoise_files(bundle: Bundle, source: str | Path, out: str | Path) -> list[Path]:
-    """Clean every file under `source`; `out` is the output file for one input file, else a folder."""
+    """Clean every file under `source` into the folder `out`; for one input file, `out` may name the output file
+    (it has a suffix and is no folder)."""
     require_denoising(bundle)
     signals = load_signals([source], bundle.features)
     suffix = ".csv" if bundle.features.kind == "sensor" else ".wav"
-    single = len(signals) == 1 and Path(source).is_file()
+    single = len(signals) == 1 and Path(source).is_file() and bool(Path(out).suffix) and not Path(out).is_dir()
     targets = [Path(out) if single else Path(out) / f"{s.name}{suffix}" for s in signals]
     return [denoise_signal(bundle, s, target) for s, target in zip(signals, targets, strict=True)]
 

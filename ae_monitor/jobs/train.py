@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,12 +91,86 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
         validation_fraction=config.training.validation_fraction,
         calibration_fraction=config.training.calibration_fraction,
     )
+    check_split_sizes(config, signals, train, calibration or validation)
     fit = _fit_network(config, train, validation, name=name, progress=progress)
     on = signals if config.calibration.calibrate_on == "all" else (calibration or validation)
     scored = _scored(fit.bundle, on, recent_steps=config.calibration.recent_steps)
     bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
     bundle = replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]})
     return replace(fit, bundle=bundle, calibration_scored=tuple(scored))
+
+
+def check_split_sizes(
+    config: Config, signals: Sequence[Signal], train: Sequence[Signal], calibration: Sequence[Signal]
+) -> None:
+    """Stop before any epoch when the training part holds no window or the calibration part fewer than 2 (what
+    calibration needs), naming how long each file must be. Counts come from the lengths alone (no features)."""
+    parts = (("training", train, 1), ("calibration", calibration, 2))
+    short = [(part, got, need) for part, chunk, need in parts if (got := _windows_in(config, chunk)) < need]
+    if not short:
+        return
+    part, got, need = short[0]
+    audio = config.features.kind == "logmel"
+    rate = config.features.logmel.sample_rate_hz if audio else 1
+
+    def amount(n: int) -> str:
+        return f"{math.ceil(n / rate * 10) / 10:.1f} s" if audio else f"{n} rows"  # rounded up: enough
+
+    enough = _shortest_sufficient_length(config, len(signals))
+    longest = amount(max(len(s.samples) for s in signals))
+    what = "of audio " if audio else ""
+    remedy = [] if enough is None else [f"supply at least {amount(enough)} {what}per file (the longest has {longest})"]
+    remedy += ["raise training.calibration_fraction"] if part == "calibration" else []
+    raise DataError(
+        f"the normal data is too short: its {part} part gives {got} window(s) before training, {need} needed; "
+        + " or ".join(remedy)
+    )
+
+
+def _windows_in(config: Config, signals: Sequence[Signal]) -> int:
+    """Window scores the calibration gets from `signals` (a window at every vector; a shorter signal makes one)."""
+    size, _hop = window_plan(config.features)
+    total = 0
+    for signal in signals:
+        vectors = _vectors_in(config, len(signal.samples))
+        total += vectors - size + 1 if vectors >= size else int(vectors > 0)
+    return total
+
+
+def _vectors_in(config: Config, n: int) -> int:
+    """Feature vectors the extractor makes from `n` samples (tests/test_first_hour.py checks it against it)."""
+    if config.features.kind == "sensor":
+        sensor = config.features.sensor
+        need = sensor.window_samples + int(sensor.differences)
+        return (n - need) // sensor.hop_samples + 1 if n >= need else 0
+    logmel = config.features.logmel  # centred STFT frames: 1 + n // hop, stacked `frames` at a time
+    return max(0, 1 + n // logmel.hop_length - (logmel.frames - 1)) if n > 0 else 0
+
+
+def _shortest_sufficient_length(config: Config, n_files: int) -> int | None:
+    """The fewest samples per file (all files that long) for which the split passes `check_split_sizes`; None when
+    no length does (a split that leaves no calibration data)."""
+
+    def passes(n: int) -> bool:
+        # Stand-ins of n samples that take no memory, split by the very code training uses.
+        blank = np.broadcast_to(np.float64(0), (n,))
+        stand_ins = [Signal(f"{i}", blank, blank, ()) for i in range(n_files)]
+        train, validation, calibration = split_signals(
+            stand_ins,
+            validation_fraction=config.training.validation_fraction,
+            calibration_fraction=config.training.calibration_fraction,
+        )
+        return _windows_in(config, train) >= 1 and _windows_in(config, calibration or validation) >= 2
+
+    low, high = 0, 1
+    while not passes(high):
+        if high > 2**40:
+            return None
+        low, high = high, high * 2
+    while high - low > 1:  # the window counts grow with the length: bisect
+        middle = (low + high) // 2
+        low, high = (low, middle) if passes(middle) else (middle, high)
+    return high
 
 
 def _fit_network(

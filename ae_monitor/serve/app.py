@@ -35,9 +35,10 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
 
     if config.source is None:
         raise ConfigError("serve needs a [source] table (topics or topic_pattern)", key="source")
-    # Handlers first: a SIGTERM while startup waits for the brokers ends serve cleanly (exit 0) once it can.
-    stop, reload = stop or threading.Event(), threading.Event()
-    _install_signals(stop, reload)
+    # Handlers first: a SIGTERM or SIGINT while startup waits for the brokers raises StartupInterrupted.
+    stop, reload, starting = stop or threading.Event(), threading.Event(), threading.Event()
+    starting.set()
+    _install_signals(stop, reload, starting)
     if config.scoring.backend == "torch":  # with "onnx" torch is never imported (docs/footprint.md)
         import torch
 
@@ -73,6 +74,7 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         # of the collector's sight, the full collections the main loop's garbage triggers no longer walk it. Measured
         # by scripts/bench_serve.py: about a quarter more records per second.
         gc.freeze()
+        starting.clear()  # from here a signal only sets `stop`: the loop drains, delivers and commits
         daemon.run(stop)
     finally:
         server.stop()
@@ -131,9 +133,22 @@ def _state_reader(cfg: KafkaSinkConfig, kafka: KafkaConnectionConfig) -> Callabl
     return lambda: load_state(factory, topic)
 
 
-def _install_signals(stop: threading.Event, reload: threading.Event) -> None:
+class StartupInterrupted(BaseException):  # like KeyboardInterrupt: a request to stop, not an error
+    """SIGTERM or SIGINT arrived before serve consumed anything. Raised from the signal handler, it interrupts a
+    Kafka client that waits for a broker (kafka-python's constructors block for `kafka.connect_timeout_s`); a
+    BaseException, so no `except Exception` on the way swallows it."""
+
+
+def _install_signals(stop: threading.Event, reload: threading.Event, starting: threading.Event) -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread (tests run serve in a thread)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def on_stop(signum: int, _frame: object) -> None:
+        stop.set()
+        if starting.is_set():
+            starting.clear()  # once: a second signal while this one unwinds must not interrupt the unwinding
+            raise StartupInterrupted(f"stopped by {signal.Signals(signum).name} while starting; nothing was consumed")
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, lambda *_: reload.set())

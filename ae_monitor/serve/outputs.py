@@ -70,6 +70,7 @@ def deliver(result: BatchResult, outputs: Outputs, metrics: Metrics) -> None:
         outputs.cleaned(result.cleaned)
     if result.alerts:
         outputs.alerts.send(result.alerts)
+        metrics.alerts_delivered(result.alerts)
     if outputs.scores is not None and result.window_count:
         outputs.scores(result.windows)
     if outputs.state is not None and result.alert_states:

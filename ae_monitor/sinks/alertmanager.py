@@ -145,12 +145,12 @@ def alert_annotations(alert: Alert) -> dict[str, str]:
             f"Model {alert.bundle_name} (version {alert.bundle_version}) found {alert.stream} anomalous from "
             f"{rfc3339(alert.event_time_s)}: peak score {_num(alert.peak_score)}, mean {_num(alert.mean_score)}, "
             f"{_num(alert.severity)}x the threshold; probability of a score this high on normal data "
-            f"{_num(alert.tail_probability)}." + (f" Main contributors: {contributors}." if contributors else "")
+            f"{_probability(alert)}." + (f" Main contributors: {contributors}." if contributors else "")
         ),
         "alert_id": alert.id,
         "peak_score": _num(alert.peak_score),
         "threshold": _num(alert.threshold),
-        "tail_probability": _num(alert.tail_probability),
+        "tail_probability": _probability(alert),
         "top_contributors": contributors,
     }
 
@@ -162,6 +162,14 @@ def rfc3339(epoch_s: float) -> str:
     '2024-11-26T05:46:40.250Z'
     """
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _probability(alert: Alert) -> str:
+    """The tail probability for people: below 1e-300 (where the float sits at its floor, 2.2e-308) from the
+    surprise, which is computed in log space: `1e-412.3`."""
+    if alert.tail_probability >= 1e-300 or alert.surprise is None or math.isinf(alert.surprise):
+        return _num(alert.tail_probability)
+    return f"1e-{alert.surprise:.1f}"
 
 
 def _num(value: float) -> str:
