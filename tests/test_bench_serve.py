@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,9 +20,7 @@ def test_quick_run_prints_every_row_and_exits_0(
     bench: ModuleType, kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "figures.json"
-    started = time.monotonic()
     code = bench.main(["--quick", "--bootstrap", kafka_bootstrap, "--json", str(out)])
-    seconds = time.monotonic() - started
     printed = capsys.readouterr().out
     assert code == 0, printed
     lines = printed.splitlines()
@@ -32,7 +29,6 @@ def test_quick_run_prints_every_row_and_exits_0(
     figures = json.loads(out.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert [row["name"] for row in figures["rows"]] == list(bench.ROWS)
     assert {row["name"]: row["value"] for row in figures["rows"]}[bench.ROW_CEILING] > 0
-    assert seconds < 60
 
 
 def _plan(bench: ModuleType) -> Any:

@@ -43,6 +43,7 @@ from ae_monitor.features import FeatureExtractor, build_extractor
 from ae_monitor.features.logmel import prepare_audio
 from ae_monitor.jobs import machine_sounds
 from ae_monitor.jobs.data import Signal, fit_extractor, score_signal, split_signals, vectors_of
+from ae_monitor.jobs.train import calibrate_scored
 from ae_monitor.model.bundle import Bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import seed_everything, train_model
@@ -179,10 +180,18 @@ class AutoencoderDetector(Detector):
         train_model(
             model, vectors_of(extractor, fit), x_val, model_cfg=config.model, cfg=config.training, progress=False
         )
-        self.bundle = Bundle(
+        bundle = Bundle(
             name="benchmark", version=weights_version(model), features=config.features, model_config=config.model,
             training=config.training, extractor=extractor, model=model, calibration=None, extra={},
         )  # fmt: skip
+        if validation and (config.calibration.aggregation != "mean" or config.calibration.recent_steps):
+            # How scores are formed (per-band scales, newest steps) is part of the calibration: fit it on the
+            # held-out validation streams, as `train` would on its held-out part.
+            recent = config.calibration.recent_steps
+            scored = [score_signal(bundle, scorer_for(bundle, recent_steps=recent), s, every_vector=True)
+                      for s in validation]  # fmt: skip
+            bundle = bundle.with_calibration(*calibrate_scored(bundle, scored, config.calibration))
+        self.bundle = bundle
         self._scorer = scorer_for(self.bundle)
 
     def windows(self, y: F32) -> F64:
