@@ -184,12 +184,12 @@ class AutoencoderDetector(Detector):
             name="benchmark", version=weights_version(model), features=config.features, model_config=config.model,
             training=config.training, extractor=extractor, model=model, calibration=None, extra={},
         )  # fmt: skip
-        if validation and (config.calibration.aggregation != "mean" or config.calibration.recent_steps):
-            # How scores are formed (per-band scales, newest steps) is part of the calibration: fit it on the
-            # held-out validation streams, as `train` would on its held-out part.
+        if config.calibration.aggregation != "mean" or config.calibration.recent_steps:
+            # How scores are formed (per-band scales, newest steps) is part of the calibration: fit it on all the
+            # training streams (the held-out validation part alone can be shorter than one window).
             recent = config.calibration.recent_steps
             scored = [score_signal(bundle, scorer_for(bundle, recent_steps=recent), s, every_vector=True)
-                      for s in validation]  # fmt: skip
+                      for s in signals]  # fmt: skip
             bundle = bundle.with_calibration(*calibrate_scored(bundle, scored, config.calibration))
         self.bundle = bundle
         self._scorer = scorer_for(self.bundle)
