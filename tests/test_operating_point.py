@@ -167,7 +167,7 @@ def test_score_warns_once_per_channel_that_leaves_the_training_range(
     path.write_text("a,b\n" + "\n".join(f"{a},{b}" for a, b in moved), encoding="utf-8")
     with caplog.at_level("WARNING", logger="ae_monitor.jobs.evaluate"):
         score_files(bundle, [path], io.StringIO())
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ae_monitor.jobs.evaluate"]
     assert len(warnings) == 1
     assert warnings[0].startswith("moved: b at z = -")
     assert "outside the range the model was trained on" in warnings[0]
