@@ -106,6 +106,9 @@ class StreamAlertState:
     episode: Episode | None = None
     last_end_s: float | None = None
     last_resolved_end_s: float | None = None
+    # The median of the stream's recent normal scores under a tracked threshold (calibration.online = "track"), so
+    # that a stream that settled at a new level does not alert again from scratch after a restart or rebalance.
+    tracked_median: float | None = None
 
     @property
     def firing(self) -> bool:
@@ -118,6 +121,7 @@ class StreamAlertState:
             "episode": None if self.episode is None else self.episode.to_dict(),
             "last_end_s": self.last_end_s,
             "last_resolved_end_s": self.last_resolved_end_s,
+            "tracked_median": self.tracked_median,
         }
 
     @staticmethod
@@ -131,6 +135,7 @@ class StreamAlertState:
                 episode=None if d["episode"] is None else Episode.from_dict(d["episode"]),
                 last_end_s=_optional_float(d["last_end_s"]),
                 last_resolved_end_s=_optional_float(d["last_resolved_end_s"]),
+                tracked_median=_optional_float(d.get("tracked_median")),  # absent in states saved before it
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"saved alert state is malformed ({exc!r}); start from new_state()") from exc

@@ -606,12 +606,23 @@ class TrackedThreshold:
         self._settle, self._run = settle_windows, 0
 
     @property
-    def threshold(self) -> float:
-        if len(self._sorted) < MIN_TRACKED:
-            return self._base
+    def median(self) -> float | None:
+        """The median of the accepted scores; None until there are `MIN_TRACKED` of them."""
         n = len(self._sorted)
-        median = 0.5 * (self._sorted[(n - 1) // 2] + self._sorted[n // 2])
-        return self._base * max(1.0, median / self._reference)
+        return None if n < MIN_TRACKED else 0.5 * (self._sorted[(n - 1) // 2] + self._sorted[n // 2])
+
+    @property
+    def threshold(self) -> float:
+        median = self.median
+        return self._base if median is None else self._base * max(1.0, median / self._reference)
+
+    def seed(self, median: float) -> None:
+        """Start from a saved median (a restart or a rebalance): as if the last `windows` scores had all been it;
+        new scores replace it one by one."""
+        if self._recent.maxlen is not None and math.isfinite(median):
+            self._recent.clear()
+            self._recent.extend([median] * self._recent.maxlen)
+            self._sorted = list(self._recent)
 
     def update(self, score: float) -> bool:
         """Judge one live score against the current threshold, then learn from it if accepted; True = flagged."""
@@ -638,6 +649,15 @@ class TrackedThresholds:
 
     def threshold(self, stream: str) -> float:
         return self._tracked(stream).threshold
+
+    def median(self, stream: str) -> float | None:
+        """The stream's tracked median, to persist with its alert state."""
+        tracked = self._streams.get(stream)
+        return None if tracked is None else tracked.median
+
+    def seed(self, stream: str, median: float) -> None:
+        """Start the stream from its saved median (see TrackedThreshold.seed)."""
+        self._tracked(stream).seed(median)
 
     def _tracked(self, stream: str) -> TrackedThreshold:
         tracked = self._streams.get(stream)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import AlertingConfig, RouteConfig
+from ae_monitor.config import AlertingConfig, CalibrationConfig, RouteConfig
 from ae_monitor.engine import Engine
 from ae_monitor.jobs.data import load_signals, score_signal
 from ae_monitor.jobs.demo import CHANNELS, START_S
@@ -381,3 +381,31 @@ def test_a_stream_outside_the_training_range_is_counted_and_logged_once_per_excu
     counted = harness.metric("ae_monitor_out_of_range_windows_total", bundle="pump", channel=CHANNELS[1])
     assert counted == (40 - 30 + 1) + 20
     assert harness.metric("ae_monitor_out_of_range_windows_total", bundle="pump", channel=CHANNELS[0]) == 0
+
+
+def test_a_stream_settled_under_a_tracked_threshold_does_not_alert_again_after_a_restart(bundle: Bundle) -> None:
+    tracking = CalibrationConfig(online="track", track_windows=20, track_settle_windows=40)
+
+    def moved(start: int, n: int) -> SensorRecord:
+        record = _record("moved", start, n)
+        record.values[:, 2] += 0.5  # a new, steady operating point: far above normal scores, for good
+        return record
+
+    def engine_run(engine: Engine, start: int, stop: int) -> tuple[list[Alert], dict[str, Any]]:
+        alerts, states = [], {}
+        for lo in range(start, stop, 20):
+            result = engine.process([moved(lo, 20)])
+            alerts += result.alerts
+            states |= result.alert_states
+        return alerts, states
+
+    first = Engine(bundle, alerting=AlertingConfig(), metrics=Metrics(CollectorRegistry()), online=tracking)
+    alerts, states = engine_run(first, 0, 400)
+    assert [a.status for a in alerts] == ["firing", "resolved"]  # fired, then the level became the stream's normal
+    assert states["moved"]["tracked_median"] > 0
+
+    restarted = Engine(bundle, alerting=AlertingConfig(), metrics=Metrics(CollectorRegistry()), online=tracking)
+    restarted.restore_alert_states(states)
+    assert engine_run(restarted, 400, 600)[0] == []
+    forgetful = Engine(bundle, alerting=AlertingConfig(), metrics=Metrics(CollectorRegistry()), online=tracking)
+    assert [a.status for a in engine_run(forgetful, 400, 600)[0]][:1] == ["firing"]  # without the saved level

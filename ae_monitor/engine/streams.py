@@ -23,6 +23,7 @@ from ae_monitor.features import FeatureStream
 from ae_monitor.features.clock import StreamClock
 from ae_monitor.records import Vectors
 from ae_monitor.scoring import WindowAggregator
+from ae_monitor.threshold import TrackedThresholds
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class StreamTable:
         alert = slot.policy.new_state()
         if stream in self._restored:
             alert = StreamAlertState.from_dict(self._restored.pop(stream))
+            if alert.tracked_median is not None and isinstance(slot.online, TrackedThresholds):
+                slot.online.seed(stream, alert.tracked_median)
         state = _fresh_state(slot_name, slot, alert, generation=next(self._generations))
         self._states[stream] = state
         return state

@@ -64,6 +64,8 @@ def score_slot(slot: Slot, items: list[Pushed], *, metrics: Metrics, outputs: Ve
         scored = Scored(slot, replace(table, surprise=slot.bundle.calibration.surprises(table.score)), scored.spans)
     if slot.online is not None:
         scored = Scored(slot, _with_thresholds(scored.table, slot.online), scored.spans)
+        if isinstance(slot.online, TrackedThresholds):
+            _note_tracked_levels(slot.online, segments)
     if slot.drift is not None:
         slot.drift.observe_many(scored.table.score.tolist())
     return scored
@@ -193,6 +195,22 @@ def _table(bundle: Bundle, windows: list[WindowScore]) -> WindowTable:
         np.array([w.threshold for w in windows], dtype=np.float64),
         np.array([w.contributions for w in windows], dtype=np.float64).reshape(len(windows), groups),
     )
+
+
+# A stream's tracked median is republished with its alert state when it moved by more than this fraction.
+TRACKED_REPUBLISH_CHANGE = 0.1
+
+
+def _note_tracked_levels(online: TrackedThresholds, segments: list[Segment]) -> None:
+    """Mark for persistence the alert states whose tracked median moved noticeably (bounded state-topic traffic)."""
+    for seg in segments:
+        median, alert = online.median(seg.stream), seg.state.alert
+        if median is None:
+            continue
+        saved = alert.tracked_median
+        if saved is None or abs(median - saved) > TRACKED_REPUBLISH_CHANGE * max(abs(saved), 1e-300):
+            alert.tracked_median = median
+            seg.state.alert_changed = True
 
 
 def _with_thresholds(table: WindowTable, online: OnlineThresholds | TrackedThresholds) -> WindowTable:
