@@ -68,7 +68,7 @@ class Daemon:
         self._load_states = load_states  # the alert states saved by every process of the group, read on assignment
         self._commits = CommitBook()
         self._last_commit = self._last_housekeeping = self._last_reload_check = 0.0
-        self._mtimes = {name: _fingerprint(ref) for name, ref in self._paths.items()}
+        self._mtimes = {name: _stamp(ref) for name, ref in self._paths.items()}
         self.reload_requested = reload_requested or threading.Event()  # SIGHUP sets it
 
     def run(self, stop: threading.Event) -> None:
@@ -187,7 +187,7 @@ class Daemon:
             self._check_reload()
 
     def _check_reload(self) -> None:
-        changed = {n for n, ref in self._paths.items() if _fingerprint(ref) != self._mtimes.get(n)}
+        changed = {n for n, ref in self._paths.items() if _stamp(ref) != self._mtimes.get(n)}
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             changed = set(self._paths)
@@ -196,7 +196,7 @@ class Daemon:
 
     def _reload(self, name: str) -> None:
         ref = self._paths[name]
-        self._mtimes[name] = _fingerprint(ref)
+        self._mtimes[name] = _stamp(ref)
         path: Path | AliasRef = ref
         try:
             path = bundle_location(ref)  # a registry alias: the version it names now
@@ -234,7 +234,7 @@ def _return_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _fingerprint(ref: Path | AliasRef) -> tuple[str, float]:
+def _stamp(ref: Path | AliasRef) -> tuple[str, float]:
     """Changes when the bundle is rewritten in place or, for a registry alias, when the alias moves."""
     try:
         path = bundle_location(ref)
