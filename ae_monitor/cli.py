@@ -19,7 +19,7 @@ from ae_monitor.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from ae_monitor.model.integrity import Seal
-    from ae_monitor.registry import Registry
+    from ae_monitor.registry import BundleRegistry
 
 log = logging.getLogger("ae_monitor")
 
@@ -159,7 +159,8 @@ def _seal_text(found: Seal) -> str:
 def _add_registry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _Parser(add_help=False)
     common.add_argument("--root", default=os.environ.get("AE_MONITOR_REGISTRY"),
-                        help="the registry folder (default: $AE_MONITOR_REGISTRY)")  # fmt: skip
+                        help="a registry folder, or an MLflow server's http(s) URL "
+                        "(default: $AE_MONITOR_REGISTRY)")  # fmt: skip
     actions = sub.add_parser("registry", help="versioned bundles, aliases (production, candidate) and provenance"
                              ).add_subparsers(required=True, metavar="ACTION")  # fmt: skip
     p = actions.add_parser("list", parents=[common], help="models and their aliases, or one model's versions")
@@ -192,12 +193,12 @@ def _add_registry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(handler=_registry_rollback)
 
 
-def _registry(args: argparse.Namespace) -> Registry:
-    from ae_monitor.registry import Registry
+def _registry(args: argparse.Namespace) -> BundleRegistry:
+    from ae_monitor.registry import open_registry
 
     if not args.root:
         raise ConfigError("no registry folder: pass --root or set AE_MONITOR_REGISTRY", key="--root")
-    return Registry(args.root)
+    return open_registry(args.root)
 
 
 def _registry_list(args: argparse.Namespace) -> int:

@@ -169,7 +169,7 @@ def test_an_alias_reference_resolves_to_the_version_it_names_now(sensor_bundle: 
     registry.register("pump", _recalibrated(sensor_bundle, tmp_path / "x2", 2.0))
     registry.promote("pump", 1, "production")
     ref = AliasRef.parse(f"registry://{tmp_path / 'reg'}/pump@production")
-    assert ref == AliasRef(tmp_path / "reg", "pump", "production")
+    assert ref == AliasRef(str(tmp_path / "reg"), "pump", "production")
     assert str(ref) == f"registry://{tmp_path / 'reg'}/pump@production"
     assert bundle_location(ref) == tmp_path / "reg" / "pump" / "1" / "bundle"
     registry.promote("pump", 2, "production")

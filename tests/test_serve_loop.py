@@ -89,7 +89,7 @@ def test_a_route_by_registry_alias_follows_promotions_and_rollbacks(sensor_bundl
     registry.register("pump", save_bundle(doubled, tmp_path / "doubled"), parent=1)
     registry.promote("pump", 1, "production")
     clock = [1000.0]
-    daemon, engine = _daemon(AliasRef(tmp_path / "models", "pump", "production"), clock)
+    daemon, engine = _daemon(AliasRef(str(tmp_path / "models"), "pump", "production"), clock)
 
     registry.promote("pump", 2, "production")
     clock[0] += 5.0

@@ -1,8 +1,11 @@
 """The bundle registry: numbered versions of each model's bundle, aliases that name one of them, and provenance.
 
 A stage beside model/: it stores bundles with the bundle module's own `save_bundle` (sealed, signed when a key is
-set) and checks them with `load_bundle`. Layout under the registry root (a local folder, a shared volume, a
-Kubernetes PersistentVolumeClaim)::
+set) and checks them with `load_bundle`. Two backends with the same methods: `Registry`, a folder (here), and
+`MlflowRegistry`, an MLflow model registry (mlflow_backend.py, the optional `mlflow` extra); `open_registry` picks
+one from the root (a folder, or an MLflow tracking server's http(s) URL).
+
+Layout under a folder root (a local disk, a shared volume, a Kubernetes PersistentVolumeClaim)::
 
     <root>/<model>/
       <N>/bundle/             version N's bundle (manifest.json, weights.safetensors, ...), never changed again
@@ -32,15 +35,19 @@ import os
 import secrets
 import shutil
 import socket
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ae_monitor.config import REGISTRY_NAME, REGISTRY_SCHEME, parse_registry_ref
 from ae_monitor.errors import BundleError, RegistryError
 from ae_monitor.model.bundle import MANIFEST, load_bundle, save_bundle
+
+if TYPE_CHECKING:
+    from ae_monitor.model.bundle import Bundle
 
 BUNDLE = "bundle"
 PROVENANCE = "provenance.json"
@@ -73,11 +80,45 @@ class Alias:
     moves: tuple[Mapping[str, Any], ...]
 
 
+class BundleRegistry(Protocol):
+    """What both backends do (the CLI and serve use only this)."""
+
+    def models(self) -> list[str]: ...
+    def versions(self, model: str) -> list[Version]: ...
+    def version(self, model: str, number: int) -> Version: ...
+    def aliases(self, model: str) -> dict[str, Alias]: ...
+    def alias(self, model: str, name: str) -> Alias: ...
+    def resolve(self, model: str, alias: str) -> Version: ...
+    def register(self, model: str, bundle_dir: str | Path, *, parent: int | None = None,
+                 metrics: Mapping[str, Any] | None = None, data_span: tuple[str, str] | None = None,
+                 note: str | None = None, by: str | None = None) -> Version: ...  # fmt: skip
+    def add_metrics(self, model: str, number: int, metrics: Mapping[str, Any]) -> Version: ...
+    def promote(self, model: str, number: int, alias: str, *, by: str | None = None,
+                reason: str | None = None) -> Alias: ...  # fmt: skip
+    def rollback(self, model: str, alias: str, *, by: str | None = None, reason: str | None = None) -> Alias: ...
+
+
+def open_registry(root: str | Path, *, environ: Mapping[str, str] | None = None) -> BundleRegistry:
+    """The registry at `root`: an MLflow tracking server for an http(s) URL, else a folder.
+
+    An MLflow registry downloads the versions it resolves into `AE_MONITOR_REGISTRY_CACHE` (in `environ`, default
+    the process environment), else `<temp dir>/ae-monitor-registry`."""
+    text = str(root)
+    if text.startswith(("http://", "https://")):
+        from ae_monitor.registry.mlflow_backend import MlflowRegistry
+
+        env = os.environ if environ is None else environ
+        cache = env.get("AE_MONITOR_REGISTRY_CACHE") or str(Path(tempfile.gettempdir()) / "ae-monitor-registry")
+        return MlflowRegistry(text, cache_dir=cache, environ=environ)
+    return Registry(root, environ=environ)
+
+
 @dataclass(frozen=True)
 class AliasRef:
-    """`registry://<root>/<model>@<alias>`, the way a route names a bundle by alias (config.parse_registry_ref)."""
+    """`registry://<root>/<model>@<alias>`, the way a route names a bundle by alias (config.parse_registry_ref).
+    `root` is a folder or an MLflow tracking URL (`registry://http://mlflow:5000/pump@production`)."""
 
-    root: Path
+    root: str
     model: str
     alias: str
 
@@ -85,11 +126,11 @@ class AliasRef:
     def parse(text: str) -> AliasRef | None:
         """The reference in `text`, or None for a plain bundle path (config validation refused malformed ones)."""
         found = parse_registry_ref(text)
-        return None if found is None else AliasRef(Path(found[0]), found[1], found[2])
+        return None if found is None else AliasRef(*found)
 
     def resolve(self) -> Path:
         """The bundle folder of the version the alias names now; RegistryError when there is none."""
-        return Registry(self.root).resolve(self.model, self.alias).bundle_path
+        return open_registry(self.root).resolve(self.model, self.alias).bundle_path
 
     def __str__(self) -> str:
         return f"{REGISTRY_SCHEME}{self.root}/{self.model}@{self.alias}"
@@ -176,11 +217,7 @@ class Registry:
         source = Path(bundle_dir)
         if parent is not None:
             self.version(model, parent)  # a parent that does not exist is a typo: refuse it before storing
-        try:
-            bundle = load_bundle(source, environ=self._environ)
-            manifest = json.loads((source / MANIFEST).read_text(encoding="utf-8"))
-        except BundleError as exc:
-            raise RegistryError(f"cannot register {source}: {exc}", model=model) from exc
+        bundle, manifest = checked_bundle(model, source, environ=self._environ)
         folder = self._model_dir(model)
         folder.mkdir(parents=True, exist_ok=True)
         staging = folder / f".incoming.{secrets.token_hex(4)}"
@@ -193,26 +230,9 @@ class Registry:
                 export_onnx(staging / BUNDLE, environ=self._environ)
             with self._locked(model):
                 number = max(self._numbers(model), default=0) + 1
-                record = {
-                    "schema_version": PROVENANCE_SCHEMA,
-                    "model": model,
-                    "version": number,
-                    "registered_at": _now(),
-                    "registered_by": by or _who(),
-                    "source": str(source.resolve()),
-                    "parent": parent,
-                    "bundle": {
-                        "name": bundle.name,
-                        "weights_version": bundle.version,
-                        "trained_at": manifest.get("created_at"),
-                        "kind": bundle.features.kind,
-                    },
-                    "training": _training_summary(manifest, data_span),
-                    "calibration": _calibration_summary(manifest.get("calibration")),
-                    "metrics": dict(metrics or {}),
-                    "note": note,
-                }
-                _write_json(staging / PROVENANCE, record)
+                record = provenance(model, number, source, bundle, manifest, parent=parent, metrics=metrics,
+                                    data_span=data_span, note=note, by=by)  # fmt: skip
+                write_json(staging / PROVENANCE, record)
                 staging.rename(folder / str(number))  # the version appears whole, or not at all
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -224,7 +244,7 @@ class Registry:
         with self._locked(model):
             version = self.version(model, number)
             merged = {**version.provenance, "metrics": {**version.provenance.get("metrics", {}), **metrics}}
-            _write_json(version.path / PROVENANCE, merged)
+            write_json(version.path / PROVENANCE, merged)
         return self.version(model, number)
 
     def promote(
@@ -242,8 +262,7 @@ class Registry:
                 raise RegistryError(f"already names version {number}", model=model, alias=alias)
             previous = () if current is None else (*current.previous, current.version)
             moves = () if current is None else current.moves
-            move = {"action": "promote", "from": None if current is None else current.version, "to": number,
-                    "at": _now(), "by": by or _who(), "reason": reason}  # fmt: skip
+            move = alias_move("promote", None if current is None else current.version, number, by, reason)
             self._write_alias(model, alias, number, previous, (*moves, move))
         return self.alias(model, alias)
 
@@ -256,8 +275,7 @@ class Registry:
                                     model=model, alias=alias)  # fmt: skip
             target = current.previous[-1]
             self.version(model, target)  # still there
-            move = {"action": "rollback", "from": current.version, "to": target, "at": _now(), "by": by or _who(),
-                    "reason": reason}  # fmt: skip
+            move = alias_move("rollback", current.version, target, by, reason)
             self._write_alias(model, alias, target, current.previous[:-1], (*current.moves, move))
         return self.alias(model, alias)
 
@@ -277,7 +295,7 @@ class Registry:
                      moves: tuple[Mapping[str, Any], ...]) -> None:  # fmt: skip
         folder = self._model_dir(model) / ALIASES
         folder.mkdir(exist_ok=True)
-        _write_json(folder / f"{alias}.json", {"alias": alias, "version": number, "previous": list(previous),
+        write_json(folder / f"{alias}.json", {"alias": alias, "version": number, "previous": list(previous),
                                                 "moves": list(moves)})  # fmt: skip
 
     @contextlib.contextmanager
@@ -291,6 +309,54 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def checked_bundle(model: str, source: Path, *, environ: Mapping[str, str] | None) -> tuple[Bundle, dict[str, Any]]:
+    """The bundle at `source`, loaded and verified as serve would, and its manifest."""
+    try:
+        bundle = load_bundle(source, environ=environ)
+        return bundle, json.loads((source / MANIFEST).read_text(encoding="utf-8"))
+    except BundleError as exc:
+        raise RegistryError(f"cannot register {source}: {exc}", model=model) from exc
+
+
+def provenance(
+    model: str,
+    number: int,
+    source: Path,
+    bundle: Bundle,
+    manifest: Mapping[str, Any],
+    *,
+    parent: int | None,
+    metrics: Mapping[str, Any] | None,
+    data_span: tuple[str, str] | None,
+    note: str | None,
+    by: str | None,
+) -> dict[str, Any]:
+    """The provenance record of a new version (plain JSON types)."""
+    return {
+        "schema_version": PROVENANCE_SCHEMA,
+        "model": model,
+        "version": number,
+        "registered_at": _now(),
+        "registered_by": by or _who(),
+        "source": str(source.resolve()),
+        "parent": parent,
+        "bundle": {
+            "name": bundle.name,
+            "weights_version": bundle.version,
+            "trained_at": manifest.get("created_at"),
+            "kind": bundle.features.kind,
+        },
+        "training": _training_summary(manifest, data_span),
+        "calibration": _calibration_summary(manifest.get("calibration")),
+        "metrics": dict(metrics or {}),
+        "note": note,
+    }
+
+
+def alias_move(action: str, before: int | None, after: int, by: str | None, reason: str | None) -> dict[str, Any]:
+    return {"action": action, "from": before, "to": after, "at": _now(), "by": by or _who(), "reason": reason}
 
 
 def _check_name(name: str, *, model: str, alias: str | None = None) -> None:
@@ -316,7 +382,7 @@ def _calibration_summary(record: Mapping[str, Any] | None) -> dict[str, Any] | N
     return {key: record.get(key) for key in keys}
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
     # temp + fsync + os.replace: on a shared volume a reader sees the old file or the new one, never a part.
     staged = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     try:
