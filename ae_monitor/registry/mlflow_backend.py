@@ -17,6 +17,7 @@ concurrent registrations itself, but two promotions of one alias at once may los
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import tempfile
@@ -39,6 +40,9 @@ from ae_monitor.registry import (
     provenance,
     write_json,
 )
+
+# MLflow draws a progress bar on stderr for every download unless told not to: serve's reloads would draw them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 EXPERIMENT = "ae-monitor-registry"
 METRICS_TAG = "ae_monitor.metrics"
