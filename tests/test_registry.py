@@ -229,3 +229,13 @@ def test_the_cli_says_in_one_line_what_the_registry_lacks(
     assert err == f"ae-monitor: error: model 'pump' alias 'candidate': no such alias in the registry at {root}\n"
     assert main(["-q", "registry", "list", "--root", ""]) == 2
     assert "--root: no registry folder" in capsys.readouterr().err
+
+
+def test_a_bundle_with_an_onnx_graph_keeps_it_when_registered(sensor_bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed")
+    from ae_monitor.model.bundle import export_onnx
+
+    exported = Path(shutil.copytree(sensor_bundle, tmp_path / "exported"))
+    export_onnx(exported)
+    version = Registry(tmp_path / "reg").register("pump", exported)
+    assert load_bundle(version.bundle_path, backend="onnx").onnx is not None
