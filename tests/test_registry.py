@@ -239,3 +239,17 @@ def test_a_bundle_with_an_onnx_graph_keeps_it_when_registered(sensor_bundle: Pat
     export_onnx(exported)
     version = Registry(tmp_path / "reg").register("pump", exported)
     assert load_bundle(version.bundle_path, backend="onnx").onnx is not None
+
+
+def test_serve_startup_stops_on_an_alias_the_registry_lacks(sensor_bundle: Path, tmp_path: Path) -> None:
+    from ae_monitor.serve.app import load_routed_bundles
+
+    Registry(tmp_path / "reg").register("pump", sensor_bundle)
+    config = config_from_dict({"routes": [{"bundle_path": f"registry://{tmp_path / 'reg'}/pump@production"}]})
+    with pytest.raises(RegistryError, match=r"^model 'pump' alias 'production': no such alias"):
+        load_routed_bundles(config)
+    Registry(tmp_path / "reg").promote("pump", 1, "production")
+    bundles, routes, paths = load_routed_bundles(config)
+    key = f"registry://{tmp_path / 'reg'}/pump@production"
+    assert list(bundles) == [key] == [k for _, k in routes]
+    assert paths[key] == AliasRef(str(tmp_path / "reg"), "pump", "production")
