@@ -33,7 +33,7 @@ _URL_SECRET_PARAM = re.compile(r"(?<=[?&])([^=&#\s]+)=([^&#\s]*)")
 
 
 # A bundle given as `registry://<root>/<model>@<alias>` (docs/operations.md "Model lifecycle"): the version the alias
-# names in the filesystem registry at <root> (ae_monitor/registry.py). Model and alias names are one path component.
+# names in the registry at <root>, a folder or an MLflow URL (ae_monitor/registry/). Names are one path component.
 REGISTRY_SCHEME = "registry://"
 REGISTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 

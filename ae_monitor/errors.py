@@ -38,7 +38,7 @@ class BundleError(AeMonitorError):
 
 
 class RegistryError(AeMonitorError):
-    """The bundle registry (ae_monitor/registry.py) has no such model, version or alias, or refused a change.
+    """The bundle registry (ae_monitor/registry/) has no such model, version or alias, or refused a change.
     The message starts with what it is about: `model 'pump' version 3: ...`, `model 'pump' alias 'production': ...`."""
 
     def __init__(self, message: str, *, model: str, version: int | None = None, alias: str | None = None) -> None:

@@ -181,7 +181,7 @@ class Registry:
         return {name: self.alias(model, name) for name in names}
 
     def alias(self, model: str, name: str) -> Alias:
-        _check_name(name, model=model, alias=name)
+        check_name(name, model=model, alias=name)
         path = self._model_dir(model) / ALIASES / f"{name}.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -213,7 +213,7 @@ class Registry:
 
         `data_span` is the (start, end) of the training data, as the caller knows it (the bundle records its files,
         not their times); `metrics` any JSON-able results to keep with the version."""
-        _check_name(model, model=model)
+        check_name(model, model=model)
         source = Path(bundle_dir)
         if parent is not None:
             self.version(model, parent)  # a parent that does not exist is a typo: refuse it before storing
@@ -251,7 +251,7 @@ class Registry:
         self, model: str, number: int, alias: str, *, by: str | None = None, reason: str | None = None
     ) -> Alias:
         """Point `alias` at version `number` (created when new); the version it named before is kept for rollback."""
-        _check_name(alias, model=model, alias=alias)
+        check_name(alias, model=model, alias=alias)
         with self._locked(model):
             self.version(model, number)  # it must exist
             try:
@@ -282,7 +282,7 @@ class Registry:
     # --- inside ----------------------------------------------------------------------------------------------
 
     def _model_dir(self, model: str) -> Path:
-        _check_name(model, model=model)
+        check_name(model, model=model)
         return self.root / model
 
     def _numbers(self, model: str) -> list[int]:
@@ -359,7 +359,8 @@ def alias_move(action: str, before: int | None, after: int, by: str | None, reas
     return {"action": action, "from": before, "to": after, "at": _now(), "by": by or _who(), "reason": reason}
 
 
-def _check_name(name: str, *, model: str, alias: str | None = None) -> None:
+def check_name(name: str, *, model: str, alias: str | None = None) -> None:
+    """Model and alias names are one path component (and safe in an MLflow search filter)."""
     if not REGISTRY_NAME.match(name):
         raise RegistryError(f"{name!r} is not a usable name: letters, digits, '_', '.', '-' (100 at most)",
                             model=model, alias=alias)  # fmt: skip

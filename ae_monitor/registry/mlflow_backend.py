@@ -36,6 +36,7 @@ from ae_monitor.registry import (
     Alias,
     Version,
     alias_move,
+    check_name,
     checked_bundle,
     provenance,
     write_json,
@@ -65,6 +66,7 @@ class MlflowRegistry:
         return sorted(m.name for m in self._call(lambda: self._client.search_registered_models(max_results=1000)))
 
     def versions(self, model: str) -> list[Version]:
+        check_name(model, model=model)
         found = self._call(lambda: self._client.search_model_versions(f"name='{model}'"), model=model)
         if not found:
             raise RegistryError(f"no such model in the MLflow registry at {self.root}", model=model)
@@ -127,6 +129,7 @@ class MlflowRegistry:
     ) -> Version:
         """Log the bundle at `bundle_dir` (checked as serve would load it) as a run and register it as the next
         model version of `model`."""
+        check_name(model, model=model)
         source = Path(bundle_dir)
         if parent is not None:
             self._model_version(model, parent)
@@ -158,6 +161,7 @@ class MlflowRegistry:
     def promote(
         self, model: str, number: int, alias: str, *, by: str | None = None, reason: str | None = None
     ) -> Alias:
+        check_name(alias, model=model, alias=alias)
         self._model_version(model, number)
         found = self._registered(model)
         current = self.alias(model, alias) if alias in found.aliases else None
