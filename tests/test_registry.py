@@ -253,3 +253,21 @@ def test_serve_startup_stops_on_an_alias_the_registry_lacks(sensor_bundle: Path,
     key = f"registry://{tmp_path / 'reg'}/pump@production"
     assert list(bundles) == [key] == [k for _, k in routes]
     assert paths[key] == AliasRef(str(tmp_path / "reg"), "pump", "production")
+
+
+def test_replay_takes_a_registry_alias_and_says_in_one_line_when_it_is_missing(
+    sensor_bundle: Path, sensor_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ae_monitor.config import dump_config
+    from ae_monitor.jobs.demo import demo_config
+
+    (tmp_path / "pump.toml").write_text(dump_config(demo_config()))
+    Registry(tmp_path / "reg").register("pump", sensor_bundle)
+    replay = ["-q", "replay", "--config", str(tmp_path / "pump.toml"), "--no-metrics",
+              "--bundle", f"registry://{tmp_path / 'reg'}/pump@production",
+              "--input", str(sensor_data[1] / "pump-1.csv")]  # fmt: skip
+    assert main(replay) == 2
+    assert capsys.readouterr().err.startswith("ae-monitor: error: model 'pump' alias 'production': no such alias")
+    Registry(tmp_path / "reg").promote("pump", 1, "production")
+    assert main(replay) == 0
+    assert capsys.readouterr().err == ""
