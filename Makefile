@@ -67,7 +67,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnx]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnx,mlflow]'
 	touch $@ $(VENV)/.installed
 
 # The audio benchmark (docs/audio.md): real clips from ../shared/data/audio (skipped when absent) and the synthetic

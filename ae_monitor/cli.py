@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from ae_monitor.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from ae_monitor.model.integrity import Seal
+    from ae_monitor.registry import BundleRegistry
 
 log = logging.getLogger("ae_monitor")
 
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                parser.add_subparsers(required=True, metavar="COMMAND"))  # fmt: skip
     _add_config(sub)
     _add_bundle(sub)
+    _add_registry(sub)
     _add_export(sub)
     _add_train(sub)
     _add_calibrate(sub)
@@ -151,6 +154,119 @@ def _seal_text(found: Seal) -> str:
     if found.state == "sealed":
         return f"digest {found.digest}, not signed"
     return "UNVERIFIED: no digest (written before ae_monitor sealed bundles; `ae-monitor bundle sign` adds one)"
+
+
+def _add_registry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = _Parser(add_help=False)
+    common.add_argument("--root", default=os.environ.get("AE_MONITOR_REGISTRY"),
+                        help="a registry folder, or an MLflow server's http(s) URL "
+                        "(default: $AE_MONITOR_REGISTRY)")  # fmt: skip
+    actions = sub.add_parser("registry", help="versioned bundles, aliases (production, candidate) and provenance"
+                             ).add_subparsers(required=True, metavar="ACTION")  # fmt: skip
+    p = actions.add_parser("list", parents=[common], help="models and their aliases, or one model's versions")
+    p.add_argument("model", nargs="?")
+    p.set_defaults(handler=_registry_list)
+    p = actions.add_parser("show", parents=[common], help="a version's provenance (JSON), by number or alias")
+    p.add_argument("model")
+    p.add_argument("version", help="a version number or an alias (production, candidate, ...)")
+    p.set_defaults(handler=_registry_show)
+    p = actions.add_parser("register", parents=[common], help="store a trained bundle folder as the next version")
+    p.add_argument("model")
+    p.add_argument("bundle", type=Path, help="the bundle folder (`ae-monitor train --out`)")
+    p.add_argument("--parent", type=int, help="the version it was derived from (retrained or fine-tuned)")
+    p.add_argument("--data-span", nargs=2, metavar=("START", "END"), help="the training data's time span")
+    p.add_argument("--metric", action="append", default=[], metavar="KEY=VALUE",
+                   help="a result to keep with the version (repeatable; VALUE as JSON when it parses)")  # fmt: skip
+    p.add_argument("--note", help="free text kept in the provenance")
+    p.add_argument("--promote", metavar="ALIAS", help="point this alias at the new version too")
+    p.set_defaults(handler=_registry_register)
+    p = actions.add_parser("promote", parents=[common], help="point an alias at a version (serve reloads it)")
+    p.add_argument("model")
+    p.add_argument("version", type=int)
+    p.add_argument("--alias", default="production")
+    p.add_argument("--reason", help="kept in the alias's history")
+    p.set_defaults(handler=_registry_promote)
+    p = actions.add_parser("rollback", parents=[common], help="point an alias back at the version it named before")
+    p.add_argument("model")
+    p.add_argument("--alias", default="production")
+    p.add_argument("--reason", help="kept in the alias's history")
+    p.set_defaults(handler=_registry_rollback)
+
+
+def _registry(args: argparse.Namespace) -> BundleRegistry:
+    from ae_monitor.registry import open_registry
+
+    if not args.root:
+        raise ConfigError("no registry folder: pass --root or set AE_MONITOR_REGISTRY", key="--root")
+    return open_registry(args.root)
+
+
+def _registry_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    if args.model is None:
+        for model in registry.models():
+            aliases = " ".join(f"{a.name}={a.version}" for a in registry.aliases(model).values())
+            print(f"{model}: {len(registry.versions(model))} versions  {aliases}".rstrip())
+        return 0
+    named: dict[int, list[str]] = {}
+    for alias in registry.aliases(args.model).values():
+        named.setdefault(alias.version, []).append(alias.name)
+    for v in registry.versions(args.model):
+        calibration = v.provenance.get("calibration") or {}
+        threshold = calibration.get("threshold")
+        print(f"{v.number}  {v.provenance.get('registered_at')}  weights {v.provenance['bundle']['weights_version']}"
+              f"  threshold {'n/a' if threshold is None else f'{threshold:.4g}'}  parent {v.provenance.get('parent')}"
+              f"  {' '.join(named.get(v.number, []))}".rstrip())  # fmt: skip
+    return 0
+
+
+def _registry_show(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    version = (registry.version(args.model, int(args.version)) if args.version.isdigit()
+               else registry.resolve(args.model, args.version))  # fmt: skip
+    aliases = {a.name: a.version for a in registry.aliases(args.model).values()}
+    shown = {**version.provenance, "path": str(version.bundle_path),
+             "aliases": sorted(n for n, v in aliases.items() if v == version.number)}  # fmt: skip
+    print(json.dumps(shown, indent=2, sort_keys=True))
+    return 0
+
+
+def _registry_register(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    version = registry.register(args.model, args.bundle, parent=args.parent, metrics=_metrics(args.metric),
+                                data_span=None if args.data_span is None else tuple(args.data_span),
+                                note=args.note)  # fmt: skip
+    print(f"{args.model} version {version.number}: {version.bundle_path}")
+    if args.promote:
+        registry.promote(args.model, version.number, args.promote)
+        print(f"{args.model} {args.promote} -> version {version.number}")
+    return 0
+
+
+def _metrics(pairs: Sequence[str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not (key and equals):
+            raise ConfigError(f"{pair!r} is not KEY=VALUE", key="--metric")
+        try:
+            found[key] = json.loads(value)
+        except json.JSONDecodeError:
+            found[key] = value
+    return found
+
+
+def _registry_promote(args: argparse.Namespace) -> int:
+    alias = _registry(args).promote(args.model, args.version, args.alias, reason=args.reason)
+    print(f"{args.model} {alias.name} -> version {alias.version}" + (
+        f" (was {alias.previous[-1]})" if alias.previous else ""))  # fmt: skip
+    return 0
+
+
+def _registry_rollback(args: argparse.Namespace) -> int:
+    alias = _registry(args).rollback(args.model, args.alias, reason=args.reason)
+    print(f"{args.model} {alias.name} -> version {alias.version} (rolled back from {alias.moves[-1]['from']})")
+    return 0
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -298,7 +414,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         dest="input",
         help="files or folders; '-' reads JSON lines from stdin",
     )
-    p.add_argument("--bundle", type=Path, help="bundle directory (default: replay.bundle_path)")
+    p.add_argument("--bundle", help="bundle directory or registry://<root>/<model>@<alias> (default: "
+                   "replay.bundle_path)")  # fmt: skip
     port = p.add_mutually_exclusive_group()
     port.add_argument("--metrics-port", type=int, help="serve /metrics /healthz /readyz here (0 = any free port; "
                       "default: metrics.port)")  # fmt: skip
@@ -316,8 +433,19 @@ def _replay(args: argparse.Namespace) -> int:
     bundle = args.bundle or config.replay.bundle_path
     if bundle is None:
         raise ConfigError("no bundle given: pass --bundle or set it", key="replay.bundle_path")
-    replay(config, Path(bundle), args.input)
+    replay(config, _bundle_dir(bundle, key="--bundle" if args.bundle else "replay.bundle_path"), args.input)
     return 0
+
+
+def _bundle_dir(text: str, *, key: str) -> Path:
+    """A bundle directory, or the one a registry alias names now."""
+    from ae_monitor.registry import AliasRef
+
+    try:
+        alias = AliasRef.parse(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from exc
+    return Path(text) if alias is None else alias.resolve()
 
 
 def _add_benchmark(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

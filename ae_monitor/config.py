@@ -32,6 +32,42 @@ _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _URL_SECRET_PARAM = re.compile(r"(?<=[?&])([^=&#\s]+)=([^&#\s]*)")
 
 
+# A bundle given as `registry://<root>/<model>@<alias>` (docs/operations.md "Model lifecycle"): the version the alias
+# names in the registry at <root>, a folder or an MLflow URL (ae_monitor/registry/). Names are one path component.
+REGISTRY_SCHEME = "registry://"
+REGISTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def parse_registry_ref(text: str) -> tuple[str, str, str] | None:
+    """(root, model, alias) of a `registry://<root>/<model>@<alias>` bundle reference; None for a plain path.
+    Raises ValueError, saying what is wrong, for a malformed reference.
+
+    >>> parse_registry_ref("registry:///srv/models/pump@production")
+    ('/srv/models', 'pump', 'production')
+    >>> parse_registry_ref("bundles/pump") is None
+    True
+    """
+    if not text.startswith(REGISTRY_SCHEME):
+        return None
+    rest = text[len(REGISTRY_SCHEME) :]
+    where, at, alias = rest.rpartition("@")
+    root, slash, model = where.rpartition("/")
+    if not (at and slash and root):
+        raise ValueError(
+            f"{text!r} is not registry://<root>/<model>@<alias> (e.g. registry:///srv/models/pump@production)"
+        )
+    for kind, name in (("model", model), ("alias", alias)):
+        if not REGISTRY_NAME.match(name):
+            raise ValueError(f"{kind} name {name!r} in {text!r} must be letters, digits, '_', '.', '-' (100 at most)")
+    return root, model, alias
+
+
+def _bundle_reference(value: str | None) -> str | None:
+    if value is not None:
+        parse_registry_ref(value)
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -218,7 +254,9 @@ class DriftConfig(_Section):
 class ReplayConfig(_Section):
     """Streaming over files: pacing, gaps and the JSONL alert sink."""
 
-    bundle_path: str | None = None
+    _bundle = field_validator("bundle_path")(_bundle_reference)
+
+    bundle_path: str | None = None  # a bundle directory or registry://<root>/<model>@<alias>
     pacing: Literal["fast", "realtime"] = "fast"
     speed: float = Field(1.0, gt=0)
     chunk_samples: int = Field(4096, gt=0)
@@ -283,7 +321,9 @@ class RouteConfig(_Section):
     match: str = "*"
     syntax: Literal["glob", "regex"] = "glob"
     field: str = Field("stream", pattern=r"^[A-Za-z0-9_.-]+$")
-    bundle_path: str
+    bundle_path: str  # a bundle directory, or registry://<root>/<model>@<alias>: reloaded when the alias moves
+
+    _bundle = field_validator("bundle_path")(_bundle_reference)
 
     @field_validator("field")
     @classmethod

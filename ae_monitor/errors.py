@@ -3,6 +3,7 @@
     AeMonitorError
     ├── ConfigError            bad configuration: names the key path; stops startup
     ├── BundleError            missing, tampered, pickled or incompatible model bundle; stops startup
+    ├── RegistryError          a model, version or alias the bundle registry does not have, or cannot change
     ├── DataError              a training/evaluation input that cannot be used (file, column, row)
     │   └── SampleRateError    audio at a rate the features were not built for
     ├── RecordError            one bad streaming record: dead-lettered with `reason`, never fatal
@@ -34,6 +35,17 @@ class BundleError(AeMonitorError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class RegistryError(AeMonitorError):
+    """The bundle registry (ae_monitor/registry/) has no such model, version or alias, or refused a change.
+    The message starts with what it is about: `model 'pump' version 3: ...`, `model 'pump' alias 'production': ...`."""
+
+    def __init__(self, message: str, *, model: str, version: int | None = None, alias: str | None = None) -> None:
+        self.model, self.version, self.alias = model, version, alias
+        where = f"model {model!r}" + (f" version {version}" if version is not None else "")
+        where += f" alias {alias!r}" if alias is not None else ""
+        super().__init__(f"{where}: {message}")
 
 
 class DataError(AeMonitorError):

@@ -1,8 +1,8 @@
 """The data flow is the architecture: dependencies point one way, and heavy clients stay in their own modules.
 
 Layers, from the bottom: the base (records, errors, config); the stages (features, model, scoring, threshold,
-alerting, drift, sources, sinks, metrics, health, logs, kafka_client), each importing only the base, itself and a
-few deliberate edges; the engine, which wires the stages; serve, which drives the engine; jobs, the offline
+alerting, drift, sources, sinks, metrics, health, logs, kafka_client, registry), each importing only the base,
+itself and a few deliberate edges; the engine, which wires the stages; serve, which drives the engine; jobs, the offline
 commands; the Python API (api.py); the cli; and on top the package's face (`ae_monitor`), which loads the API
 lazily and which anyone may import for its version. Nothing below imports what stands above it.
 """
@@ -19,17 +19,21 @@ BASE = ("ae_monitor.records", "ae_monitor.errors", "ae_monitor.config")
 # Above the stages, from the bottom up: each may import everything below it, never what is above.
 LAYERS = ("ae_monitor.engine", "ae_monitor.serve", "ae_monitor.jobs", "ae_monitor.api", "ae_monitor.cli")
 # Stages may use the base modules; these extra edges are deliberate: scoring runs the model, the bundle carries
-# the fitted features and the calibration, alerting reads the calibration, both Kafka stages share one client module.
+# the fitted features and the calibration, alerting reads the calibration, both Kafka stages share one client module,
+# the registry stores and checks bundles with the bundle module.
 ALLOWED = {
     "ae_monitor.scoring": ("ae_monitor.model",),
     "ae_monitor.model.bundle": ("ae_monitor.features", "ae_monitor.model", "ae_monitor.threshold"),
     "ae_monitor.alerting": ("ae_monitor.threshold",),
     "ae_monitor.sources.kafka": ("ae_monitor.kafka_client",),
     "ae_monitor.sinks.kafka": ("ae_monitor.kafka_client",),
+    "ae_monitor.registry": ("ae_monitor.model.bundle",),
+    "ae_monitor.registry.mlflow_backend": ("ae_monitor.model.bundle",),
 }
 CLIENT_HOMES = {
     "librosa": ("ae_monitor.features",),
     "kafka": ("ae_monitor.kafka_client", "ae_monitor.sources.kafka", "ae_monitor.sinks.kafka"),
+    "mlflow": ("ae_monitor.registry.mlflow_backend",),
 }
 
 
@@ -80,7 +84,7 @@ def violations(modules: dict[str, set[str]]) -> list[str]:
 
 
 def client_violations(modules: dict[str, set[str]]) -> list[str]:
-    """Imports of Kafka or librosa outside their home modules."""
+    """Imports of Kafka, librosa or mlflow outside their home modules."""
     return [
         f"{module} imports {client}"
         for module, imports in sorted(modules.items())

@@ -408,6 +408,41 @@ def test_a_changed_bundle_is_swapped_in_and_a_bad_one_is_refused(
     assert registry.get_sample_value(info, {"bundle": "pump", "version": new.version}) == 1
 
 
+def test_a_route_by_registry_alias_is_reloaded_when_the_alias_is_promoted_or_rolled_back(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
+) -> None:  # fmt: skip
+    import torch
+
+    from ae_monitor.model.bundle import weights_version
+    from ae_monitor.registry import Registry
+
+    models = Registry(tmp_path / "models")
+    models.register("pump", sensor_bundle)
+    old = load_bundle(sensor_bundle)
+    with torch.no_grad():
+        next(old.network.parameters()).add_(0.01)
+    new = dataclasses.replace(old, version=weights_version(old.network))
+    models.register("pump", save_bundle(new, tmp_path / "retrained"), parent=1)
+    models.promote("pump", 1, "production")
+    reference = f"registry://{tmp_path / 'models'}/pump@production"
+    config = _serve_config(kafka_bootstrap, kafka_topic(1), Path("unused"), service={"reload_check_s": 0.1})
+    config = config.model_copy(update={"routes": (RouteConfig(bundle_path=reference),)})
+    _, _, registry = running(config)
+    info = "ae_monitor_bundle_info"
+    first = load_bundle(sensor_bundle).version
+    _wait(lambda: registry.get_sample_value(info, {"bundle": "pump", "version": first}) == 1)
+    _wait(lambda: registry.get_sample_value("ae_monitor_ready") == 1)
+
+    models.promote("pump", 2, "production")
+    _wait(lambda: registry.get_sample_value(info, {"bundle": "pump", "version": new.version}) == 1)
+    assert registry.get_sample_value(info, {"bundle": "pump", "version": first}) == 0
+    models.rollback("pump", "production")
+    _wait(lambda: registry.get_sample_value(info, {"bundle": "pump", "version": first}) == 1)
+    assert registry.get_sample_value(info, {"bundle": "pump", "version": new.version}) == 0
+    assert registry.get_sample_value("ae_monitor_bundle_reloads_total", {"result": "ok"}) == 2
+
+
 # --- faults: silent streams, takeovers, broker outages ------------------------------------------------------------
 
 

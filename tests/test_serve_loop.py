@@ -14,6 +14,7 @@ from ae_monitor.health import Health, SystemdNotifier
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle, save_bundle
 from ae_monitor.records import Alert, DeadLetter
+from ae_monitor.registry import AliasRef, Registry, bundle_location
 from ae_monitor.serve.loop import Daemon
 from ae_monitor.serve.outputs import Outputs, QueueSink
 from ae_monitor.sinks.delivery import DeliveryQueue
@@ -53,9 +54,9 @@ class IdleSource:
         pass
 
 
-def _daemon(served: Path, clock: list[float]) -> tuple[Daemon, Engine]:
+def _daemon(served: Path | AliasRef, clock: list[float]) -> tuple[Daemon, Engine]:
     metrics = Metrics(CollectorRegistry())
-    engine = Engine({"pump": load_bundle(served)}, alerting=AlertingConfig(), metrics=metrics)
+    engine = Engine({"pump": load_bundle(bundle_location(served))}, alerting=AlertingConfig(), metrics=metrics)
     queue = DeliveryQueue({"memory": MemorySink[Alert]()}, max_pending=100)
     outputs = Outputs(alerts=QueueSink(queue), dead_letters=MemorySink[DeadLetter]())
     daemon = Daemon(source_cfg=KafkaSourceConfig(topics=("t",)), scoring=ScoringConfig(),
@@ -77,3 +78,25 @@ def test_a_recalibrated_bundle_with_the_same_weights_is_swapped_in(sensor_bundle
     daemon.step()
     assert engine.bundles["pump"].threshold == old.threshold * 2
     assert engine.bundles["pump"].version == old.version  # same weights
+
+
+def test_a_route_by_registry_alias_follows_promotions_and_rollbacks(sensor_bundle: Path, tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "models")
+    registry.register("pump", sensor_bundle)
+    original = load_bundle(sensor_bundle)
+    assert original.calibration is not None
+    doubled = original.with_calibration(dataclasses.replace(original.calibration, threshold=original.threshold * 2))
+    registry.register("pump", save_bundle(doubled, tmp_path / "doubled"), parent=1)
+    registry.promote("pump", 1, "production")
+    clock = [1000.0]
+    daemon, engine = _daemon(AliasRef(str(tmp_path / "models"), "pump", "production"), clock)
+
+    registry.promote("pump", 2, "production")
+    clock[0] += 5.0
+    daemon.step()
+    assert engine.bundles["pump"].threshold == original.threshold * 2
+
+    registry.rollback("pump", "production")
+    clock[0] += 5.0
+    daemon.step()
+    assert engine.bundles["pump"].threshold == original.threshold

@@ -23,6 +23,7 @@ from ae_monitor.errors import AeMonitorError, ConfigError
 from ae_monitor.health import Health, HealthServer, SystemdNotifier
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
+from ae_monitor.registry import AliasRef
 from ae_monitor.serve.loop import Daemon
 from ae_monitor.serve.outputs import build_outputs
 
@@ -81,22 +82,26 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
     return 0
 
 
-def load_routed_bundles(config: Config) -> tuple[dict[str, Bundle], list[tuple[RouteConfig, str]], dict[str, Path]]:
-    """Load and verify every bundle the routes name (a bad one stops startup, naming it)."""
+def load_routed_bundles(
+    config: Config,
+) -> tuple[dict[str, Bundle], list[tuple[RouteConfig, str]], dict[str, Path | AliasRef]]:
+    """Load and verify every bundle the routes name (a bad one stops startup, naming it). A route may name a
+    registry alias (`registry://<root>/<model>@<alias>`): the version it names is loaded, and watched for moves."""
     routes: tuple[RouteConfig, ...] = config.routes
     if not routes:
         if config.replay.bundle_path is None:
             raise AeMonitorError("no bundle to serve: add a [[routes]] table with bundle_path (or replay.bundle_path)")
         routes = (RouteConfig(bundle_path=config.replay.bundle_path),)
     bundles: dict[str, Bundle] = {}
-    paths: dict[str, Path] = {}
+    paths: dict[str, Path | AliasRef] = {}
     pairs = []
     for route in routes:
-        path = Path(route.bundle_path)
-        key = str(path.resolve())
+        alias = AliasRef.parse(route.bundle_path)
+        path = Path(route.bundle_path) if alias is None else alias.resolve()
+        key = str(path.resolve()) if alias is None else str(alias)
         if key not in bundles:
             bundles[key] = load_bundle(path, backend=config.scoring.backend, threads=config.scoring.torch_threads)
-            paths[key] = path
+            paths[key] = path if alias is None else alias
         pairs.append((route, key))
     return bundles, pairs, paths
 

@@ -25,6 +25,7 @@ from ae_monitor.errors import AeMonitorError, SinkError
 from ae_monitor.health import Health, SystemdNotifier
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
+from ae_monitor.registry import AliasRef, bundle_location
 from ae_monitor.serve.commits import CommitBook
 from ae_monitor.serve.outputs import Outputs, Settling, deliver, send_dead_letters
 from ae_monitor.sinks.delivery import DeliveryQueue
@@ -53,7 +54,7 @@ class Daemon:
         metrics: Metrics,
         health: Health,
         notifier: SystemdNotifier,
-        bundle_paths: Mapping[str, Path],
+        bundle_paths: Mapping[str, Path | AliasRef],
         load_states: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
         reload_requested: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
@@ -67,7 +68,7 @@ class Daemon:
         self._load_states = load_states  # the alert states saved by every process of the group, read on assignment
         self._commits = CommitBook()
         self._last_commit = self._last_housekeeping = self._last_reload_check = 0.0
-        self._mtimes = {name: _mtime(path) for name, path in self._paths.items()}
+        self._mtimes = {name: _stamp(ref) for name, ref in self._paths.items()}
         self.reload_requested = reload_requested or threading.Event()  # SIGHUP sets it
 
     def run(self, stop: threading.Event) -> None:
@@ -186,7 +187,7 @@ class Daemon:
             self._check_reload()
 
     def _check_reload(self) -> None:
-        changed = {n for n, p in self._paths.items() if _mtime(p) != self._mtimes.get(n)}
+        changed = {n for n, ref in self._paths.items() if _stamp(ref) != self._mtimes.get(n)}
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             changed = set(self._paths)
@@ -194,9 +195,11 @@ class Daemon:
             self._reload(name)
 
     def _reload(self, name: str) -> None:
-        path = self._paths[name]
-        self._mtimes[name] = _mtime(path)
+        ref = self._paths[name]
+        self._mtimes[name] = _stamp(ref)
+        path: Path | AliasRef = ref
         try:
+            path = bundle_location(ref)  # a registry alias: the version it names now
             bundle = load_bundle(path, backend=self._backend, threads=self._threads)
             loaded = self._engine.bundles[name]
             # The version hashes the weights: a recalibrated bundle keeps it, and is swapped in all the same.
@@ -231,8 +234,13 @@ def _return_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _mtime(path: Path) -> float:
+def _stamp(ref: Path | AliasRef) -> tuple[str, float]:
+    """Changes when the bundle is rewritten in place or, for a registry alias, when the alias moves."""
     try:
-        return (path / "manifest.json").stat().st_mtime
+        path = bundle_location(ref)
+    except AeMonitorError:
+        return str(ref), 0.0  # the alias is gone or unreadable: the reload that follows says why, once
+    try:
+        return str(path), (path / "manifest.json").stat().st_mtime
     except OSError:
-        return 0.0
+        return str(path), 0.0
