@@ -1,4 +1,4 @@
-"""Write constraints.txt: the exact version of every package `pip install -e '.[dev]'` installs, as installed in the
+"""Write constraints.txt: the exact version of every package `pip install -e '.[dev,onnx,mlflow]'` installs, as installed in the
 running environment (the one `make test` passed in). The Makefile and the Dockerfile install with `-c constraints.txt`,
 so a fresh machine gets the versions the tests ran against. Run after changing dependencies:
 
@@ -16,11 +16,15 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 HEADER = """\
-# Exact versions of everything `pip install -e '.[dev]'` installs (ae-monitor's dependencies, its `dev` extra, and
-# theirs), as `make test` last passed with them. The Makefile and deploy/docker/Dockerfile install with
+# Exact versions of everything `pip install -e '.[dev,onnx,mlflow]'` installs (ae-monitor's dependencies, the
+# extras `make test` installs, and theirs), as `make test` last passed with them. The Makefile and deploy/docker/Dockerfile install with
 # `-c constraints.txt`; pyproject.toml keeps the ranges the code supports. Regenerate with
 # `.venv/bin/python scripts/freeze_constraints.py > constraints.txt` after changing a dependency.
 """
+
+
+# The extras `make test` installs (the Makefile's .installed-dev target): their closure is pinned too.
+TEST_EXTRAS = ("dev", "onnx", "mlflow")
 
 
 def _name(text: str) -> str:
@@ -50,7 +54,8 @@ def closure(requirements: list[str]) -> dict[str, str]:
 def main() -> int:
     # The project's own requirements from pyproject.toml (an installed ae-monitor may be an older checkout's).
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
-    pins = closure([*project["dependencies"], *project["optional-dependencies"]["dev"]])
+    extras = project["optional-dependencies"]
+    pins = closure([*project["dependencies"], *(req for extra in TEST_EXTRAS for req in extras[extra])])
     sys.stdout.write(HEADER + "".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
     return 0
 
