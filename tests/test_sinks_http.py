@@ -151,6 +151,13 @@ def test_a_tail_probability_below_the_floats_range_is_written_from_the_surprise_
     assert alert_annotations(_alert(tail_probability=1e-4, surprise=4.0))["tail_probability"] == "0.0001"
 
 
+def test_alert_json_writes_a_tail_probability_below_1e_300_as_0_never_as_2_2e_308() -> None:
+    far_out = json.loads(to_json(_alert(tail_probability=2.2250738585072014e-308, surprise=412.34)))
+    assert far_out["tail_probability"] == 0.0
+    assert far_out["surprise"] == 412.34
+    assert json.loads(to_json(_alert(tail_probability=1e-4, surprise=4.0)))["tail_probability"] == 1e-4
+
+
 def test_alertmanager_alerts_carry_a_runbook_url_and_a_generator_url_by_default(
     client: httpx.Client, receiver: Receiver
 ) -> None:

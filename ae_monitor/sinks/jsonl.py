@@ -17,12 +17,19 @@ from ae_monitor.records import Alert, DeadLetter
 ISO_FIELDS = {"event_time_s": "event_time", "detection_time_s": "detection_time", "ends_at_s": "ends_at"}
 
 
+# Alert JSON writes tail probabilities below this as 0: their exact value is in `surprise` (-log10 of it).
+TINY_PROBABILITY = 1e-300
+
+
 def to_json(item: Alert | DeadLetter) -> str:
     """A compact, key-sorted JSON line for `item` (tuples become lists); an alert's times also as ISO-8601 UTC."""
     data: dict[str, Any] = dataclasses.asdict(item)
     if isinstance(item, Alert):
         data["top_contributors"] = [{"name": n, "share": s} for n, s in item.top_contributors]
         data |= {iso: None if data[epoch] is None else iso_utc(data[epoch]) for epoch, iso in ISO_FIELDS.items()}
+        if item.tail_probability < TINY_PROBABILITY:
+            # Below any float worth printing (the floor is 2.2e-308): 0, and `surprise` says how far out it is.
+            data["tail_probability"] = 0.0
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
