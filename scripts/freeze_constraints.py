@@ -1,6 +1,6 @@
-"""Write constraints.txt: the exact version of every package `pip install -e '.[dev,onnx,mlflow]'` installs, as installed in the
-running environment (the one `make test` passed in). The Makefile and the Dockerfile install with `-c constraints.txt`,
-so a fresh machine gets the versions the tests ran against. Run after changing dependencies:
+"""Write constraints.txt: the exact version of every package `pip install -e '.[dev,onnx,mlflow]'` installs, as
+installed in the running environment (the one `make test` passed in). The Makefile and the Dockerfile install with
+`-c constraints.txt`, so a fresh machine gets the versions the tests ran against. Run after changing dependencies:
 
     .venv/bin/python scripts/freeze_constraints.py > constraints.txt
 """
@@ -17,8 +17,9 @@ from packaging.requirements import Requirement
 
 HEADER = """\
 # Exact versions of everything `pip install -e '.[dev,onnx,mlflow]'` installs (ae-monitor's dependencies, the
-# extras `make test` installs, and theirs), as `make test` last passed with them. The Makefile and deploy/docker/Dockerfile install with
-# `-c constraints.txt`; pyproject.toml keeps the ranges the code supports. Regenerate with
+# extras `make test` installs, and theirs), as `make test` last passed with them. The Makefile and
+# deploy/docker/Dockerfile install with `-c constraints.txt`; pyproject.toml keeps the ranges the code supports.
+# Regenerate with
 # `.venv/bin/python scripts/freeze_constraints.py > constraints.txt` after changing a dependency.
 """
 
