@@ -177,6 +177,7 @@ def run_ae_monitor(config: Config, case: Case, notes: list[str], *, dump: Path |
         predictions.append(Prediction(score[keep], alert[keep]))
         if dump is not None:
             arrays[f"test{i}_steps"] = _step_errors(bundle, scored)
+            arrays[f"test{i}_codes"] = scorer_for(bundle).encode(scored.vectors.data)
         arrays |= {f"test{i}_groups": scored.scores.group_errors, f"test{i}_end": scored.vectors.end_sample,
                    f"test{i}_label": part.label, f"test{i}_context": np.array(len(part.context))}  # fmt: skip
     if dump is not None:
@@ -184,7 +185,8 @@ def run_ae_monitor(config: Config, case: Case, notes: list[str], *, dump: Path |
         oof = [s.scores.group_errors for s in fit.calibration_scored]
         train = score_signal(bundle, scorer_for(bundle), _signal(case.name, case.train, case.channels, period))
         arrays |= {"calibration_groups": np.concatenate(oof), "steps": np.array(bundle.extractor.vector_shape[0]),
-                   "train_groups": train.scores.group_errors, "train_steps": _step_errors(bundle, train)}  # fmt: skip
+                   "train_groups": train.scores.group_errors, "train_steps": _step_errors(bundle, train),
+                   "train_codes": scorer_for(bundle).encode(train.vectors.data)}  # fmt: skip
         dump.mkdir(parents=True, exist_ok=True)
         savez: Any = np.savez_compressed  # its stubs read **arrays as its own keyword arguments
         savez(dump / f"{case.name.replace('/', '_')}.npz", **arrays)
