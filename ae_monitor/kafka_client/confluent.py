@@ -249,6 +249,8 @@ class GroupConsumer:
             "heartbeat.interval.ms": max(100, cfg.session_timeout_ms // 3),
             # Cooperative rebalancing (KIP-429), as with kafka-python: partitions that stay keep their streams.
             "partition.assignment.strategy": "cooperative-sticky",
+            # As kafka-python does: subscribing to a topic the broker may auto-create creates it.
+            "allow.auto.create.topics": True,
             "on_commit": self._committed,
             "stats_cb": self._statistics,
             "statistics.interval.ms": STATISTICS_INTERVAL_MS,
@@ -261,7 +263,25 @@ class GroupConsumer:
         self._on_rebalance = on_rebalance
         # librdkafka reads a subscription that starts with "^" as a regular expression.
         names = [pattern if pattern.startswith("^") else f"^{pattern}"] if pattern else list(topics)
+        for topic in topics if not pattern else ():
+            self._await_metadata(topic)
         self._consumer.subscribe(names, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
+
+    def _await_metadata(self, topic: str, *, timeout_s: float = 10.0) -> None:
+        """Ask for the topic's metadata until it has partitions (a missing topic is then auto-created, where the
+        broker allows it, as kafka-python does). librdkafka asks again only every metadata.max.age.ms otherwise,
+        and a group joined before the topic exists gets nothing assigned for that long."""
+        deadline_s = time.monotonic() + timeout_s
+        while time.monotonic() < deadline_s:
+            try:
+                found = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            except KafkaException as exc:
+                log.warning("no metadata for topic %s yet: %s", topic, exc)
+                found = None
+            if found is not None and found.error is None and found.partitions:
+                return
+            time.sleep(0.2)
+        log.warning("topic %s has no partitions yet; its records are read once it has", topic)
 
     def _assigned(self, _: Any, partitions: list[Any]) -> None:
         self._rebalanced("assigned", partitions)
