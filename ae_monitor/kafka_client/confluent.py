@@ -89,6 +89,7 @@ def _error(exc: BaseException) -> KafkaClientError:
     retriable = error.retriable() or "REBALANCE" in name or error.code() in (
         KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError.ILLEGAL_GENERATION,
         KafkaError.UNKNOWN_MEMBER_ID, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._WAIT_COORD,
     )  # fmt: skip
     return KafkaClientError(f"{name}: {error.str()}", retriable=retriable)
 
@@ -204,14 +205,14 @@ def _read_whole(consumer: Any, topic: str, timeout_s: float) -> list[tuple[bytes
     metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
         return None
+    deadline_s = time.monotonic() + timeout_s
     remaining: dict[int, int] = {}  # partition -> its end offset at the call, for those with records
     for p in metadata.partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        low, high = _watermarks(consumer, TopicPartition(topic, p), deadline_s)
         if high > low:
             remaining[p] = high
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
     read: list[tuple[bytes | None, bytes | None]] = []
-    deadline_s = time.monotonic() + timeout_s
     while remaining:
         if time.monotonic() > deadline_s:
             raise KafkaClientError(f"could not read topic {topic} to its end in {timeout_s} s", retriable=True)
@@ -226,6 +227,19 @@ def _read_whole(consumer: Any, topic: str, timeout_s: float) -> list[tuple[bytes
             if m.partition() in remaining and reached >= remaining[m.partition()]:
                 del remaining[m.partition()]
     return read
+
+
+def _watermarks(consumer: Any, partition: Any, deadline_s: float) -> tuple[int, int]:
+    """(low, high) offsets of `partition`, asked again while its leader is not known yet (a topic created moments
+    ago answers NOT_LEADER_FOR_PARTITION for a while)."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=max(0.1, deadline_s - time.monotonic()))
+            return int(low), int(high)
+        except KafkaException as exc:
+            if not _error(exc).retriable or time.monotonic() > deadline_s:
+                raise
+            time.sleep(0.1)
 
 
 class GroupConsumer:
