@@ -162,10 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     n = max(1, args.records // args.streams) * args.streams
     rows = table(rates, n)
-    header = f"{'figure':<36} {'value':>14}  {'goal':<22} {'ratio':>8}  {'':4}  note"
+    header = f"{'figure':<42} {'value':>14}  {'goal':<22} {'ratio':>8}  {'':4}  note"
     print("\n" + header + "\n" + "-" * len(header))
     for row in rows:
-        print(f"{row.name:<36} {format_value(row):>14}  {row.goal:<22} {row.ratio:>8}  {bs.verdict(row):4}  {row.note}")
+        print(f"{row.name:<42} {format_value(row):>14}  {row.goal:<22} {row.ratio:>8}  {bs.verdict(row):4}  {row.note}")
     if args.json is not None:
         data = {"environment": env, "records": n, "rates": rates, "rows": [asdict(row) for row in rows]}
         args.json.parent.mkdir(parents=True, exist_ok=True)
