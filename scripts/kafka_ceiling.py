@@ -50,7 +50,16 @@ def consume_confluent(bootstrap: str, topic: str, n: int, max_poll_records: int)
     """The same with confluent-kafka: batches of `consume(max_poll_records)`, as ae_monitor's client takes them."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ae-monitor-ceiling", "enable.auto.commit": False})
+    # fetch.queue.backoff.ms as ae_monitor's consumer sets it (kafka_client/confluent.py): librdkafka's default
+    # pauses fetching for 1 s whenever 100,000 messages wait in its queue.
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "ae-monitor-ceiling",
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     seen, started = 0, 0.0
     deadline = time.monotonic() + 120
