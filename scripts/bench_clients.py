@@ -73,6 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, help="sensor bundle to serve (default: train a small one)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test), figures not meaningful")
+    parser.add_argument("--profile", type=Path, help="cProfile serve's thread in one extra run per client into DIR")
     args = parser.parse_args(argv)
     if args.quick:
         args.records, args.streams, args.repeat = 6_000, 20, 1
@@ -89,10 +90,11 @@ def ceiling(bootstrap: str, topic: str, n: int, max_poll: int, client: str) -> f
     return float(json.loads(out.stdout.strip().splitlines()[-1])["msg_per_s"])
 
 
-def serve_rate(bootstrap: str, topic: str, bundle: Path, windows: int, n: int, client: str, tag: str) -> float:
+def serve_rate(bootstrap: str, topic: str, bundle: Path, windows: int, n: int, client: str, tag: str,
+               profile: Path | None = None) -> float:  # fmt: skip
     config = bs.serve_config(bootstrap, topic, bundle, tag)
     config = config.model_copy(update={"kafka": config.kafka.model_copy(update={"client": client})})
-    span = bs.serve_span(config, windows, None)
+    span = bs.serve_span(config, windows, profile)
     return float(n / span.wall_s)
 
 
@@ -116,6 +118,9 @@ def measure(bootstrap: str, topics: Any, bundle: Path, args: argparse.Namespace)
             topics.forget_later(*bs.output_topics(topic))
             rates[ROW_SERVE.format(client)].append(serve_rate(bootstrap, topic, bundle, windows, n, client, tag))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items() if v), flush=True)
+    for client in CLIENTS if args.profile is not None else ():  # profiled runs are slower: not in the figures
+        tag = f"{client}-profile-{topics.run_id}"
+        serve_rate(bootstrap, topic, bundle, windows, n, client, tag, args.profile / f"serve-{client}.pstats")
     return rates
 
 
