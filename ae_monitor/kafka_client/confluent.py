@@ -376,24 +376,26 @@ def _partitions(offsets: Mapping[Partition, int]) -> list[Any]:
 
 
 def _by_partition(messages: list[Any]) -> list[Fetched]:
-    """Messages of one poll grouped by partition (librdkafka hands them out partition by partition)."""
-    found: dict[Partition, Fetched] = {}
-    current: Fetched | None = None
-    for m in messages:
-        error = m.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
+    """Messages of one poll grouped by partition, in order. The hot path of a poll (six calls into the binding per
+    message): comprehensions, and one pass for the usual poll that holds one partition only."""
+    good = [m for m in messages if m.error() is None]
+    if len(good) < len(messages):
+        for m in messages:
+            error = m.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", error.str())
-            continue
-        topic, partition = m.topic(), m.partition()
-        if current is None or current.partition != partition or current.topic != topic:
-            current = found.get((topic, partition))
-            if current is None:
-                current = found[(topic, partition)] = Fetched(topic, partition, [], [])
-        current.offsets.append(m.offset())
-        message: Message = (m.key(), m.value(), m.headers() or ())
-        current.messages.append(message)
-    return list(found.values())
+    keys = [(m.topic(), m.partition()) for m in good]
+    groups: dict[Partition, list[Any]] = {}
+    if len(set(keys)) == 1:
+        groups[keys[0]] = good
+    else:
+        for key, m in zip(keys, good, strict=True):
+            groups.setdefault(key, []).append(m)
+    found = []
+    for (topic, partition), group in groups.items():
+        batch: list[Message] = [(m.key(), m.value(), m.headers() or ()) for m in group]
+        found.append(Fetched(topic, partition, [m.offset() for m in group], batch))
+    return found
 
 
 class _Delivery:
