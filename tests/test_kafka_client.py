@@ -1,13 +1,22 @@
-"""The Kafka client choice (`kafka.client`) and how `[kafka]` settings reach librdkafka (no broker needed; the
-contract of both clients against a real broker: test_sinks_kafka.py, test_serve.py, test_kafka_security.py)."""
+"""The Kafka client choice (`kafka.client`), how `[kafka]` settings reach librdkafka, and what the source reads of a
+group that stopped answering (the rest of both clients' contract against a real broker: test_sinks_kafka.py,
+test_serve.py, test_kafka_security.py, test_chaos.py)."""
 
 from __future__ import annotations
 
-import pytest
+import gc
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
-from ae_monitor.config import KafkaConnectionConfig
+import pytest
+from script_loader import load_script
+
+from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
 from ae_monitor.errors import ConfigError
-from ae_monitor.kafka_client import build_client
+from ae_monitor.kafka_client import GroupConsumer, build_client
 from ae_monitor.kafka_client.confluent import properties
 
 
@@ -37,3 +46,38 @@ def test_a_kafka_python_setting_librdkafka_has_no_name_for_stops_startup_naming_
     conn = KafkaConnectionConfig(client="confluent", extra={"api_version_auto_timeout_ms": 5000})
     with pytest.raises(ConfigError, match=r"kafka\.extra\.api_version_auto_timeout_ms"):
         build_client(conn)
+
+
+def test_a_consumer_whose_broker_died_reports_the_group_silent(
+    kafka_bootstrap: str, client_library: str, tmp_path: Path
+) -> None:
+    """What `KafkaSource.stalled` reads when no commit is pending: the group coordinator's silence."""
+    del kafka_bootstrap  # a broker of this test alone (it gets killed); this marks the test `kafka`
+    script = load_script("kafka_broker.py", name="kafka_broker")
+    broker = script.start_broker(tmp_path / "kafka")
+    try:
+        conn = KafkaConnectionConfig(bootstrap_servers=(broker.bootstrap,), client=client_library)
+        cfg = KafkaSourceConfig(topics=(f"silence-{uuid.uuid4().hex[:8]}",), session_timeout_ms=6000)
+        consumer = build_client(conn).consumer(cfg)
+        try:
+            consumer.subscribe(topics=cfg.topics, pattern=None, on_rebalance=lambda kind, partitions: None)
+            _poll_until(consumer, lambda: bool(consumer.assignment()), timeout_s=30)
+            assert (consumer.silence_s() or 0.0) < 5
+            script.kill_broker(broker)
+            _poll_until(consumer, lambda: (consumer.silence_s() or 0.0) > 2, timeout_s=30)
+        finally:
+            consumer.close()
+    finally:
+        script.stop_broker(broker)
+        # kafka-python leaves the sockets of a client that lost its broker to the garbage collector: reaped here,
+        # their ResourceWarnings would otherwise fail whichever test runs next.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+
+
+def _poll_until(consumer: GroupConsumer, condition: Callable[[], bool], *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        consumer.poll(timeout_ms=100, max_records=100)

@@ -251,7 +251,8 @@ class GroupConsumer:
         self._consumer: Any = None
         self._on_rebalance: RebalanceCallback | None = None
         self._on_commit: CommitCallback | None = None
-        self._healthy_at: float | None = None  # when the statistics last showed the coordinator answering
+        # Since when librdkafka's statistics show the group coordinator away (None: it answers, or no word yet).
+        self._away_since: float | None = None
 
     def settings(self) -> dict[str, Any]:
         cfg = self._cfg
@@ -358,12 +359,15 @@ class GroupConsumer:
         stats = json.loads(payload)
         group_up = stats.get("cgrp", {}).get("state") == "up"
         broker_up = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0)
-        now = time.monotonic()
-        if (group_up and broker_up) or self._healthy_at is None:
-            self._healthy_at = now
+        if group_up and broker_up:
+            self._away_since = None
+        elif self._away_since is None:
+            self._away_since = time.monotonic()
 
     def silence_s(self) -> float | None:
-        return None if self._healthy_at is None else time.monotonic() - self._healthy_at
+        """Counted only from statistics that show the coordinator away: they are served inside `poll`, so a loop that
+        stops polling for a while (back-pressure) is not mistaken for a silent group."""
+        return 0.0 if self._away_since is None else time.monotonic() - self._away_since
 
     def close(self) -> None:
         self._on_rebalance = None  # the final revocation of close() is the caller's to handle, not an event
