@@ -272,8 +272,11 @@ class MetricsConfig(_Section):
 
 
 class KafkaConnectionConfig(_Section):
-    """How to reach the brokers; `extra` passes further kafka-python settings through unchanged."""
+    """How to reach the brokers; `extra` passes further client settings through (kafka-python names; with
+    `client = "confluent"` the sasl_*/ssl_* names are mapped to librdkafka's, and dotted librdkafka names pass as
+    they are). `client` picks the library: kafka-python (pure Python) or confluent-kafka (librdkafka)."""
 
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
     bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     client_id: str = "ae-monitor"

@@ -7,7 +7,8 @@
     ├── DataError              a training/evaluation input that cannot be used (file, column, row)
     │   └── SampleRateError    audio at a rate the features were not built for
     ├── RecordError            one bad streaming record: dead-lettered with `reason`, never fatal
-    └── SinkError              a sink did not accept items (`sink` names it); retriable unless the sink refused them
+    ├── SinkError              a sink did not accept items (`sink` names it); retriable unless the sink refused them
+    └── KafkaClientError       a Kafka client (either library) failed an operation; `refused` names a login/TLS refusal
 
 `retriable` says whether trying the same thing again later may succeed.
 """
@@ -75,3 +76,14 @@ class SinkError(AeMonitorError):
         self.retriable = retriable
         self.retry_after_s = retry_after_s  # how long the receiver asked us to wait (HTTP Retry-After), if it said
         super().__init__(f"sink {sink}: {message}")
+
+
+class KafkaClientError(AeMonitorError):
+    """A Kafka client operation failed, in the words of the library that runs it (kafka-python or librdkafka).
+    `retriable`: the client says a retry can help (a timeout, a leader change, a rebalance in progress); `refused`:
+    the broker refused the credentials or the TLS handshake (the reason), which no retry fixes."""
+
+    def __init__(self, message: str, *, retriable: bool = False, refused: str | None = None) -> None:
+        self.retriable = retriable
+        self.refused = refused
+        super().__init__(message)

@@ -22,6 +22,7 @@ Columns (docs/serve.md shows a run):
   RSS MB          serve's resident memory after startup -> at the end
 
     .venv/bin/python scripts/chaos.py [--quick] [--scenarios a,b] [--bootstrap-dir DIR] [--json OUT]
+                                      [--client kafka-python|confluent]
 
 Exit status 1 when a must-hold column fails (re-fired > 0, a fault not alerted, dead letters != bad records, more
 uncommitted records than the open windows can hold). `--quick` runs every scenario small (a smoke test, ~2 min).
@@ -76,6 +77,7 @@ class Settings:
     many_streams: int = 10_000
     soak_s: float = 600.0
     soak_rate: float = 20_000.0
+    client: str = "kafka-python"  # kafka.client of the serve processes
 
     @staticmethod
     def quick() -> Settings:
@@ -224,7 +226,8 @@ def _bad_records(n: int, rng: random.Random) -> list[tuple[bytes, bytes]]:
 class Drill:
     """Fresh topics, config and bookkeeping for one scenario."""
 
-    def __init__(self, name: str, bootstrap: str, bundle: Path, workdir: Path, webhook: Webhook) -> None:
+    def __init__(self, name: str, bootstrap: str, bundle: Path, workdir: Path, webhook: Webhook,
+                 client: str = "kafka-python") -> None:  # fmt: skip
         self.name, self.bootstrap, self.workdir = name, bootstrap, workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:10]
@@ -235,7 +238,7 @@ class Drill:
         admin.close()
         config = config_from_dict({
             **DEMO_CONFIG,
-            "kafka": {"bootstrap_servers": [bootstrap], "connect_timeout_s": 5},
+            "kafka": {"bootstrap_servers": [bootstrap], "connect_timeout_s": 5, "client": client},
             "source": {"topics": [self.topic], "group_id": self.group, "start_from": "earliest",
                        "commit_interval_s": 0.5, "rebalance_stall_s": 10, "session_timeout_ms": 6000},
             "routes": [{"match": "*", "bundle_path": str(bundle)}],
@@ -349,7 +352,7 @@ def _uncommitted(bootstrap: str, group: str, topic: str) -> int:
 
 def run_scenario(name: str, settings: Settings, broker: Any, bundle: Path, workdir: Path, webhook: Webhook) -> Row:
     streams = _streams(settings, seed=len(name))
-    drill = Drill(name, broker[0].bootstrap, bundle, workdir, webhook)
+    drill = Drill(name, broker[0].bootstrap, bundle, workdir, webhook, settings.client)
     try:
         return _drill(drill, name, streams, settings, broker, webhook)
     except Exception as exc:  # one drill that goes wrong is a row that says so; the next drills still run
@@ -452,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the broker, bundle and serve logs here (default: temp)")
     parser.add_argument("--soak-s", type=float, help="soak duration in seconds (600; quick: 15)")
     parser.add_argument("--soak-rate", type=float, help="soak records per second (20,000; quick: 2,000)")
+    parser.add_argument(
+        "--client",
+        choices=("kafka-python", "confluent"),
+        default="kafka-python",
+        help="the Kafka library serve uses (kafka.client)",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.scenarios.split(",") if n]
     unknown = sorted(set(names) - set(SCENARIOS))
@@ -462,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.soak_s = args.soak_s
     if args.soak_rate is not None:
         settings.soak_rate = args.soak_rate
+    settings.client = args.client
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ae-monitor-chaos-")))

@@ -9,6 +9,10 @@ with the reason; `AE_MONITOR_SKIP_KAFKA=1` turns that failure into a skip.
 builds a KafkaProducer, KafkaConsumer or KafkaAdminClient for the broker (retrying while it does not answer yet) and
 closes it after the test. Every test that uses `kafka_bootstrap` is marked `kafka`, so `-m "not kafka"` leaves them
 out.
+
+`client_library` runs a test once per Kafka library ae_monitor can use (`kafka.client`): kafka-python and confluent
+(librdkafka), so the contract of the source and the sinks is proven against each. The test-side helpers above stay
+on kafka-python: they are the yardstick, not the code under test.
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ def connect(factory: Callable[[], T], *, attempts: int = 5, first_delay_s: float
             time.sleep(delay_s)
             delay_s *= 2
     raise AssertionError("unreachable")
+
+
+CLIENT_LIBRARIES = ("kafka-python", "confluent")
+
+
+@pytest.fixture(params=CLIENT_LIBRARIES)
+def client_library(request: pytest.FixtureRequest) -> str:
+    """The value of `kafka.client` for this run of the test."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -148,9 +148,10 @@ def secure_broker() -> Iterator[SecureBroker]:
         script.stop_broker(broker)
 
 
-def _config(toml: str, tmp_path: Path, environ: dict[str, str] | None = None) -> Config:
+def _config(toml: str, tmp_path: Path, client: str, environ: dict[str, str] | None = None) -> Config:
+    """The config of `toml` with `kafka.client = client` (the same kafka-python names map to librdkafka's)."""
     path = tmp_path / "kafka.toml"
-    path.write_text(toml)
+    path.write_text(toml.replace("[kafka]\n", f'[kafka]\nclient = "{client}"\n', 1))
     return load_config(path, environ=environ or {})
 
 
@@ -190,18 +191,23 @@ def _refusal(config_path: Path, environ: dict[str, str] | None = None) -> str:
 
 
 def test_records_travel_over_tls_to_a_broker_whose_certificate_the_site_ca_signed(
-    secure_broker: SecureBroker, tmp_path: Path
+    secure_broker: SecureBroker, tmp_path: Path, client_library: str
 ) -> None:
     config = _config(f'[kafka]\nbootstrap_servers = ["{secure_broker.ssl}"]\nsecurity_protocol = "SSL"\n'
-                     f'[kafka.extra]\nssl_cafile = "{secure_broker.ca}"\n', tmp_path)  # fmt: skip
+                     f'[kafka.extra]\nssl_cafile = "{secure_broker.ca}"\n', tmp_path, client_library)  # fmt: skip
     assert _round_trip(config.kafka) == [b"record 0", b"record 1", b"record 2"]
 
 
-def test_a_broker_certificate_from_another_ca_is_refused(secure_broker: SecureBroker, tmp_path: Path) -> None:
+def test_a_broker_certificate_from_another_ca_is_refused(
+    secure_broker: SecureBroker, tmp_path: Path, client_library: str
+) -> None:
     _config(f'[kafka]\nbootstrap_servers = ["{secure_broker.ssl}"]\nsecurity_protocol = "SSL"\n'
-            f'connect_timeout_s = 3\n[kafka.extra]\nssl_cafile = "{secure_broker.other_ca}"\n', tmp_path)  # fmt: skip
+            f'connect_timeout_s = 3\n[kafka.extra]\nssl_cafile = "{secure_broker.other_ca}"\n', tmp_path,
+            client_library)  # fmt: skip
     refusal = _refusal(tmp_path / "kafka.toml")
     assert "refused the producer's credentials or TLS handshake" in refusal or "cannot reach Kafka" in refusal
+    if client_library == "confluent":  # librdkafka always reports the failed handshake itself
+        assert "certificate verify failed" in refusal
 
 
 SCRAM_TOML = """\
@@ -217,20 +223,22 @@ sasl_plain_username = "{user}"
 
 
 def test_scram_over_tls_authenticates_with_the_password_from_the_environment_and_never_prints_it(
-    secure_broker: SecureBroker, tmp_path: Path
+    secure_broker: SecureBroker, tmp_path: Path, client_library: str
 ) -> None:
     toml = SCRAM_TOML.format(bootstrap=secure_broker.sasl_ssl, timeout=30, ca=secure_broker.ca, user=USER)
-    config = _config(toml, tmp_path, {"AE_MONITOR_KAFKA__EXTRA__SASL_PLAIN_PASSWORD": PASSWORD})
+    config = _config(toml, tmp_path, client_library, {"AE_MONITOR_KAFKA__EXTRA__SASL_PLAIN_PASSWORD": PASSWORD})
     assert _round_trip(config.kafka) == [b"record 0", b"record 1", b"record 2"]
     dumped = dump_config(config)
     assert PASSWORD not in dumped
     assert f'sasl_plain_password = "{REDACTED}"' in dumped
 
 
-def test_a_wrong_scram_password_is_refused(secure_broker: SecureBroker, tmp_path: Path) -> None:
+def test_a_wrong_scram_password_is_refused(secure_broker: SecureBroker, tmp_path: Path, client_library: str) -> None:
     toml = SCRAM_TOML.format(bootstrap=secure_broker.sasl_ssl, timeout=3, ca=secure_broker.ca, user=USER)
-    _config(toml, tmp_path)
+    _config(toml, tmp_path, client_library)
     refusal = _refusal(tmp_path / "kafka.toml", {"AE_MONITOR_KAFKA__EXTRA__SASL_PLAIN_PASSWORD": "not-the-password"})
     # Named when kafka-python logs the broker's refusal before the connection drops (usually; not always).
     assert "refused the producer's credentials or TLS handshake" in refusal or "cannot reach Kafka" in refusal
+    if client_library == "confluent":  # librdkafka always reports the refusal itself
+        assert "Authentication failed" in refusal
     assert "not-the-password" not in refusal

@@ -48,11 +48,12 @@ def _messages(csv: Path, stream: str, config: Config, rows: slice = slice(None))
     return out
 
 
-def _serve_config(bootstrap: str, topic: str, bundle: Path, **sections: dict[str, Any]) -> Config:
+def _serve_config(bootstrap: str, topic: str, bundle: Path, *, client: str = "kafka-python",
+                  **sections: dict[str, Any]) -> Config:  # fmt: skip
     tag = topic.rsplit("-", 1)[-1]
     data: dict[str, Any] = {
         **DEMO_CONFIG,
-        "kafka": {"bootstrap_servers": [bootstrap]},
+        "kafka": {"bootstrap_servers": [bootstrap], "client": client},
         "source": {"topics": [topic], "group_id": f"g-{tag}", "start_from": "earliest", "commit_interval_s": 0.2,
                    "rebalance_stall_s": 12,
                    "session_timeout_ms": 6000},
@@ -141,11 +142,12 @@ def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
 
 
 def test_faulty_streams_raise_exactly_the_expected_alerts_on_the_alerts_topic(
+    client_library: str,
     kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
 ) -> None:  # fmt: skip
     topic = kafka_topic(3)
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library)
     replay = sensor_data[1]
     messages = _interleave(*(_messages(replay / f"pump-{i}.csv", f"pump-{i}", config) for i in (1, 2, 3)))
     expected = _expected_alerts(sensor_bundle, messages, config)
@@ -171,12 +173,13 @@ def test_faulty_streams_raise_exactly_the_expected_alerts_on_the_alerts_topic(
 
 
 def test_the_codes_and_cleaned_topics_carry_one_message_per_scored_window(
+    client_library: str,
     kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     tag = topic.rsplit("-", 1)[-1]
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library)
     running(config)
     _produce(kafka_bootstrap, topic, _messages(sensor_data[1] / "pump-2.csv", "pump-2", config, slice(0, 200)))
     windows = 200 - config.features.sensor.window_samples + 1
@@ -231,12 +234,13 @@ def test_streams_are_routed_to_bundles_on_the_machine_type_field_of_their_record
 
 
 def test_a_tombstone_on_the_input_topic_is_a_dead_letter_and_the_daemon_goes_on(
+    client_library: str,
     kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     tag = topic.rsplit("-", 1)[-1]
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library)
     _, thread, _ = running(config)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     producer.send(topic, key=b"pump-1", value=None)
@@ -318,12 +322,13 @@ def _window_starts(messages: list[Any], stream: str) -> set[float]:
 
 
 def test_sigterm_commits_and_a_restart_resumes_with_no_window_lost(
+    client_library: str,
     kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     daemons: Callable[[Config, str], Daemon],
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     tag = topic.rsplit("-", 1)[-1]
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library)
     messages = _messages(sensor_data[1] / "pump-1.csv", "pump-1", config, slice(0, 400))
     first = daemons(config, "first")
     _wait(lambda: _http(first.url + "/readyz")[0] == 200)
@@ -352,12 +357,13 @@ def _scored(daemon: Daemon) -> float:
 
 
 def test_two_daemons_split_the_partitions_and_one_takes_over_when_the_other_is_killed(
+    client_library: str,
     kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     daemons: Callable[[Config, str], Daemon],
 ) -> None:  # fmt: skip
     topic = kafka_topic(4)
     tag = topic.rsplit("-", 1)[-1]
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library)
     streams = [f"pump-{i}" for i in range(8)]
     per_stream = {s: _messages(sensor_data[1] / "pump-1.csv", s, config, slice(0, 300)) for s in streams}
     a, b = daemons(config, "a"), daemons(config, "b")
@@ -447,11 +453,12 @@ def test_a_route_by_registry_alias_is_reloaded_when_the_alias_is_promoted_or_rol
 
 
 def test_a_stream_that_stops_completing_windows_does_not_hold_back_the_commits_of_its_partition(
+    client_library: str,
     kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, replay={"max_gap_s": 2.0})
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library, replay={"max_gap_s": 2.0})
     ok = _messages(sensor_data[1] / "pump-1.csv", "ok", config, slice(0, 300))
     first = _messages(sensor_data[1] / "pump-1.csv", "dup", config, slice(0, 1))[0]
     # `dup` sends one sample, then only that timestamp again (late: dropped); `ok` goes on normally.
@@ -463,12 +470,13 @@ def test_a_stream_that_stops_completing_windows_does_not_hold_back_the_commits_o
 
 
 def test_a_peer_taking_over_a_partition_continues_the_firing_episode_under_its_id(
+    client_library: str,
     kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     daemons: Callable[[Config, str], Daemon],
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     tag = topic.rsplit("-", 1)[-1]
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library)
     messages = _messages(sensor_data[1] / "pump-3.csv", "pump-3", config)  # a pressure fault over rows 250-450
     # Both start before anything fires: the peer cannot have read the episode at its startup.
     a, b = daemons(config, "a"), daemons(config, "b")
@@ -503,13 +511,14 @@ def own_broker(tmp_path: Path, kafka_bootstrap: str) -> Iterator[tuple[ModuleTyp
 
 
 def test_serve_rides_out_a_broker_crash_says_so_on_readyz_and_resumes_after_the_restart(
+    client_library: str,
     own_broker: tuple[ModuleType, list[Any]], sensor_bundle: Path, sensor_data: tuple[Path, Path],
     daemons: Callable[[Config, str], Daemon],
 ) -> None:  # fmt: skip
     script, brokers = own_broker
     bootstrap = brokers[0].bootstrap
     topic = f"ae-monitor-test-{uuid.uuid4().hex[:12]}"
-    config = _serve_config(bootstrap, topic, sensor_bundle, kafka={"connect_timeout_s": 3},
+    config = _serve_config(bootstrap, topic, sensor_bundle, client=client_library, kafka={"connect_timeout_s": 3},
                            source={"rebalance_stall_s": 4})  # fmt: skip
     messages = _messages(sensor_data[1] / "pump-1.csv", "pump-1", config, slice(0, 400))
     daemon = daemons(config, "serve")

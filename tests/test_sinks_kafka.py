@@ -37,8 +37,10 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def conn(kafka_bootstrap: str) -> KafkaConnectionConfig:
-    return KafkaConnectionConfig(bootstrap_servers=(kafka_bootstrap,), client_id="ae-monitor-sink-tests")
+def conn(kafka_bootstrap: str, client_library: str) -> KafkaConnectionConfig:
+    """ae_monitor's connection settings, once per client library (every test here runs against both)."""
+    return KafkaConnectionConfig(bootstrap_servers=(kafka_bootstrap,), client_id="ae-monitor-sink-tests",
+                                 client=client_library)  # fmt: skip
 
 
 @pytest.fixture
@@ -199,7 +201,7 @@ def test_a_message_the_producer_refuses_raises_a_sink_error_that_says_whether_to
 
 
 def _cleanup_policy(conn: KafkaConnectionConfig, topic: str) -> str:
-    admin = admin_factory(conn)()
+    admin = KafkaAdminClient(bootstrap_servers=list(conn.bootstrap_servers))
     try:
         described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         return str(described["topic"][topic]["cleanup.policy"]["value"])
@@ -208,7 +210,7 @@ def _cleanup_policy(conn: KafkaConnectionConfig, topic: str) -> str:
 
 
 def _delete_topic(conn: KafkaConnectionConfig, topic: str) -> None:
-    admin: KafkaAdminClient = admin_factory(conn)()
+    admin = KafkaAdminClient(bootstrap_servers=list(conn.bootstrap_servers))
     try:
         admin.delete_topics([topic])
     finally:

@@ -1,9 +1,10 @@
 """Stage 7, sink: Kafka topics for alerts, per-window scores, dead letters and the per-stream alert state.
 
-Every sink waits for the broker's acknowledgement of each message (`future.get`) before `send` returns, so the
-caller may commit the input the items came from; a failure or a timeout raises SinkError (retriable). Producers are
-built by an injected factory (`producer_factory(conn)` makes real ones: idempotent, acks=all), so the daemon shares
-one producer between the sinks and tests can use the real local broker. The sinks never close the producer:
+Every sink waits for the broker's acknowledgement of each message before `send` returns (or, pipelined, before
+`settle` does), so the caller may commit the input the items came from; a failure or a timeout raises SinkError
+(retriable unless the producer says a retry cannot help). Producers are built by an injected factory
+(`producer_factory(conn)` makes real ones, of the library `kafka.client` names: idempotent, acks=all), so the daemon
+shares one producer between the sinks and tests can use the real local broker. The sinks never close the producer:
 whoever built it does, after the last send.
 
 The alert state lives in a compacted topic keyed by stream: `KafkaStateStore.save` publishes a stream's state
@@ -21,22 +22,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-
 from ae_monitor.config import KafkaConnectionConfig
-from ae_monitor.errors import SinkError
-from ae_monitor.kafka_client import client_configs, connect
+from ae_monitor.errors import KafkaClientError, SinkError
+from ae_monitor.kafka_client import Delivery, KafkaClient, Message, Producer, build_client
 from ae_monitor.records import Alert, CleanedWindow, DeadLetter, VectorCode, WindowScore
 from ae_monitor.sinks.jsonl import to_json
 
 log = logging.getLogger(__name__)
 
-# What a factory returns: kafka-python's KafkaProducer, KafkaConsumer, KafkaAdminClient (or test doubles).
-Producer = Any
 ProducerFactory = Callable[[], Producer]
-ConsumerFactory = Callable[[], Any]
-AdminFactory = Callable[[], Any]
+ClientFactory = Callable[[], KafkaClient]
 
 
 class _Streamed(Protocol):
@@ -53,48 +48,33 @@ BASE64_PREFIX = "base64:"  # a DeadLetter.payload of bytes that are not UTF-8 (s
 
 
 def producer_factory(conn: KafkaConnectionConfig, *, send_timeout_s: float = 10.0) -> ProducerFactory:
-    """A factory of idempotent acks=all producers; `send()` blocks at most `send_timeout_s` on metadata."""
-    configs = {
-        "enable_idempotence": True,
-        "acks": "all",
-        "linger_ms": 5,  # a few ms of batching: alerts come in bursts, and send waits for acks anyway
-        "max_block_ms": int(send_timeout_s * 1000),
-        **client_configs(conn),
-    }
-    return lambda: connect(lambda: KafkaProducer(**configs), what="producer", timeout_s=conn.connect_timeout_s)
+    """A factory of idempotent acks=all producers; a message not stored within `send_timeout_s` fails."""
+    client = build_client(conn)
+    return lambda: client.producer(send_timeout_s=send_timeout_s)
 
 
-def admin_factory(conn: KafkaConnectionConfig) -> AdminFactory:
-    configs = client_configs(conn)
-    return lambda: connect(lambda: KafkaAdminClient(**configs), what="admin client", timeout_s=conn.connect_timeout_s)
+def admin_factory(conn: KafkaConnectionConfig) -> ClientFactory:
+    """The client that creates topics (`ensure_topics`)."""
+    return lambda: build_client(conn)
 
 
-def state_consumer_factory(conn: KafkaConnectionConfig) -> ConsumerFactory:
-    """Consumers for `load_state`: no group, no commits (the state topic is always read whole)."""
-    configs = {"group_id": None, "enable_auto_commit": False, **client_configs(conn)}
-    return lambda: connect(lambda: KafkaConsumer(**configs), what="state consumer", timeout_s=conn.connect_timeout_s)
+def state_consumer_factory(conn: KafkaConnectionConfig) -> ClientFactory:
+    """The client that reads the state topic whole for `load_state` (no group, no commits)."""
+    return lambda: build_client(conn)
 
 
-def ensure_topics(admin_factory: AdminFactory, topics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def ensure_topics(admin_factory: ClientFactory, topics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Create the missing `topics` (name -> {num_partitions, replication_factor, configs}); returns those created.
 
     Existing topics are left as they are (their settings are not checked or changed).
     """
-    admin = admin_factory()
     try:
-        existing = set(admin.list_topics())
-        missing = {name: dict(spec) for name, spec in topics.items() if name not in existing}
-        if missing:
-            # Errors are not raised here: another process may have created a topic since the listing. Waiting
-            # for every topic to have leaders then tells whether they all exist.
-            admin.create_topics(missing, raise_errors=False)
-            admin.wait_for_topics(sorted(missing))
-            log.info("created Kafka topics %s", sorted(missing))
-        return sorted(missing)
-    except KafkaError as exc:
-        raise SinkError(f"could not create topics {sorted(topics)}: {exc!r}", sink="kafka-admin") from exc
-    finally:
-        admin.close()
+        created = admin_factory().create_topics(topics)
+    except KafkaClientError as exc:
+        raise SinkError(f"could not create topics {sorted(topics)}: {exc}", sink="kafka-admin") from exc
+    if created:
+        log.info("created Kafka topics %s", created)
+    return created
 
 
 def compacted(partitions: int = 1, replication_factor: int = 1) -> dict[str, Any]:
@@ -105,8 +85,6 @@ def compacted(partitions: int = 1, replication_factor: int = 1) -> dict[str, Any
 
 # --- sending ------------------------------------------------------------------------------------------------------
 
-Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
-
 
 def send_all(producer: Producer, topic: str, messages: Iterable[Message], *, sink: str, timeout_s: float) -> None:
     """Send every message, then wait until the broker acknowledged all of them (or raise SinkError)."""
@@ -116,33 +94,33 @@ def send_all(producer: Producer, topic: str, messages: Iterable[Message], *, sin
 def submit_all(producer: Producer, topic: str, messages: Iterable[Message], *, sink: str) -> PendingSends:
     """Hand every message to the producer; the broker's answers come later (see PendingSends)."""
     try:
-        futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in messages]
-    except KafkaError as exc:
+        deliveries = [producer.send(topic, k, v, h) for k, v, h in messages]
+    except KafkaClientError as exc:
         raise _refused(topic, sink, exc) from exc
-    return PendingSends(futures, topic=topic, sink=sink)
+    return PendingSends(deliveries, topic=topic, sink=sink)
 
 
-def _refused(topic: str, sink: str, exc: KafkaError) -> SinkError:
-    # kafka-python says which errors a retry can fix (timeouts, leader changes; not an oversized message).
-    return SinkError(f"topic {topic}: not acknowledged: {exc!r}", sink=sink, retriable=exc.retriable)
+def _refused(topic: str, sink: str, exc: KafkaClientError) -> SinkError:
+    # The client says which errors a retry can fix (timeouts, leader changes; not an oversized message).
+    return SinkError(f"topic {topic}: not acknowledged: {exc}", sink=sink, retriable=exc.retriable)
 
 
 class PendingSends:
-    """Producer futures of one batch: done once the broker answered every message."""
+    """The deliveries of one batch: done once the broker answered every message."""
 
-    def __init__(self, futures: list[Any], *, topic: str, sink: str) -> None:
-        self._futures, self._topic, self._sink = futures, topic, sink
+    def __init__(self, deliveries: list[Delivery], *, topic: str, sink: str) -> None:
+        self._deliveries, self._topic, self._sink = deliveries, topic, sink
 
     def done(self) -> bool:
-        return all(future.is_done for future in self._futures)
+        return all(delivery.done() for delivery in self._deliveries)
 
     def result(self, timeout_s: float) -> None:
         """Wait at most `timeout_s` for every answer; raise SinkError when a message was not stored."""
         deadline_s = time.monotonic() + timeout_s
         try:
-            for future in self._futures:
-                future.get(timeout=max(deadline_s - time.monotonic(), 0.001))
-        except KafkaError as exc:
+            for delivery in self._deliveries:
+                delivery.wait(max(deadline_s - time.monotonic(), 0.001))
+        except KafkaClientError as exc:
             raise _refused(self._topic, self._sink, exc) from exc
 
 
@@ -362,36 +340,22 @@ class KafkaStateStore:
         send_all(self._producer, self._topic, messages, sink=self.name, timeout_s=self._timeout_s)
 
 
-def load_state(consumer_factory: ConsumerFactory, topic: str, *, timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
+def load_state(client_factory: ClientFactory, topic: str, *, timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
     """Read `topic` whole (beginning to the end offsets at the call): stream -> its latest state dict.
 
     Tombstones delete; a value that is not a JSON object is logged and skipped (that stream starts fresh).
     Raises SinkError when the end is not reached within `timeout_s`.
     """
-    consumer = consumer_factory()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            log.info("state topic %s does not exist yet: every stream starts fresh", topic)
-            return {}
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        return _read_to_end(consumer, topic, partitions, consumer.end_offsets(partitions), timeout_s)
-    finally:
-        consumer.close()
-
-
-def _read_to_end(
-    consumer: Any, topic: str, partitions: list[TopicPartition], end: Mapping[TopicPartition, int], timeout_s: float
-) -> dict[str, dict[str, Any]]:
+        read = client_factory().read_topic(topic, timeout_s=timeout_s)
+    except KafkaClientError as exc:
+        raise SinkError(f"could not read state topic {topic}: {exc}", sink=f"kafka:{topic}") from exc
+    if read is None:
+        log.info("state topic %s does not exist yet: every stream starts fresh", topic)
+        return {}
     state: dict[str, dict[str, Any]] = {}
-    deadline_s = time.monotonic() + timeout_s
-    while any(consumer.position(tp) < end[tp] for tp in partitions):
-        if time.monotonic() > deadline_s:
-            raise SinkError(f"could not read state topic {topic} to its end in {timeout_s} s", sink=f"kafka:{topic}")
-        for records in consumer.poll(timeout_ms=200).values():
-            for record in records:
-                _apply(state, record.key, record.value)
+    for key, value in read:
+        _apply(state, key, value)
     log.info("loaded alert state of %d streams", len(state))
     return state
 

@@ -1,9 +1,10 @@
 """Kafka source: a consumer group over topics or a pattern, decoding messages into records, manual commits only.
 
-Offsets are committed by the caller through `commit`, never automatically (`enable_auto_commit=False`): the daemon
-commits a record only after every window containing it was scored and its alerts were delivered. Rebalance
-callbacks run on kafka-python's network thread, so they only queue the change; the main loop applies it through
-`take_rebalance_events` (dropping the state of revoked streams, forgetting their offsets).
+Offsets are committed by the caller through `commit`, never automatically: the daemon commits a record only after
+every window containing it was scored and its alerts were delivered. Rebalance callbacks may run on the client's
+network thread (kafka-python), so they only queue the change; the main loop applies it through
+`take_rebalance_events` (dropping the state of revoked streams, forgetting their offsets). The client library is
+behind `kafka_client` (kafka-python or librdkafka, `kafka.client`); nothing here depends on which.
 """
 
 from __future__ import annotations
@@ -11,26 +12,21 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from kafka import ConsumerRebalanceListener, KafkaConsumer
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
-from ae_monitor.errors import AeMonitorError, RecordError
-from ae_monitor.kafka_client import client_configs, connect
+from ae_monitor.errors import AeMonitorError, KafkaClientError, RecordError
+from ae_monitor.kafka_client import GroupConsumer, Partition, build_client
 from ae_monitor.records import Record, SampleRows
 from ae_monitor.sources.batch import decode_batch
 
 log = logging.getLogger(__name__)
 
-Partition = tuple[str, int]
+__all__ = ["Chunk", "KafkaSource", "Partition", "Polled", "RebalanceEvent", "Rejected", "consumer_factory"]
 
 
 @dataclass(frozen=True)
@@ -76,44 +72,14 @@ class RebalanceEvent:
     partitions: frozenset[Partition]
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, events: queue.SimpleQueue[RebalanceEvent]) -> None:
-        self._events = events
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self._events.put(RebalanceEvent("revoked", _names(revoked)))
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self._events.put(RebalanceEvent("assigned", _names(assigned)))
-
-    def on_partitions_lost(self, lost: Any) -> None:
-        self._events.put(RebalanceEvent("lost", _names(lost)))
-
-
-def _names(partitions: Any) -> frozenset[Partition]:
-    return frozenset((tp.topic, tp.partition) for tp in partitions)
-
-
-ConsumerFactory = Callable[[], Any]
+ConsumerFactory = Callable[[], GroupConsumer]
 
 
 def consumer_factory(conn: KafkaConnectionConfig, cfg: KafkaSourceConfig) -> ConsumerFactory:
-    """A factory for the real consumer, connected with backoff (kafka_client.connect); the daemon's tests and users
-    inject their own for other setups."""
-    configs = {
-        **client_configs(conn),
-        "group_id": cfg.group_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": cfg.start_from,
-        "max_poll_records": cfg.max_poll_records,
-        "session_timeout_ms": cfg.session_timeout_ms,
-        "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
-        # Cooperative rebalancing (KIP-429): a rebalance that leaves a partition where it is keeps its stream
-        # state and fetch position, instead of revoking everything and warming every stream up again.
-        "partition_assignment_strategy": (CooperativeStickyAssignor,),
-        **conn.extra,
-    }
-    return lambda: connect(lambda: KafkaConsumer(**configs), what="consumer", timeout_s=conn.connect_timeout_s)
+    """A factory for the real consumer of the library `conn.client` names, connected with backoff
+    (kafka_client.connect); the daemon's tests and users inject their own for other setups."""
+    client = build_client(conn)
+    return lambda: client.consumer(cfg)
 
 
 class KafkaSource:
@@ -125,7 +91,7 @@ class KafkaSource:
     commit are read again, which at-least-once delivery allows.
     """
 
-    def __init__(self, connect: Callable[[], Any], cfg: KafkaSourceConfig, *, stall_after_s: float = 15.0,
+    def __init__(self, connect: ConsumerFactory, cfg: KafkaSourceConfig, *, stall_after_s: float = 15.0,
                  tags: Sequence[str] = (), reconnect_max_s: float = 30.0) -> None:  # fmt: skip
         self._connect, self._cfg, self._stall_after_s = connect, cfg, stall_after_s
         self._tags = tuple(tags)  # routing fields to keep (see decode_message)
@@ -138,18 +104,13 @@ class KafkaSource:
         self.last_commit_s: float | None = None  # wall time of the last acknowledged commit
         # Startup needs the brokers (a wrong address or password stops it there, named); later outages are ridden
         # out: a consumer that cannot be rebuilt leaves the source disconnected, and `poll` tries again.
-        self._consumer: Any | None = self._subscribe(connect())
+        self._consumer: GroupConsumer | None = self._subscribe(connect())
 
-    def _subscribe(self, consumer: Any) -> Any:
-        listener = _Listener(self._events)
-        if self._cfg.topic_pattern:
-            consumer.subscribe(pattern=self._cfg.topic_pattern, listener=listener)
-        else:
-            for topic in self._cfg.topics:
-                # Fetch the topic's metadata before joining: a leader that assigns without it hands out nothing
-                # and forces a second rebalance at once.
-                consumer.partitions_for_topic(topic)
-            consumer.subscribe(topics=list(self._cfg.topics), listener=listener)
+    def _subscribe(self, consumer: GroupConsumer) -> GroupConsumer:
+        def queued(kind: str, partitions: frozenset[Partition]) -> None:
+            self._events.put(RebalanceEvent(kind, partitions))
+
+        consumer.subscribe(topics=self._cfg.topics, pattern=self._cfg.topic_pattern, on_rebalance=queued)
         return consumer
 
     @property
@@ -165,7 +126,7 @@ class KafkaSource:
         since = self._failing_since
         if since is not None and time.monotonic() - since > self._stall_after_s:
             return True
-        silent = _heartbeat_silence_s(self._consumer)
+        silent = self._consumer.silence_s()
         return silent is not None and silent > self._stall_after_s
 
     def recover(self) -> None:
@@ -176,10 +137,10 @@ class KafkaSource:
 
     def _drop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
-        owned = _names(consumer.assignment()) if consumer is not None else frozenset()
+        owned = consumer.assignment() if consumer is not None else frozenset()
         if consumer is not None:
             try:
-                consumer.close(autocommit=False)
+                consumer.close()
             except Exception as exc:  # a consumer that lost its brokers may fail to close; it is gone either way
                 log.warning("closing the stalled consumer failed: %r", exc)
         if owned:
@@ -208,25 +169,21 @@ class KafkaSource:
             if self._consumer is None:
                 time.sleep(timeout_ms / 1000)
                 return Polled.empty()
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
+        fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         items: list[Record | SampleRows] = []
         chunks, rejected, rows = [], [], 0
-        for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)):
-            records = batches[tp]
-            if not records:
-                continue
-            partition = (tp.topic, tp.partition)
-            self._committed_at.setdefault(partition, records[0].offset)  # where a restart would start now
-            self._next[partition] = records[-1].offset + 1
-            decoded, errors = decode_batch([(m.key, m.value, m.headers or ()) for m in records], tags=self._tags)
+        for batch in sorted(fetched, key=lambda f: (f.topic, f.partition)):
+            partition, offsets = (batch.topic, batch.partition), batch.offsets
+            self._committed_at.setdefault(partition, offsets[0])  # where a restart would start now
+            self._next[partition] = offsets[-1] + 1
+            decoded, errors = decode_batch(batch.messages, tags=self._tags)
             for i, error in errors:
-                m = records[i]
-                rejected.append(Rejected(m.topic, m.partition, m.offset, error, m.value))
+                rejected.append(Rejected(batch.topic, batch.partition, offsets[i], error, batch.messages[i][1]))
             first = rows
             rows += sum(len(item) if isinstance(item, SampleRows) else 1 for item in decoded)
             items += decoded
-            chunks.append(Chunk(tp.topic, tp.partition, records[-1].offset, first, rows,
-                                _row_offsets(records, errors, rows - first)))  # fmt: skip
+            chunks.append(Chunk(batch.topic, batch.partition, offsets[-1], first, rows,
+                                _row_offsets(offsets, errors, rows - first)))  # fmt: skip
         return Polled(items, chunks, rejected)
 
     def take_rebalance_events(self) -> list[RebalanceEvent]:
@@ -236,7 +193,7 @@ class KafkaSource:
         return events
 
     def assignment(self) -> frozenset[Partition]:
-        return _names(self._consumer.assignment()) if self._consumer is not None else frozenset()
+        return self._consumer.assignment() if self._consumer is not None else frozenset()
 
     def commit(self, offsets: dict[Partition, int], *, wait: bool = False) -> None:
         """Commit `offsets` (the next offset to read, per partition); partitions no longer owned are skipped.
@@ -245,41 +202,40 @@ class KafkaSource:
         stall kafka-python 3.0.12's rebalance. A failed async commit is simply superseded by the next one (the
         offsets only grow). Shutdown waits (`wait=True`), when no rebalance can be in progress."""
         owned = self.assignment()
-        mine = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items() if (t, p) in owned}
+        mine = {partition: offset for partition, offset in offsets.items() if partition in owned}
         if not mine or self._consumer is None:
             return
         if wait:
             self._commit_now(mine)
             self._committed(mine)
         else:
-            self._consumer.commit_async(offsets=mine, callback=self._on_commit)
+            self._consumer.commit(mine, on_done=self._on_commit)
 
-    def _on_commit(self, offsets: Any, response: Any) -> None:
-        """Runs on kafka-python's network thread: only records the outcome."""
-        if isinstance(response, Exception):
-            log.warning("offset commit failed (the next commit supersedes it): %s", response)
+    def _on_commit(self, offsets: Mapping[Partition, int], error: Exception | None) -> None:
+        """May run on the client's network thread: only records the outcome."""
+        if error is not None:
+            log.warning("offset commit failed (the next commit supersedes it): %s", error)
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
         else:
             self._committed(offsets)
 
-    def _committed(self, offsets: Any) -> None:
+    def _committed(self, offsets: Mapping[Partition, int]) -> None:
         self._failing_since = None
         self.last_commit_s = time.time()
-        for tp, meta in dict(offsets).items():
-            self._committed_at[(tp.topic, tp.partition)] = meta.offset
+        self._committed_at.update(offsets)
 
-    def _commit_now(self, offsets: dict[Any, Any], *, timeout_s: float = 5.0) -> None:
+    def _commit_now(self, offsets: Mapping[Partition, int], *, timeout_s: float = 5.0) -> None:
         consumer = self._consumer
         if consumer is None:
             return
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                consumer.commit(offsets=offsets)
+                consumer.commit_sync(offsets)
                 return
-            except KafkaError as exc:
-                if not getattr(exc, "retriable", False) and "Rebalance" not in type(exc).__name__:
+            except KafkaClientError as exc:
+                if not exc.retriable:
                     raise AeMonitorError(f"offset commit failed: {exc}") from exc
                 if time.monotonic() > deadline:
                     raise AeMonitorError(f"offset commit failed until the deadline: {exc}") from exc
@@ -303,34 +259,23 @@ class KafkaSource:
         if self._consumer is None:
             return {}
         lags = {}
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            offset = offsets.get((tp.topic, tp.partition))
+        for partition in self._consumer.assignment():
+            high = self._consumer.highwater(partition)
+            offset = offsets.get(partition)
             if high is not None and offset is not None:
-                lags[(tp.topic, tp.partition)] = max(0, high - offset)
+                lags[partition] = max(0, high - offset)
         return lags
 
     def close(self) -> None:
         if self._consumer is not None:
-            self._consumer.close(autocommit=False)
+            self._consumer.close()
 
 
 def _row_offsets(
-    records: Sequence[Any], errors: Sequence[tuple[int, RecordError]], rows: int
+    offsets: Sequence[int], errors: Sequence[tuple[int, RecordError]], rows: int
 ) -> npt.NDArray[np.int64] | None:
     """The offset of each decoded row: every good message is one row, in order (None if that does not hold)."""
-    offsets = np.fromiter((m.offset for m in records), dtype=np.int64, count=len(records))
+    found = np.asarray(offsets, dtype=np.int64)
     if errors:
-        offsets = np.delete(offsets, [i for i, _ in errors])
-    return offsets if len(offsets) == rows else None
-
-
-def _heartbeat_silence_s(consumer: Any) -> float | None:
-    """Seconds since the group coordinator last answered a heartbeat (or since the last join completed).
-
-    Reads kafka-python 3.0.12's coordinator state (no public API exposes it); None if that state is not there."""
-    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
-    last_receive, last_reset = getattr(heartbeat, "last_receive", None), getattr(heartbeat, "last_reset", None)
-    if not isinstance(last_receive, float) or not isinstance(last_reset, float):
-        return None
-    return time.monotonic() - max(last_receive, last_reset)
+        found = np.delete(found, [i for i, _ in errors])
+    return found if len(found) == rows else None
