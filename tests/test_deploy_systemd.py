@@ -27,17 +27,20 @@ from ae_monitor.jobs.demo import DEMO_CONFIG
 pytestmark = pytest.mark.ops
 
 UNIT = DEPLOY / "systemd" / "ae-monitor.service"
+# Several processes on one host (docs/scaling.md): checked as an instance of it, `ae-monitor@1.service`.
+TEMPLATE = DEPLOY / "systemd" / "ae-monitor@.service"
 INSTALLED_BINARY = "/usr/local/bin/ae-monitor"
 
 
-def unit_with_binary(tmp_path: Path) -> Path:
+def unit_with_binary(tmp_path: Path, unit: Path = UNIT) -> Path:
     """The unit with ExecStart pointing at this checkout's `ae-monitor` entry point instead of the install path
-    (verify checks that the binary exists and is executable); nothing else changes."""
+    (verify checks that the binary exists and is executable); nothing else changes. A template is written as its
+    instance `1`."""
     binary = shutil.which("ae-monitor", path=str(Path(sys.executable).parent))
     assert binary, "ae-monitor is not installed in the venv (pip install -e .)"
-    text = UNIT.read_text()
+    text = unit.read_text()
     assert f"ExecStart={INSTALLED_BINARY} " in text
-    path = tmp_path / UNIT.name
+    path = tmp_path / unit.name.replace("@.", "@1.")
     path.write_text(text.replace(INSTALLED_BINARY, binary))
     return path
 
@@ -47,8 +50,9 @@ def analyze(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
-def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
-    result = analyze("verify", unit_with_binary(tmp_path))
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda u: u.name)
+def test_systemd_analyze_verify_prints_nothing(tmp_path: Path, unit: Path) -> None:
+    result = analyze("verify", unit_with_binary(tmp_path, unit))
     # verify exits 0 even on unknown keys (it only warns): any output is a failure.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -63,23 +67,41 @@ def test_verify_does_check_the_unit_it_is_given(tmp_path: Path) -> None:
     assert "NoSuchKey" in (lambda r: r.stdout + r.stderr)(analyze("verify", broken))
 
 
-def test_systemd_analyze_security_scores_the_unit_at_most_2(tmp_path: Path) -> None:
-    result = analyze("security", "--offline=yes", unit_with_binary(tmp_path))
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda u: u.name)
+def test_systemd_analyze_security_scores_the_unit_at_most_2(tmp_path: Path, unit: Path) -> None:
+    result = analyze("security", "--offline=yes", unit_with_binary(tmp_path, unit))
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0
 
 
-def test_every_directive_is_commented() -> None:
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda u: u.name)
+def test_every_directive_is_commented(unit: Path) -> None:
     # Every run of consecutive directive lines follows a comment line that says why.
     previous = ""
     directives = 0
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         if re.match(r"[A-Za-z]+=", line):
             directives += 1
             assert previous.startswith("#") or re.match(r"[A-Za-z]+=", previous), f"uncommented: {line}"
         previous = line
     assert directives >= 40
+
+
+def test_the_template_runs_one_config_and_state_directory_per_instance() -> None:
+    text = TEMPLATE.read_text()
+    assert "ExecStart=/usr/local/bin/ae-monitor serve --config /etc/ae-monitor/%i.toml" in text
+    assert re.search(r"^StateDirectory=ae-monitor/%i$", text, re.M)
+    assert re.search(r"^CacheDirectory=ae-monitor/%i$", text, re.M)
+    # Apart from the instance's paths, the template is the plain unit (one place to change the hardening).
+    plain, instance = _directives(UNIT.read_text()), _directives(text)
+    assert plain - instance == {"Description=ae_monitor anomaly detection daemon (Kafka in, alerts out)"}
+    assert instance - plain == {"Description=ae_monitor anomaly detection daemon %i (Kafka in, alerts out)"}
+
+
+def _directives(text: str) -> set[str]:
+    """Directive lines that name no path of ours."""
+    return {line for line in text.splitlines() if re.match(r"[A-Za-z]+=", line) and "ae-monitor" not in line}
 
 
 def test_the_unit_keeps_the_daemon_drain_inside_the_stop_timeout() -> None:
