@@ -106,3 +106,20 @@ def test_keda_scales_the_deployment_on_the_consumer_groups_lag() -> None:
     assert [trigger["metadata"]["topic"]] == list(config.source.topics)
     assert trigger["metadata"]["allowIdleConsumers"] == "false"
     assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
+
+
+def test_the_retraining_job_registers_candidates_on_the_shared_volume_and_never_promotes_to_production() -> None:
+    job = manifest("CronJob")
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"ae-monitor-bundles", "ae-monitor-normal-data"}  # the serving replicas' bundles volume
+    pvcs = {load(p)["metadata"]["name"] for p in MANIFESTS if load(p)["kind"] == "PersistentVolumeClaim"}
+    assert claims <= pvcs  # every volume it mounts is a claim of the base
+    configmaps = {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    assert configmaps == {manifest("ConfigMap")["metadata"]["name"]}
+    script = " ".join(pod["containers"][0]["args"])
+    assert "ae-monitor train" in script
+    assert "registry register" in script
+    assert "--promote candidate" in script
+    assert "production" not in script
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
