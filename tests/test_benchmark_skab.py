@@ -13,7 +13,8 @@ import pytest
 
 from ae_monitor.cli import main
 from ae_monitor.config import load_config
-from ae_monitor.jobs.benchmark import counts, rates, run_skab, skab_files
+from ae_monitor.jobs.benchmark import TRAIN_ROWS, counts, fit_file_bundle, rates, run_skab, skab_files
+from ae_monitor.jobs.data import Signal, load_signals
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sensor-skab.toml"
 HEADER = "datetime;a;b;c;anomaly;changepoint"
@@ -106,3 +107,14 @@ def test_two_real_skab_files_are_mostly_right(shared_data: Path, tmp_path: Path)
     assert results["n_files"] == 2
     assert results["f1"] > 0.8
     assert results["far"] < 0.3
+
+
+def test_each_files_bundle_forms_its_scores_as_train_does(tiny_skab: Path, tmp_path: Path) -> None:
+    config = load_config(_fast_config(tmp_path))
+    signal = load_signals([tiny_skab / "valve1" / "0.csv"], config.features)[0]
+    train = Signal(signal.name, signal.samples[:TRAIN_ROWS], signal.ts_s[:TRAIN_ROWS], signal.channels)
+    calibration = fit_file_bundle(config, train).calibration
+    assert calibration is not None
+    assert calibration.aggregation == config.calibration.aggregation == "max"
+    assert calibration.recent_steps == config.calibration.recent_steps == 10
+    assert calibration.group_scale is not None
