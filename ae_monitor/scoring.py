@@ -64,16 +64,8 @@ class Scorer:
     ) -> None:
         from ae_monitor.model.training import output_activation
 
-        if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
-            raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
-        if not 0 <= recent_steps <= vector_shape[0]:
-            raise ValueError(f"recent_steps must be in [0, {vector_shape[0]}] (the vector's steps), got {recent_steps}")
-        # Only the last `recent_steps` time steps of each vector are scored (0 = all): see CalibrationConfig.
-        self._first_step = vector_shape[0] - recent_steps if recent_steps else 0
-        self._aggregation = aggregation
-        self._group_scale = None if group_scale is None else np.asarray(group_scale, dtype=np.float64)
+        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps)
         self._model = model.eval()
-        self._shape = vector_shape
         self._elbo = model_config.kind == "vae" and model_config.vae_score == "elbo"
         self._beta = model_config.vae_beta
         self._activation: Callable[[torch.Tensor], torch.Tensor] = output_activation(loss)
@@ -88,6 +80,18 @@ class Scorer:
         if self._aggregation == "max" and self._group_scale is not None:
             errors = group_scores(groups, self.scored_steps, self._group_scale)
         return VectorScores(errors, groups)
+
+    def _set_score_form(self, vector_shape: tuple[int, int], aggregation: str, group_scale: Sequence[float] | None,
+                        recent_steps: int) -> None:  # fmt: skip
+        """How scores are formed from squared errors (shared by every backend); checked here."""
+        if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
+            raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
+        if not 0 <= recent_steps <= vector_shape[0]:
+            raise ValueError(f"recent_steps must be in [0, {vector_shape[0]}] (the vector's steps), got {recent_steps}")
+        self._shape, self._aggregation = vector_shape, aggregation
+        self._group_scale = None if group_scale is None else np.asarray(group_scale, dtype=np.float64)
+        # Only the last `recent_steps` time steps of each vector are scored (0 = all): see CalibrationConfig.
+        self._first_step = vector_shape[0] - recent_steps if recent_steps else 0
 
     @property
     def scored_steps(self) -> int:
@@ -142,14 +146,8 @@ class OnnxScorer(Scorer):
         recent_steps: int = 0,
     ) -> None:
         # Not Scorer.__init__: it sets up the torch network; the graph already holds the loss and score kind.
-        if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
-            raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
-        if not 0 <= recent_steps <= vector_shape[0]:
-            raise ValueError(f"recent_steps must be in [0, {vector_shape[0]}] (the vector's steps), got {recent_steps}")
-        self._first_step = vector_shape[0] - recent_steps if recent_steps else 0
-        self._aggregation, self._shape, self._batch_size = aggregation, vector_shape, batch_size
-        self._group_scale = None if group_scale is None else np.asarray(group_scale, dtype=np.float64)
-        self._network = network
+        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps)
+        self._batch_size, self._network = batch_size, network
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self._network.run(data)[2]

@@ -535,7 +535,24 @@ class StreamingPot:
         return False
 
 
-class OnlineThresholds:
+class _PerStream:
+    """Live thresholds kept per stream: `judge` many windows at once, one window by call, forget streams."""
+
+    _streams: dict[str, Any]
+
+    def judge(self, streams: Sequence[str], scores: npt.NDArray[np.float64]) -> Scores:
+        raise NotImplementedError
+
+    def __call__(self, window: WindowScore) -> WindowScore:
+        return replace(window, threshold=float(self.judge([window.stream], np.array([window.score]))[0]))
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop the state of streams this process no longer owns (evicted, or their partition moved)."""
+        for stream in streams:
+            self._streams.pop(stream, None)
+
+
+class OnlineThresholds(_PerStream):
     """One `StreamingPot` per stream of a bundle, started from its calibration scores (`calibration.online = "dspot"`).
 
     Call it on each WindowScore before the alert decision: it returns the window with the stream's live threshold,
@@ -560,14 +577,6 @@ class OnlineThresholds:
                                depth=self._cfg.dspot_depth, fallback_threshold=self._fallback)  # fmt: skip
             self._streams[stream] = pot
         return pot
-
-    def forget(self, streams: Iterable[str]) -> None:
-        """Drop the state of streams this process no longer owns (evicted, or their partition moved)."""
-        for stream in streams:
-            self._streams.pop(stream, None)
-
-    def __call__(self, window: WindowScore) -> WindowScore:
-        return replace(window, threshold=float(self.judge([window.stream], np.array([window.score]))[0]))
 
     def judge(self, streams: Sequence[str], scores: npt.NDArray[np.float64]) -> Scores:
         """The live threshold each window (in stream order) is judged against; each then teaches its stream."""
@@ -639,7 +648,7 @@ class TrackedThreshold:
         bisect.insort(self._sorted, score)
 
 
-class TrackedThresholds:
+class TrackedThresholds(_PerStream):
     """One `TrackedThreshold` per stream of a bundle (`calibration.online = "track"`); same call as OnlineThresholds."""
 
     def __init__(self, calibration: Calibration, cfg: CalibrationConfig) -> None:
@@ -668,9 +677,6 @@ class TrackedThresholds:
             self._streams[stream] = tracked
         return tracked
 
-    def __call__(self, window: WindowScore) -> WindowScore:
-        return replace(window, threshold=float(self.judge([window.stream], np.array([window.score]))[0]))
-
     def judge(self, streams: Sequence[str], scores: npt.NDArray[np.float64]) -> Scores:
         """The live threshold each window (in stream order) is judged against; each then teaches its stream."""
         out = np.empty(len(scores), dtype=np.float64)
@@ -679,8 +685,3 @@ class TrackedThresholds:
             out[i] = tracked.threshold
             tracked.update(score)
         return out
-
-    def forget(self, streams: Iterable[str]) -> None:
-        """Drop the state of streams this process no longer owns (evicted, or their partition moved)."""
-        for stream in streams:
-            self._streams.pop(stream, None)

@@ -43,7 +43,7 @@ from ae_monitor.features import FeatureExtractor, build_extractor
 from ae_monitor.features.logmel import prepare_audio
 from ae_monitor.jobs import machine_sounds
 from ae_monitor.jobs.data import Signal, fit_extractor, score_signal, split_signals, vectors_of
-from ae_monitor.jobs.train import calibrate_scored
+from ae_monitor.jobs.train import calibrate_scored, scored_for_calibration
 from ae_monitor.model.bundle import Bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import seed_everything, train_model
@@ -187,9 +187,7 @@ class AutoencoderDetector(Detector):
         if config.calibration.aggregation != "mean" or config.calibration.recent_steps:
             # How scores are formed (per-band scales, newest steps) is part of the calibration: fit it on all the
             # training streams (the held-out validation part alone can be shorter than one window).
-            recent = config.calibration.recent_steps
-            scored = [score_signal(bundle, scorer_for(bundle, recent_steps=recent), s, every_vector=True)
-                      for s in signals]  # fmt: skip
+            scored = scored_for_calibration(bundle, signals, recent_steps=config.calibration.recent_steps)
             bundle = bundle.with_calibration(*calibrate_scored(bundle, scored, config.calibration))
         self.bundle = bundle
         self._scorer = scorer_for(self.bundle)

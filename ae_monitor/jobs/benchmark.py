@@ -33,7 +33,7 @@ from ae_monitor.config import Config, dump_config
 from ae_monitor.engine.slots import online_thresholds
 from ae_monitor.errors import DataError
 from ae_monitor.jobs.data import ScoredSignal, Signal, fit_extractor, load_signals, score_signal, vectors_of
-from ae_monitor.jobs.train import calibrate_scored, fit_bundle
+from ae_monitor.jobs.train import calibrate_scored, fit_bundle, scored_for_calibration
 from ae_monitor.model.bundle import Bundle, weights_version
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import seed_everything, train_model
@@ -145,8 +145,7 @@ def fit_file_bundle(config: Config, train: Signal) -> Bundle:
         training=config.training, extractor=extractor, model=model, calibration=None, extra={},
     )  # fmt: skip
     # Scored as `train` scores (aggregation and recent steps are part of the calibration), then calibrated.
-    scorer = scorer_for(bundle, recent_steps=config.calibration.recent_steps)
-    scored = [score_signal(bundle, scorer, train, every_vector=True)]
+    scored = scored_for_calibration(bundle, [train], recent_steps=config.calibration.recent_steps)
     return bundle.with_calibration(*calibrate_scored(bundle, scored, config.calibration))
 
 

@@ -94,7 +94,7 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
     check_split_sizes(config, signals, train, calibration or validation)
     fit = _fit_network(config, train, validation, name=name, progress=progress)
     on = signals if config.calibration.calibrate_on == "all" else (calibration or validation)
-    scored = _scored(fit.bundle, on, recent_steps=config.calibration.recent_steps)
+    scored = scored_for_calibration(fit.bundle, on, recent_steps=config.calibration.recent_steps)
     bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
     bundle = replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]})
     return replace(fit, bundle=bundle, calibration_scored=tuple(scored))
@@ -211,7 +211,7 @@ def _fit_cross_fitted(config: Config, signals: Sequence[Signal], *, name: str, p
         if not vectors_of(fit_extractor(config.features, train), train).size:
             continue
         fold_fit = _fit_network(config, train, validation, name=f"{name}-fold{fold}", progress=False)
-        out_of_fold += _scored(fold_fit.bundle, held_out, recent_steps=config.calibration.recent_steps)
+        out_of_fold += scored_for_calibration(fold_fit.bundle, held_out, recent_steps=config.calibration.recent_steps)
     train, validation, _ = split_signals(signals, validation_fraction=v, calibration_fraction=0.0)
     fit = _fit_network(config, train, validation, name=name, progress=progress)
     notes: tuple[str, ...] = ()
@@ -221,7 +221,7 @@ def _fit_cross_fitted(config: Config, signals: Sequence[Signal], *, name: str, p
             "the training windows themselves, whose scores run lower than new data's: expect more false alerts",
         )
         log.warning("calibration: %s", notes[0])
-        out_of_fold = _scored(fit.bundle, signals, recent_steps=config.calibration.recent_steps)
+        out_of_fold = scored_for_calibration(fit.bundle, signals, recent_steps=config.calibration.recent_steps)
     calibration, scores = calibrate_scored(fit.bundle, out_of_fold, config.calibration)
     calibration = replace(calibration, notes=notes + calibration.notes)
     bundle = fit.bundle.with_calibration(calibration, scores)
@@ -258,7 +258,9 @@ def _rows_per_window(config: Config) -> int:
     return logmel.n_fft + (logmel.frames - 1) * logmel.hop_length
 
 
-def _scored(bundle: Bundle, signals: Sequence[Signal], *, recent_steps: int) -> list[ScoredSignal]:
+def scored_for_calibration(bundle: Bundle, signals: Sequence[Signal], *, recent_steps: int) -> list[ScoredSignal]:
+    """Every window of `signals` scored as calibration needs them (a window at every vector, the newest
+    `recent_steps` steps), before the bundle has a calibration of its own."""
     if recent_steps > bundle.extractor.vector_shape[0]:
         raise ConfigError(
             f"must not exceed the {bundle.extractor.vector_shape[0]} time steps of a feature vector",
@@ -286,14 +288,18 @@ def calibrate_scored(
         windows = aggregate(vectors, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)
         scores += [w.score for w in windows]
     x = np.asarray(scores, dtype=np.float64)
-    if len(x) < 2:
+    calibration = _calibrated(bundle, x, cfg)
+    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps), x
+
+
+def _calibrated(bundle: Bundle, scores: npt.NDArray[np.float64], cfg: CalibrationConfig) -> Calibration:
+    if len(scores) < 2:
         raise DataError(
-            f"the calibration data gives {len(x)} window(s); supply more normal data "
+            f"the calibration data gives {len(scores)} window(s); supply more normal data "
             "or raise training.calibration_fraction"
         )
-    log.info("calibrating with %s on %d window scores", cfg.method, len(x))
-    calibration = calibrate(x, cfg, window_hop_s=window_hop_s(bundle.features))
-    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps), x
+    log.info("calibrating with %s on %d window scores", cfg.method, len(scores))
+    return calibrate(scores, cfg, window_hop_s=window_hop_s(bundle.features))
 
 
 def calibrate_on(bundle: Bundle, signals: Sequence[Signal], cfg: CalibrationConfig) -> Calibration:
@@ -306,13 +312,7 @@ def calibrate_scores(
 ) -> tuple[Calibration, npt.NDArray[np.float64]]:
     """The calibration and the window scores it was fitted on (kept in the bundle for live thresholds)."""
     scores = window_scores(bundle, signals)
-    if len(scores) < 2:
-        raise DataError(
-            f"the calibration data gives {len(scores)} window(s); supply more normal data "
-            "or raise training.calibration_fraction"
-        )
-    log.info("calibrating with %s on %d window scores", cfg.method, len(scores))
-    calibration = calibrate(scores, cfg, window_hop_s=window_hop_s(bundle.features))
+    calibration = _calibrated(bundle, scores, cfg)
     if bundle.calibration is not None:
         # The scores were formed with the bundle's aggregation and group scales: the threshold is in those units.
         old = bundle.calibration
