@@ -200,6 +200,12 @@ class CalibrationConfig(_Section):
     # Score a window by the errors of its last `recent_steps` time steps only (0 = all of them): an alert starts and
     # ends with the newest samples instead of lagging a whole window, and a short spike is not averaged away.
     recent_steps: int = Field(0, ge=0)
+    # Sensors, aggregation "max": a linear monitor (PCA on the normal feature rows, this many components; 0 = none)
+    # whose Hotelling T² and residual Q over the scored steps join the channels as further terms, each divided by its
+    # own `group_scale_quantile` on normal data (model/linear.py): it sees an offset on one of many tightly
+    # correlated channels, or a broken correlation, that the autoencoder reconstructs too loosely to notice.
+    linear_components: int = Field(0, ge=0, le=64)
+    linear_terms: tuple[Literal["t2", "q"], ...] = ("t2", "q")
     # Live thresholds: "dspot" gives each stream its own StreamingPot (pot_risk, pot_initial_quantile), started from
     # the calibration scores, moving with that stream's normal scores; "track" raises each stream's threshold by the
     # ratio of its recent normal scores' median to the calibration median (never lowers it; see docs/calibration.md);
@@ -209,6 +215,14 @@ class CalibrationConfig(_Section):
     track_windows: int = Field(100, ge=10)  # "track": the stream's last accepted window scores whose median is tracked
     # "track": a run of flagged windows this long is taken as the stream's new normal (0 = never).
     track_settle_windows: int = Field(300, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> CalibrationConfig:
+        if self.linear_components and self.aggregation != "max":
+            raise ValueError('linear_components needs aggregation = "max" (its terms join the channels\' maximum)')
+        if self.linear_components and not self.linear_terms:
+            raise ValueError('linear_terms must name at least one of "t2", "q"')
+        return self
 
 
 class ScoringConfig(_Section):

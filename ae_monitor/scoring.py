@@ -19,7 +19,8 @@ import numpy.typing as npt
 
 from ae_monitor.config import FeaturesConfig, ModelConfig
 from ae_monitor.errors import BundleError
-from ae_monitor.model.bundle import Bundle
+from ae_monitor.model.bundle import Bundle, linear_monitor
+from ae_monitor.model.linear import LinearMonitor
 from ae_monitor.model.onnx import OnnxNetwork
 
 if TYPE_CHECKING:
@@ -61,10 +62,11 @@ class Scorer:
         aggregation: str = "mean",
         group_scale: Sequence[float] | None = None,
         recent_steps: int = 0,
+        linear: LinearMonitor | None = None,
     ) -> None:
         from ae_monitor.model.training import output_activation
 
-        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps)
+        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, linear)
         self._model = model.eval()
         self._elbo = model_config.kind == "vae" and model_config.vae_score == "elbo"
         self._beta = model_config.vae_beta
@@ -79,13 +81,18 @@ class Scorer:
         errors, groups = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         if self._aggregation == "max" and self._group_scale is not None:
             errors = group_scores(groups, self.scored_steps, self._group_scale)
+            if self._linear is not None:
+                errors = np.maximum(errors, self._linear.score(data, self._shape, self._first_step))
         return VectorScores(errors, groups)
 
     def _set_score_form(self, vector_shape: tuple[int, int], aggregation: str, group_scale: Sequence[float] | None,
-                        recent_steps: int) -> None:  # fmt: skip
+                        recent_steps: int, linear: LinearMonitor | None = None) -> None:  # fmt: skip
         """How scores are formed from squared errors (shared by every backend); checked here."""
         if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
             raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
+        if linear is not None and (aggregation != "max" or len(linear.mean) != vector_shape[1] or not linear.scales):
+            raise ValueError(f"a linear monitor needs aggregation 'max' and scales for {vector_shape[1]} groups")
+        self._linear = linear
         if not 0 <= recent_steps <= vector_shape[0]:
             raise ValueError(f"recent_steps must be in [0, {vector_shape[0]}] (the vector's steps), got {recent_steps}")
         self._shape, self._aggregation = vector_shape, aggregation
@@ -144,9 +151,10 @@ class OnnxScorer(Scorer):
         aggregation: str = "mean",
         group_scale: Sequence[float] | None = None,
         recent_steps: int = 0,
+        linear: LinearMonitor | None = None,
     ) -> None:
         # Not Scorer.__init__: it sets up the torch network; the graph already holds the loss and score kind.
-        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps)
+        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, linear)
         self._batch_size, self._network = batch_size, network
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -179,11 +187,12 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | No
             f"{recent_steps} recent steps, but a vector holds {bundle.extractor.vector_shape[0]}",
             field="calibration.recent_steps",
         )
+    linear = linear_monitor(cal, groups=bundle.extractor.vector_shape[1])
     if bundle.onnx is not None:  # loaded with backend "onnx" (model.bundle.load_bundle)
         return OnnxScorer(bundle.onnx, vector_shape=bundle.extractor.vector_shape, batch_size=batch_size,
                           aggregation="mean" if cal is None else cal.aggregation,
                           group_scale=None if cal is None else cal.group_scale,
-                          recent_steps=recent_steps)  # fmt: skip
+                          recent_steps=recent_steps, linear=linear)  # fmt: skip
     return Scorer(
         bundle.network,
         vector_shape=bundle.extractor.vector_shape,
@@ -193,6 +202,7 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | No
         aggregation="mean" if cal is None else cal.aggregation,
         group_scale=None if cal is None else cal.group_scale,
         recent_steps=recent_steps,
+        linear=linear,
     )
 
 

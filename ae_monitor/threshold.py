@@ -90,6 +90,9 @@ class Calibration:
     # A generalised Pareto tail (t, sigma, xi, ...) over the top scores, for `surprise` past the largest score when
     # the method itself fits none; None for old records and where the data is too short.
     tail_fit: dict[str, float] | None = None
+    # The calibrated linear monitor (model.linear.LinearMonitor.to_dict) whose terms join the "max" aggregation;
+    # None = none (old bundles). Kept as plain data here: the bundle loader checks it.
+    linear: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -237,6 +240,7 @@ class Calibration:
             "notes": list(self.notes),
             "settings": self.settings,
             "tail_fit": self.tail_fit,
+            "linear": self.linear,
         }
 
     @staticmethod
@@ -257,6 +261,7 @@ class Calibration:
                 notes=tuple(str(n) for n in d.get("notes", ())),
                 settings=None if d.get("settings") is None else dict(d["settings"]),
                 tail_fit=None if d.get("tail_fit") is None else {str(k): float(v) for k, v in d["tail_fit"].items()},
+                linear=None if d.get("linear") is None else dict(d["linear"]),
             )
         except KeyError as exc:
             raise BundleError("missing from the manifest", field=f"calibration.{exc.args[0]}") from exc

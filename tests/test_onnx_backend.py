@@ -24,6 +24,7 @@ from ae_monitor.config import ModelConfig, TrainingConfig, load_config
 from ae_monitor.errors import BundleError
 from ae_monitor.model.bundle import Bundle, check_bundle, export_onnx, load_bundle, save_bundle, weights_version
 from ae_monitor.model.integrity import KEY_ENV, seal
+from ae_monitor.model.linear import LinearMonitor
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.onnx import ONNX_FILE
 from ae_monitor.scoring import scorer_for
@@ -122,6 +123,22 @@ def test_scores_over_the_newest_steps_are_the_same_with_onnx_as_with_torch(expor
     assert _max_rel(want.errors, got.errors) < RTOL
     assert _max_rel(want.group_errors, got.group_errors) < RTOL
     assert _max_rel(want.errors, scorer_for(torch_bundle).score(data).errors) > 0.01  # it does score differently
+
+
+def test_the_linear_monitor_joins_the_maximum_the_same_way_with_onnx_as_with_torch(exported: Path) -> None:
+    torch_bundle, onnx_bundle = load_bundle(exported), load_bundle(exported, backend="onnx")
+    assert torch_bundle.calibration is not None
+    steps, groups = torch_bundle.extractor.vector_shape
+    scale = tuple(1e3 for _ in range(groups))  # network errors far below 1: the monitor's terms decide
+    rows = np.random.default_rng(3).normal(size=(500, groups))
+    monitor = LinearMonitor.fit(rows, components=2).calibrated(np.ones((1, 2)), quantile=0.99)
+    calibration = replace(torch_bundle.calibration, aggregation="max", group_scale=scale, recent_steps=3,
+                          linear=monitor.to_dict())  # fmt: skip
+    data = _vectors(torch_bundle)
+    want = scorer_for(torch_bundle.with_calibration(calibration)).score(data).errors
+    got = scorer_for(onnx_bundle.with_calibration(calibration)).score(data).errors
+    assert _max_rel(want, got) < RTOL
+    assert np.allclose(want, monitor.score(data, (steps, groups), steps - 3))
 
 
 def test_the_export_is_sealed_in_the_manifest_and_verifies(exported: Path) -> None:

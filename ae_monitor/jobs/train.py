@@ -23,6 +23,7 @@ from ae_monitor.jobs.data import (
     vectors_of,
 )
 from ae_monitor.model.bundle import Bundle, load_bundle, save_bundle, weights_version
+from ae_monitor.model.linear import LinearMonitor
 from ae_monitor.model.networks import build_model
 from ae_monitor.model.training import TrainResult, seed_everything, train_model
 from ae_monitor.scoring import (
@@ -280,16 +281,40 @@ def calibrate_scored(
     if cfg.aggregation == "max":
         groups = np.concatenate([s.scores.group_errors for s in scored])
         scale = group_scale_of(groups, steps, quantile=cfg.group_scale_quantile)
+    linear, notes = fit_linear_monitor(bundle, scored, cfg)
     size, _hop = window_plan(bundle.features)
+    first_step = bundle.extractor.vector_shape[0] - steps
     scores = []
     for s in scored:
         errors = s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale)
+        if linear is not None:
+            errors = np.maximum(errors, linear.score(s.vectors.data, bundle.extractor.vector_shape, first_step))
         vectors = VectorScores(errors, s.scores.group_errors)
         windows = aggregate(vectors, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)
         scores += [w.score for w in windows]
     x = np.asarray(scores, dtype=np.float64)
     calibration = _calibrated(bundle, x, cfg)
-    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps), x
+    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps,
+                   linear=None if linear is None else linear.to_dict(), notes=calibration.notes + notes), x  # fmt: skip
+
+
+def fit_linear_monitor(
+    bundle: Bundle, scored: Sequence[ScoredSignal], cfg: CalibrationConfig
+) -> tuple[LinearMonitor | None, tuple[str, ...]]:
+    """The calibrated linear monitor `cfg` asks for, fitted on the normal feature rows of `scored` (every time step
+    of every vector) and scaled on their vectors' terms; None (with a note saying why) where it cannot apply."""
+    if not cfg.linear_components:
+        return None, ()
+    t, g = bundle.extractor.vector_shape
+    if bundle.features.kind != "sensor" or g < 2:
+        what = "audio features" if bundle.features.kind != "sensor" else "a single channel"
+        return None, (f"calibration.linear_components ignored: a linear monitor needs 2+ sensor channels, not {what}",)
+    # Each vector's newest step: every normal sample once (hop 1), without holding T copies of the data.
+    rows = np.concatenate([np.asarray(s.vectors.data).reshape(-1, t, g)[:, -1, :] for s in scored])
+    monitor = LinearMonitor.fit(rows, components=cfg.linear_components, terms=cfg.linear_terms)
+    first_step = t - (cfg.recent_steps or t)
+    per_vector = np.concatenate([monitor.vector_terms(s.vectors.data, (t, g), first_step) for s in scored])
+    return monitor.calibrated(per_vector, quantile=cfg.group_scale_quantile), ()
 
 
 def _calibrated(bundle: Bundle, scores: npt.NDArray[np.float64], cfg: CalibrationConfig) -> Calibration:
@@ -317,8 +342,9 @@ def calibrate_scores(
         # The scores were formed with the bundle's aggregation and group scales: the threshold is in those units.
         old = bundle.calibration
         calibration = replace(
-            calibration, aggregation=old.aggregation, group_scale=old.group_scale, recent_steps=old.recent_steps
-        )
+            calibration, aggregation=old.aggregation, group_scale=old.group_scale, recent_steps=old.recent_steps,
+            linear=old.linear,
+        )  # fmt: skip
     return calibration, scores
 
 

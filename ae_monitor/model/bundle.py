@@ -46,6 +46,7 @@ from ae_monitor.errors import BundleError
 from ae_monitor.features import FeatureExtractor, build_extractor
 from ae_monitor.model.integrity import FIELD as INTEGRITY
 from ae_monitor.model.integrity import Seal, reseal, seal, signing_key, verify, warn_unchecked
+from ae_monitor.model.linear import LinearMonitor
 from ae_monitor.model.onnx import INPUT, ONNX_FILE, OPSET, OUTPUTS, OnnxNetwork, export_graph, scoring_graph
 from ae_monitor.threshold import Calibration
 
@@ -169,7 +170,7 @@ def load_bundle(
         training=_section(manifest, "training", TrainingConfig),
         extractor=_extractor(features, manifest),
         model=model,
-        calibration=_calibration(manifest),
+        calibration=_calibration(manifest, groups=vector_shape[1]),
         extra=manifest.get("extra", {}),
         calibration_scores=_calibration_scores(root, manifest),
         onnx=onnx,
@@ -392,14 +393,34 @@ def _extractor(features: FeaturesConfig, manifest: Mapping[str, Any]) -> Feature
         raise BundleError(f"fitted feature statistics are unusable: {exc}", field="feature_state") from exc
 
 
-def _calibration(manifest: Mapping[str, Any]) -> Calibration | None:
+def _calibration(manifest: Mapping[str, Any], *, groups: int) -> Calibration | None:
     data = manifest.get("calibration")
     if data is None:
         return None
     try:
-        return Calibration.from_dict(data)
+        calibration = Calibration.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"calibration record is unusable: {exc}", field="calibration") from exc
+    if calibration.linear is not None:
+        linear_monitor(calibration, groups=groups)  # refuse a bad monitor at load, not at the first scored window
+    return calibration
+
+
+def linear_monitor(calibration: Calibration | None, *, groups: int) -> LinearMonitor | None:
+    """The calibrated linear monitor a calibration record holds (None when it holds none); BundleError if unusable."""
+    if calibration is None or calibration.linear is None:
+        return None
+    try:
+        monitor = LinearMonitor.from_dict(calibration.linear)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"unusable: {exc}", field="calibration.linear") from exc
+    if len(monitor.mean) != groups or not monitor.scales:
+        raise BundleError(
+            f"holds {len(monitor.mean)} channels and {len(monitor.scales)} scales; the model's vectors have "
+            f"{groups} channels and a calibrated monitor has one scale per term",
+            field="calibration.linear",
+        )
+    return monitor
 
 
 def _sha256(path: Path) -> str:
