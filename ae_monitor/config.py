@@ -205,7 +205,7 @@ class CalibrationConfig(_Section):
     # own `group_scale_quantile` on normal data (model/linear.py): it sees an offset on one of many tightly
     # correlated channels, or a broken correlation, that the autoencoder reconstructs too loosely to notice.
     linear_components: int = Field(0, ge=0, le=64)
-    linear_terms: tuple[Literal["t2", "q"], ...] = ("t2", "q")
+    linear_terms: tuple[Literal["t2", "q"], ...] = ("t2",)
     # Live thresholds: "dspot" gives each stream its own StreamingPot (pot_risk, pot_initial_quantile), started from
     # the calibration scores, moving with that stream's normal scores; "track" raises each stream's threshold by the
     # ratio of its recent normal scores' median to the calibration median (never lowers it; see docs/calibration.md);

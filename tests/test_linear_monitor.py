@@ -62,7 +62,7 @@ def test_a_vector_scores_its_terms_over_the_newest_steps_each_over_its_scale() -
 
 
 def test_a_broken_correlation_alerts_although_each_channel_stays_in_its_normal_range() -> None:
-    cfg = _config(linear_components=1)
+    cfg = _config(linear_components=1, linear_terms=("q",))  # Q: the residual outside the usual movements
     bundle = fit_bundle(cfg, [_signal()], name="x", progress=False).bundle
     broken = _signal(300, seed=5)
     broken.samples[150:, 2] *= -1.0  # channel c now moves with the others instead of against them, same amplitude
