@@ -306,9 +306,10 @@ def fit_linear_monitor(
     if not cfg.linear_components:
         return None, ()
     t, g = bundle.extractor.vector_shape
-    if bundle.features.kind != "sensor" or g < 2:
-        what = "audio features" if bundle.features.kind != "sensor" else "a single channel"
-        return None, (f"calibration.linear_components ignored: a linear monitor needs 2+ sensor channels, not {what}",)
+    if bundle.features.kind != "sensor":
+        return None, ("calibration.linear_components ignored: the linear monitor is for sensor channels, not audio",)
+    if g < 2:
+        return None, ()  # one channel has no correlations to watch: the shipped config serves both kinds (documented)
     # Each vector's newest step: every normal sample once (hop 1), without holding T copies of the data.
     rows = np.concatenate([np.asarray(s.vectors.data).reshape(-1, t, g)[:, -1, :] for s in scored])
     monitor = LinearMonitor.fit(rows, components=cfg.linear_components, terms=cfg.linear_terms)
