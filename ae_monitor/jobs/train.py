@@ -281,14 +281,13 @@ def calibrate_scored(
     if cfg.aggregation == "max":
         groups = np.concatenate([s.scores.group_errors for s in scored])
         scale = group_scale_of(groups, steps, quantile=cfg.group_scale_quantile)
-    linear, notes = fit_linear_monitor(bundle, scored, cfg)
+    linear, linear_scores, notes = fit_linear_monitor(bundle, scored, cfg)
     size, _hop = window_plan(bundle.features)
-    first_step = bundle.extractor.vector_shape[0] - steps
     scores = []
-    for s in scored:
+    for i, s in enumerate(scored):
         errors = s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale)
         if linear is not None:
-            errors = np.maximum(errors, linear.score(s.vectors.data, bundle.extractor.vector_shape, first_step))
+            errors = np.maximum(errors, linear_scores[i])
         vectors = VectorScores(errors, s.scores.group_errors)
         windows = aggregate(vectors, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)
         scores += [w.score for w in windows]
@@ -300,22 +299,26 @@ def calibrate_scored(
 
 def fit_linear_monitor(
     bundle: Bundle, scored: Sequence[ScoredSignal], cfg: CalibrationConfig
-) -> tuple[LinearMonitor | None, tuple[str, ...]]:
-    """The calibrated linear monitor `cfg` asks for, fitted on the normal feature rows of `scored` (every time step
-    of every vector) and scaled on their vectors' terms; None (with a note saying why) where it cannot apply."""
+) -> tuple[LinearMonitor | None, list[npt.NDArray[np.float64]], tuple[str, ...]]:
+    """The calibrated linear monitor `cfg` asks for, fitted on the normal feature rows of `scored`, and its score of
+    each of their vectors (one array per signal); None (with a note where that helps) where it cannot apply."""
     if not cfg.linear_components:
-        return None, ()
+        return None, [], ()
     t, g = bundle.extractor.vector_shape
     if bundle.features.kind != "sensor":
-        return None, ("calibration.linear_components ignored: the linear monitor is for sensor channels, not audio",)
+        notes = ("calibration.linear_components ignored: the linear monitor is for sensor channels, not audio",)
+        return None, [], notes
     if g < 2:
-        return None, ()  # one channel has no correlations to watch: the shipped config serves both kinds (documented)
+        return None, [], ()  # one channel has no correlations to watch: one sensor config serves both (documented)
+    # In `bundle`'s own feature units: out-of-fold vectors were scaled by their fold's extractor.
+    data = [bundle.extractor.transform(s.signal.samples).data for s in scored]
     # Each vector's newest step: every normal sample once (hop 1), without holding T copies of the data.
-    rows = np.concatenate([np.asarray(s.vectors.data).reshape(-1, t, g)[:, -1, :] for s in scored])
+    rows = np.concatenate([np.asarray(d).reshape(-1, t, g)[:, -1, :] for d in data])
     monitor = LinearMonitor.fit(rows, components=cfg.linear_components, terms=cfg.linear_terms)
     first_step = t - (cfg.recent_steps or t)
-    per_vector = np.concatenate([monitor.vector_terms(s.vectors.data, (t, g), first_step) for s in scored])
-    return monitor.calibrated(per_vector, quantile=cfg.group_scale_quantile), ()
+    terms = [monitor.vector_terms(d, (t, g), first_step) for d in data]
+    monitor = monitor.calibrated(np.concatenate(terms), quantile=cfg.group_scale_quantile)
+    return monitor, [monitor.scaled_max(x) for x in terms], ()
 
 
 def _calibrated(bundle: Bundle, scores: npt.NDArray[np.float64], cfg: CalibrationConfig) -> Calibration:

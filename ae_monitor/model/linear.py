@@ -104,10 +104,13 @@ class LinearMonitor:
 
     def score(self, data: npt.ArrayLike, steps: tuple[int, int], first_step: int) -> F64:
         """Per vector, the largest used term divided by its scale (needs a calibrated monitor)."""
+        return self.scaled_max(self.vector_terms(data, steps, first_step))
+
+    def scaled_max(self, terms: F64) -> F64:
+        """Per row of `terms` (N, terms, as `vector_terms` gives them), the largest term over its scale."""
         if not self.scales:
             raise ValueError("the linear monitor is not calibrated (no scales)")
-        normalised = self.vector_terms(data, steps, first_step) / np.asarray(self.scales)
-        return np.asarray(normalised.max(axis=1), dtype=np.float64)
+        return np.asarray((terms / np.asarray(self.scales)).max(axis=1), dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         return {
