@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skab", type=Path, default=DEFAULT_SKAB, help="SKAB data folder (valve1/, valve2/, other/)")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES), help="run only these suites")
     parser.add_argument("--detectors", nargs="+", default=["ae_monitor", "zscore", "pca"],
-                        help="also: ae_monitor_tracked (inputs minus a tracking level; an experiment)")  # fmt: skip
+                        help="also: ae_monitor_learned (no offline training: each stream learns from its first "
+                             "rows), ae_monitor_tracked (inputs minus a tracking level; an experiment)")  # fmt: skip
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--dump-scores", action="store_true", help="also keep per-case errors (npz) in OUT/scores")
     args = parser.parse_args(argv)

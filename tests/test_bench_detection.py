@@ -90,3 +90,14 @@ def test_the_shipped_configuration_beats_both_baselines_on_the_demo_pumps(tmp_pa
     assert all(ae["f1"] > b["f1"] for b in baselines)
     assert ae["event_recall"] == 1.0
     assert ae["false_alerts_per_1000"] <= min(b["false_alerts_per_1000"] for b in baselines)
+
+
+def test_the_learned_mode_trains_each_stream_on_its_own_first_rows_and_never_alerts_on_them() -> None:
+    cases = suite.demo_cases(train_s=600)
+    outcome = suite.run_case(config_from_dict(FAST), cases[0], ["ae_monitor_learned"])
+    for part, prediction in zip(cases[0].parts, outcome.predictions["ae_monitor_learned"], strict=True):
+        assert len(prediction.alert) == len(part.values)
+        assert not prediction.alert[: suite.PROBATION_ROWS].any()
+        assert np.isfinite(prediction.score[suite.PROBATION_ROWS :]).all()
+    faulty = outcome.predictions["ae_monitor_learned"][1]  # pump-2: its vibration decouples from 500 s to 800 s
+    assert faulty.alert[500:800].mean() > faulty.alert[200:500].mean()
