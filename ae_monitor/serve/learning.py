@@ -202,7 +202,7 @@ class Learner:
 
     def close(self) -> None:
         """Stop the trainer: queued jobs are cancelled; a running one is abandoned (its process ends)."""
-        processes = list(getattr(self._executor, "_processes", None) or {}.values())  # ProcessPoolExecutor's
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())  # a ProcessPoolExecutor's
         self._executor.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             # No public call stops a running worker before Python 3.14: a training left running would hold the
