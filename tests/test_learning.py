@@ -332,3 +332,13 @@ def test_readyz_shows_the_streams_per_learning_state_as_text_and_json(health_ser
     _, body = get("/readyz?format=json")
     assert json.loads(body)["learning"] == {"learning": 2, "scoring": 5}
     assert json.loads(body)["ready"] is False
+
+
+def test_an_idle_stream_that_was_learning_frees_its_probation_buffer_and_a_scoring_one_keeps_its_model(
+    learned: tuple[Serving, Path],
+) -> None:
+    serving, _ = learned
+    serving.feed([rows("pump-idle", other_pump(100, seed=8), 0)])
+    serving.learner.evicted(["pump-idle", "site a/pump 7"])
+    assert "pump-idle" not in serving.learner._streams
+    assert serving.learner.counts() == {"learning": 0, "scoring": 1}

@@ -142,7 +142,8 @@ class StreamLearning:
 
 class Learner:
     """Per-stream learning for serve's main loop: `observe` each poll's items before the engine scores them, call
-    `poll` on housekeeping, `drop` streams whose partitions moved away, `close` at shutdown."""
+    `poll` on housekeeping, `drop` streams whose partitions moved away, tell it which were `evicted` for being idle,
+    `close` at shutdown."""
 
     def __init__(
         self,
@@ -198,6 +199,17 @@ class Learner:
             self._others.discard(stream)
             self._router.forget(stream)
         self._engine.release_own_bundles(streams)
+        self._publish()
+
+    def evicted(self, streams: Sequence[str]) -> None:
+        """Streams dropped for being idle: one still learning frees its probation buffer (it starts again when it
+        comes back) unless its training is in flight; one scoring keeps its model (the engine keeps it routed)."""
+        for stream in streams:
+            self._others.discard(stream)
+            learning = self._streams.get(stream)
+            if learning is not None and learning.state == "learning" and learning.training is None:
+                del self._streams[stream]
+                self._router.forget(stream)
         self._publish()
 
     def close(self) -> None:

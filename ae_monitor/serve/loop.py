@@ -180,6 +180,8 @@ class Daemon:
         self._last_housekeeping = now
         evicted = self._engine.evict_idle(now)
         self._commits.forget_streams(evicted)
+        if self._learner is not None:
+            self._learner.evicted(evicted)
         if len(evicted) >= RETURN_MEMORY_AFTER_EVICTING:
             _return_memory()
         self._engine.release_stalled(now)
