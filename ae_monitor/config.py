@@ -330,6 +330,9 @@ class RouteConfig(_Section):
     # registered in the folder registry `learned_registry`; `learn_config` (a config file) gives its features, model,
     # training and calibration settings, else those recorded in `bundle_path` are used. Sensor streams only.
     learn: Literal["none", "per_stream"] = "none"
+    # "scratch": a fresh network; "route_bundle": the route bundle's network fine-tuned on the stream's rows (its
+    # features' scaling refitted), which needs the bundle's [features] and [model].
+    learn_from: Literal["scratch", "route_bundle"] = "scratch"
     probation_samples: int = Field(2000, gt=0)
     learned_registry: str | None = None
     learn_config: str | None = None

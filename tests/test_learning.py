@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -59,15 +59,17 @@ class Serving:
         trainer: Callable[[LearnJob], Learned] | None = None,
         learning: LearningConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        key: str = "pump",
+        learn_from: Literal["scratch", "route_bundle"] = "scratch",
     ) -> None:
         config = config_from_dict(DEMO_CONFIG)
-        route = RouteConfig(bundle_path="pump", learn="per_stream", probation_samples=PROBATION,
-                            learned_registry=str(root))  # fmt: skip
+        route = RouteConfig(bundle_path=key, learn="per_stream", probation_samples=PROBATION,
+                            learned_registry=str(root), learn_from=learn_from)  # fmt: skip
         self.metrics = Metrics(CollectorRegistry())
-        self.engine = Engine({"pump": bundle}, alerting=config.alerting, metrics=self.metrics, routes=[(route, "pump")],
+        self.engine = Engine({key: bundle}, alerting=config.alerting, metrics=self.metrics, routes=[(route, key)],
                              max_gap_s=config.replay.max_gap_s)  # fmt: skip
         self.trainer = StreamTrainer()
-        learn = learn_routes(config, [(route, "pump")], {"pump": bundle}, self.trainer)
+        learn = learn_routes(config, [(route, key)], {key: bundle}, self.trainer)
         self.learner = Learner(learn, engine=self.engine, trainer=trainer or self.trainer,
                                executor=ThreadPoolExecutor(max_workers=1), cfg=learning or LearningConfig(),
                                metrics=self.metrics, clock=clock)  # fmt: skip
@@ -94,6 +96,15 @@ class Serving:
 
     def sample(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def weight_distance(a: Bundle, b: Bundle) -> float:
+    """How far the weights of `a` are from those of `b` (same architecture), relative to the size of b's."""
+    theirs = b.network.state_dict()
+    pairs = [(v.float(), theirs[k].float()) for k, v in a.network.state_dict().items() if v.is_floating_point()]
+    return float(
+        sum(float((x - y).norm()) ** 2 for x, y in pairs) ** 0.5 / sum(float(y.norm()) ** 2 for _, y in pairs) ** 0.5
+    )
 
 
 def _slice(item: SampleRows, start: int, size: int) -> SampleRows:
@@ -270,6 +281,47 @@ def test_probation_buffers_are_bounded_and_a_waiting_stream_buffers_once_there_i
     serving.learner.drop(["pump-a"])
     serving.learner.poll()
     assert serving.learner._streams["pump-b"].probation is not None
+
+
+def test_a_stream_model_can_be_the_route_bundles_network_fine_tuned_on_the_streams_rows(
+    sensor_bundle: Path, route_bundle: Bundle, tmp_path: Path
+) -> None:
+    serving = Serving(route_bundle, tmp_path, key=str(sensor_bundle), learn_from="route_bundle")
+    serving.feed([rows("pump-ft", other_pump(PROBATION, seed=41), 0)])
+    serving.wait_until(lambda: serving.learner.counts()["scoring"] == 1)
+    version = Registry(tmp_path).resolve("pump-ft", "production")
+    assert f"fine-tuned from pump version {route_bundle.version}" in version.provenance["note"]
+    fault = Fault("vibration_rms", 600, 900, "decouple")
+    serving.feed([rows("pump-ft", other_pump(1000, seed=42, fault=fault), PROBATION + 10)])
+    own = [a for a in serving.alerts if a.bundle_name == "pump-ft" and a.status == "firing"]
+    window_s = DEMO_CONFIG["features"]["sensor"]["window_samples"]
+    assert own
+    assert all(a.event_time_s >= START_S + PROBATION + 10 + 600 - window_s + 1 for a in own), own
+
+
+def test_the_trainer_fine_tunes_the_route_bundles_network_rather_than_a_fresh_one(
+    sensor_bundle: Path, route_bundle: Bundle, tmp_path: Path
+) -> None:
+    one_epoch = config_from_dict({**DEMO_CONFIG, "training": {**DEMO_CONFIG["training"], "epochs": 1}})
+    values = other_pump(PROBATION, seed=41)
+    ts = START_S + np.arange(PROBATION, dtype=np.float64)
+
+    def learn(model: str, init: str | None) -> Bundle:
+        job = LearnJob("pump-ft", model, str(tmp_path), one_epoch, ts, values, CHANNELS, "test", init)
+        return load_bundle(StreamTrainer()(job).bundle_path)
+
+    tuned, fresh = learn("tuned", str(sensor_bundle)), learn("fresh", None)
+    # One epoch moves a network little: the fine-tuned one is still near the route's, the fresh one near its
+    # random start.
+    assert weight_distance(tuned, route_bundle) < 0.25 * weight_distance(fresh, route_bundle)
+
+
+def test_fine_tuning_needs_the_route_bundles_features_and_model(route_bundle: Bundle, tmp_path: Path) -> None:
+    (tmp_path / "wider.toml").write_text('[features]\nkind = "sensor"\n[model]\nhidden_units = [256, 128]\n')
+    route = RouteConfig(bundle_path="pump", learn="per_stream", learned_registry=str(tmp_path),
+                        learn_config=str(tmp_path / "wider.toml"), learn_from="route_bundle")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"routes\[0\].learn_from: fine-tuning the route's bundle needs"):
+        learn_routes(config_from_dict({}), [(route, "pump")], {"pump": route_bundle}, StreamTrainer())
 
 
 # --- configuration ---------------------------------------------------------------------------------------------

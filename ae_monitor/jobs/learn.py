@@ -16,8 +16,8 @@ import numpy as np
 from ae_monitor.config import Config
 from ae_monitor.jobs.data import Signal, split_signals
 from ae_monitor.jobs.train import check_split_sizes, fit_bundle
-from ae_monitor.model.bundle import save_bundle
-from ae_monitor.registry import Registry
+from ae_monitor.model.bundle import load_bundle, save_bundle
+from ae_monitor.registry import AliasRef, Registry
 from ae_monitor.serve.learning import ALIAS, Learned, LearnJob
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,12 @@ class StreamTrainer:
 
     def __call__(self, job: LearnJob) -> Learned:
         signal = Signal(f"stream {job.stream}", job.values, job.ts_s, job.channels)
-        fit = fit_bundle(job.config, [signal], name=job.model, progress=False)
+        init = None
+        if job.init_bundle is not None:  # the route's bundle now (an alias may have moved since startup)
+            alias = AliasRef.parse(job.init_bundle)
+            base = load_bundle(Path(job.init_bundle) if alias is None else alias.resolve())
+            init = base.network.state_dict()
+        fit = fit_bundle(job.config, [signal], name=job.model, progress=False, init=init)
         registry = Registry(job.registry_root)
         first, last = (_iso(float(t)) for t in (job.ts_s[0], job.ts_s[-1]))
         with tempfile.TemporaryDirectory(prefix="ae-monitor-learn-") as staging:

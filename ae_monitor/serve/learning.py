@@ -57,6 +57,7 @@ class LearnJob:
     values: F64  # (samples, channels), in `channels` order
     channels: tuple[str, ...]
     note: str  # where the settings came from, kept in the version's provenance
+    init_bundle: str | None = None  # fine-tune this bundle's network (a folder or registry:// reference)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class LearnRoute:
     config: Config
     channels: tuple[str, ...]
     note: str
+    init_bundle: str | None = None  # with learn_from = "route_bundle": the route's bundle, resolved by the trainer
 
 
 class Probation:
@@ -298,7 +300,7 @@ class Learner:
                 ts, values = probation.rows()
                 route = learning.route
                 job = LearnJob(stream, learning.model, str(route.route.learned_registry), route.config, ts, values,
-                               probation.channels, route.note)  # fmt: skip
+                               probation.channels, route.note, route.init_bundle)  # fmt: skip
                 learning.training = self._executor.submit(self._trainer, job)
                 pending += 1
                 log.info("stream %s: training its own model on %d samples", stream, len(ts))
@@ -352,6 +354,15 @@ def learn_routes(
         if set(channels) != set(bundle.extractor.group_names):
             raise ConfigError(f"the learned models' channels {list(channels)} differ from those of the route's "
                               f"bundle {list(bundle.extractor.group_names)}", key=f"{where}.learn_config")  # fmt: skip
+        init = None
+        if route.learn_from == "route_bundle":
+            if settings.features != bundle.features or settings.model != bundle.model_config:
+                raise ConfigError("fine-tuning the route's bundle needs its [features] and [model]: leave "
+                                  "learn_config unset or give it the bundle's", key=f"{where}.learn_from")  # fmt: skip
+            if settings.calibration.folds >= 2:
+                raise ConfigError("fine-tuning does not cross-fit: set calibration.folds = 0 in learn_config",
+                                  key=f"{where}.learn_from")  # fmt: skip
+            init, note = key, f"{note}; fine-tuned from {bundle.name} version {bundle.version}"
         threads = config.learning.torch_threads
         settings = settings.model_copy(update={"training": settings.training.model_copy(update={
             "torch_threads": threads, "device": "cpu"})})  # fmt: skip
@@ -360,7 +371,7 @@ def learn_routes(
         except AeMonitorError as exc:
             raise ConfigError(f"{route.probation_samples} samples cannot train a model: {exc}",
                               key=f"{where}.probation_samples") from exc  # fmt: skip
-        out.append((route, LearnRoute(route, settings, tuple(channels), note)))
+        out.append((route, LearnRoute(route, settings, tuple(channels), note, init)))
     return out
 
 
