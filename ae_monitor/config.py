@@ -324,7 +324,9 @@ class RouteConfig(_Section):
     match: str = "*"
     syntax: Literal["glob", "regex"] = "glob"
     field: str = Field("stream", pattern=r"^[A-Za-z0-9_.-]+$")
-    bundle_path: str  # a bundle directory, or registry://<root>/<model>@<alias>: reloaded when the alias moves
+    # A bundle directory, or registry://<root>/<model>@<alias>: reloaded when the alias moves. Optional only for a
+    # learning route: its streams are then not scored until their own model is learned.
+    bundle_path: str | None = None
     # Per-stream learning (docs/operations.md "Per-stream learning"): "per_stream" gives each stream of the route a
     # model of its own, trained on its first `probation_samples` sample rows (scored by `bundle_path` meanwhile) and
     # registered in the folder registry `learned_registry`; `learn_config` (a config file) gives its features, model,
@@ -342,9 +344,14 @@ class RouteConfig(_Section):
     @model_validator(mode="after")
     def _check_learning(self) -> RouteConfig:
         if self.learn == "none":
+            if self.bundle_path is None:
+                raise ValueError("bundle_path is required (it may be left out only with learn = 'per_stream')")
             if self.learned_registry is not None or self.learn_config is not None:
                 raise ValueError("learned_registry and learn_config are only used with learn = 'per_stream'")
             return self
+        if self.bundle_path is None and (self.learn_config is None or self.learn_from != "scratch"):
+            raise ValueError("a learning route without bundle_path needs learn_config (its training settings) and "
+                             "learn_from = 'scratch'")  # fmt: skip
         if not self.learned_registry:
             raise ValueError("learn = 'per_stream' needs learned_registry, the registry folder of the learned models")
         if self.learned_registry.startswith(("http://", "https://", REGISTRY_SCHEME)):

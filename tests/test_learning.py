@@ -18,8 +18,9 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import LearningConfig, RouteConfig, config_from_dict
+from ae_monitor.config import LearningConfig, RouteConfig, config_from_dict, dump_config
 from ae_monitor.engine import Engine
+from ae_monitor.engine.routing import UNSCORED
 from ae_monitor.errors import ConfigError, DataError
 from ae_monitor.health import Health, HealthServer
 from ae_monitor.jobs.demo import CHANNELS, DEMO_CONFIG, Fault, _inject, machine
@@ -283,6 +284,36 @@ def test_probation_buffers_are_bounded_and_a_waiting_stream_buffers_once_there_i
     assert serving.learner._streams["pump-b"].probation is not None
 
 
+def test_a_route_without_a_bundle_leaves_its_streams_unscored_until_they_have_learned_their_model(
+    tmp_path: Path,
+) -> None:
+    settings = {**DEMO_CONFIG, "features": {"kind": "sensor", "sensor": {**DEMO_CONFIG["features"]["sensor"],
+                                                                         "channels": list(CHANNELS)}}}  # fmt: skip
+    (tmp_path / "learned.toml").write_text(dump_config(config_from_dict(settings)))
+    route = RouteConfig(learn="per_stream", probation_samples=PROBATION, learned_registry=str(tmp_path / "registry"),
+                        learn_config=str(tmp_path / "learned.toml"))  # fmt: skip
+    config = config_from_dict(DEMO_CONFIG)
+    metrics = Metrics(CollectorRegistry())
+    engine = Engine({}, alerting=config.alerting, metrics=metrics, routes=[(route, UNSCORED)])
+    learner = Learner(learn_routes(config, [(route, UNSCORED)], {}, StreamTrainer()), engine=engine,
+                      trainer=StreamTrainer(), executor=ThreadPoolExecutor(max_workers=1), cfg=LearningConfig(),
+                      metrics=metrics)  # fmt: skip
+    probation = rows("pump-n", other_pump(PROBATION, seed=41), 0)
+    learner.observe([probation])
+    result = engine.process([probation])
+    assert not result.windows
+    assert not result.dead_letters
+    assert result.progress.positions() == [None] * PROBATION  # nothing to wait for: committed as they come
+    deadline = time.monotonic() + 120
+    while learner.counts()["scoring"] == 0:
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+        learner.poll()
+    later = rows("pump-n", other_pump(100, seed=42), PROBATION + 10)
+    learner.observe([later])
+    assert len(engine.process([later]).windows) == 100 - config.features.sensor.window_samples + 1
+
+
 def test_a_stream_model_can_be_the_route_bundles_network_fine_tuned_on_the_streams_rows(
     sensor_bundle: Path, route_bundle: Bundle, tmp_path: Path
 ) -> None:
@@ -334,6 +365,8 @@ def test_fine_tuning_needs_the_route_bundles_features_and_model(route_bundle: Bu
         ({"learned_registry": "/srv/learned"}, "only used with learn = 'per_stream'"),
         ({"learn": "per_stream", "learned_registry": "http://mlflow:5000"}, "must be a folder"),
         ({"learn": "per_stream", "learned_registry": "/srv/l", "probation_samples": 0}, "greater than 0"),
+        ({"bundle_path": None}, "bundle_path is required"),
+        ({"bundle_path": None, "learn": "per_stream", "learned_registry": "/srv/l"}, "needs learn_config"),
     ],
 )
 def test_learning_settings_are_checked_when_the_config_loads(route: dict[str, Any], message: str) -> None:

@@ -8,6 +8,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ae_monitor.config import RouteConfig
 
+# The slot of a route without a bundle (a learning route): its streams are taken, not scored and not dead-lettered,
+# until they are routed to a bundle of their own (`Router.pin`).
+UNSCORED = "unscored:"
+
 
 class Router:
     """Picks a bundle slot for a stream. A route matches the stream id, or with `field` set, that routing tag of the

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from ae_monitor.config import Config, KafkaConnectionConfig, KafkaSinkConfig, RouteConfig
 from ae_monitor.engine import Engine, routing_fields
+from ae_monitor.engine.routing import UNSCORED
 from ae_monitor.errors import AeMonitorError, ConfigError
 from ae_monitor.health import Health, HealthServer, SystemdNotifier
 from ae_monitor.metrics import Metrics
@@ -106,6 +107,9 @@ def load_routed_bundles(
     paths: dict[str, Path | AliasRef] = {}
     pairs = []
     for route in routes:
+        if route.bundle_path is None:  # a learning route: its streams wait unscored for their own models
+            pairs.append((route, UNSCORED))
+            continue
         alias = AliasRef.parse(route.bundle_path)
         path = Path(route.bundle_path) if alias is None else alias.resolve()
         key = str(path.resolve()) if alias is None else str(alias)

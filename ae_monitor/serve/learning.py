@@ -339,23 +339,27 @@ def learn_routes(
             out.append((route, None))
             continue
         where = f"routes[{i}]"
-        bundle = bundles[key]
+        bundle = bundles.get(key)
         if route.learn_config is not None:
             settings = load_config(route.learn_config)
             note = f"settings from {route.learn_config}"
         else:
+            assert bundle is not None  # RouteConfig: a route without bundle_path has learn_config
             settings = Config(features=bundle.features, model=bundle.model_config, training=bundle.training,
                               calibration=_calibration_settings(bundle))  # fmt: skip
             note = f"settings recorded in bundle {bundle.name} version {bundle.version}"
-        if settings.features.kind != "sensor" or bundle.features.kind != "sensor":
+        if settings.features.kind != "sensor" or (bundle is not None and bundle.features.kind != "sensor"):
             raise ConfigError("per-stream learning supports sensor streams only; audio (logmel) streams are not "
                               "supported yet: use learn = 'none' for this route", key=f"{where}.learn")  # fmt: skip
-        channels = settings.features.sensor.channels or bundle.extractor.group_names
-        if set(channels) != set(bundle.extractor.group_names):
+        channels = settings.features.sensor.channels or (() if bundle is None else bundle.extractor.group_names)
+        if not channels:
+            raise ConfigError("a learning route without bundle_path needs the channels of its streams: set "
+                              "features.sensor.channels in learn_config", key=f"{where}.learn_config")  # fmt: skip
+        if bundle is not None and set(channels) != set(bundle.extractor.group_names):
             raise ConfigError(f"the learned models' channels {list(channels)} differ from those of the route's "
                               f"bundle {list(bundle.extractor.group_names)}", key=f"{where}.learn_config")  # fmt: skip
         init = None
-        if route.learn_from == "route_bundle":
+        if route.learn_from == "route_bundle" and bundle is not None:
             if settings.features != bundle.features or settings.model != bundle.model_config:
                 raise ConfigError("fine-tuning the route's bundle needs its [features] and [model]: leave "
                                   "learn_config unset or give it the bundle's", key=f"{where}.learn_from")  # fmt: skip
