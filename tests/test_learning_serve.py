@@ -1,12 +1,18 @@
 """Per-stream learning in `serve` against a real Kafka broker: a stream with no model of its own is learned from its
-first samples in the trainer's worker process, registered, scored by its model; a restarted serve loads the model
-from the registry instead of training again."""
+first samples in the trainer's worker process, registered, scored by its model; another serve process that takes
+the partition over loads the model from the registry instead of training again."""
 
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client import CollectorRegistry
 from test_learning import START_S, other_pump
 
-from ae_monitor.config import Config, config_from_dict
+from ae_monitor.config import Config, config_from_dict, dump_config
 from ae_monitor.jobs.demo import CHANNELS, DEMO_CONFIG, Fault
 from ae_monitor.jobs.learn import StreamTrainer
 from ae_monitor.registry import Registry, stream_model_name
@@ -119,14 +125,14 @@ def test_a_new_stream_is_learned_registered_and_scored_by_its_own_model_and_a_re
                              auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)  # fmt: skip
     own: list[dict[str, Any]] = []
     try:
-        deadline = time.monotonic() + 120
         # Every window of the 1000 rows is scored once the windows-scored counter of the model has them all.
         scored = 1000 - DEMO_CONFIG["features"]["sensor"]["window_samples"] + 1
-        while time.monotonic() < deadline and gauge(metrics, "ae_monitor_windows_scored_total", bundle=model) < scored:
-            time.sleep(0.2)
-        time.sleep(1.0)  # the alerts of the last batch reach the topic
-        for batch in consumer.poll(timeout_ms=5000).values():
-            own += [a for m in batch if (a := json.loads(m.value))["bundle_name"] == model]
+        wait_for("the windows", lambda: gauge(metrics, "ae_monitor_windows_scored_total", bundle=model) >= scored)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 3:  # until the alerts topic has had nothing new for 3 s
+            for batch in consumer.poll(timeout_ms=500).values():
+                own += [a for m in batch if (a := json.loads(m.value))["bundle_name"] == model]
+                quiet_since = time.monotonic()
     finally:
         consumer.close()
     firing = [a for a in own if a["status"] == "firing"]
@@ -134,10 +140,42 @@ def test_a_new_stream_is_learned_registered_and_scored_by_its_own_model_and_a_re
     assert firing, "the fault raised no alert of the stream's own model"
     assert all(a["event_time_s"] >= first_faulty_window for a in firing), firing
 
-    # A restart (a new owner of the partition): the model is loaded from the registry, not trained again.
-    restarted = serving.start(config)
-    produce(kafka_bootstrap, topic, other_pump(100, seed=23), PROBATION + 2000)
-    wait_for("the restarted serve's scoring stream",
-             lambda: gauge(restarted, "ae_monitor_learning_streams", state="scoring") == 1, timeout_s=120)  # fmt: skip
-    assert gauge(restarted, "ae_monitor_learning_trainings_total", outcome="ok") == 0
+    # Another serve process (`ae-monitor serve`, as deployed) takes the partition over: it loads the stream's model
+    # from the registry instead of training again.
+    serving.stop()
+    port = free_port()
+    service = config.service.model_copy(update={"http_port": port})
+    (tmp_path / "serve.toml").write_text(dump_config(config.model_copy(update={"service": service})))
+    argv = [sys.executable, "-m", "ae_monitor.cli", "serve", "--config", str(tmp_path / "serve.toml")]
+    with (tmp_path / "serve.log").open("wb") as log:
+        daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        produce(kafka_bootstrap, topic, other_pump(100, seed=23), PROBATION + 2000)
+        url = f"http://127.0.0.1:{port}"
+        wait_for("the second serve's scoring stream", lambda: daemon.poll() is None
+                 and readyz(url).get("learning", {}).get("scoring") == 1, timeout_s=120)  # fmt: skip
+        assert readyz(url)["learning"] == {"learning": 0, "scoring": 1}
+        page = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+        assert 'ae_monitor_learning_trainings_total{outcome="ok"} 0.0' in page
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    assert daemon.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     assert [v.number for v in Registry(root).versions(model)] == [1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def readyz(url: str) -> dict[str, Any]:
+    """/readyz as JSON; {} while the daemon does not answer yet."""
+    try:
+        with urllib.request.urlopen(url + "/readyz?format=json", timeout=5) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as not_ready:  # 503 until partitions are assigned: the body is there all the same
+        return dict(json.loads(not_ready.read()))
+    except OSError:
+        return {}
