@@ -233,6 +233,32 @@ def test_a_stream_with_a_registered_model_is_scored_by_it_without_training(
     assert [v.number for v in Registry(root).versions(stream_model_name("site a/pump 7"))] == [1]
 
 
+def test_a_scoring_stream_follows_its_models_production_alias_when_it_is_promoted_or_rolled_back(
+    sensor_bundle: Path, route_bundle: Bundle, tmp_path: Path
+) -> None:
+    registry, now = Registry(tmp_path), [0.0]
+    registry.promote("pump-r", registry.register("pump-r", sensor_bundle).number, "production")
+
+    def refuse(job: LearnJob) -> Learned:
+        raise AssertionError("trained although a model is registered")
+
+    serving = Serving(route_bundle, tmp_path, trainer=refuse, clock=lambda: now[0])
+    serving.feed([rows("pump-r", other_pump(50, seed=9), 0)])
+    assert serving.learner._streams["pump-r"].version == 1
+    registry.promote("pump-r", registry.register("pump-r", sensor_bundle).number, "production")
+    serving.learner.poll()
+    assert serving.learner._streams["pump-r"].version == 1  # not before service.reload_check_s
+    now[0] = 11.0
+    serving.learner.poll()
+    assert serving.learner._streams["pump-r"].version == 2
+    registry.rollback("pump-r", "production")
+    now[0] = 22.0
+    serving.learner.poll()
+    assert serving.learner._streams["pump-r"].version == 1
+    assert serving.sample("ae_monitor_bundle_reloads_total", result="ok") == 2
+    assert serving.engine.streams["pump-r"].slot == "own:pump-r"
+
+
 def test_a_failed_training_is_counted_and_tried_again_later(route_bundle: Bundle, tmp_path: Path) -> None:
     now = [0.0]
     calls: list[int] = []

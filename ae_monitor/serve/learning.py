@@ -140,6 +140,7 @@ class StreamLearning:
     training: Future[Learned] | None = None
     retry_at_s: float = 0.0
     failures: int = 0
+    version: int | None = None  # the registry version it is scored with
 
 
 class Learner:
@@ -158,6 +159,7 @@ class Learner:
         metrics: Metrics,
         backend: Literal["torch", "onnx"] = "torch",
         threads: int = 1,
+        watch_every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._learn = {str(i): learn for i, (_, learn) in enumerate(routes)}
@@ -166,6 +168,7 @@ class Learner:
         self._metrics, self._backend, self._threads, self._clock = metrics, backend, threads, clock
         self._streams: dict[str, StreamLearning] = {}
         self._others: set[str] = set()  # streams of routes that do not learn
+        self._watch_every_s, self._watched_at = watch_every_s, clock()
         self._publish()
 
     # -- the main loop's calls ---------------------------------------------------------------------------------
@@ -191,6 +194,9 @@ class Learner:
                 self._finish(stream, learning, learning.training)
         self._admit_waiting()
         self._submit()
+        if self._clock() - self._watched_at >= self._watch_every_s:
+            self._watched_at = self._clock()
+            self._follow_aliases()
         self._publish()
 
     def drop(self, streams: Sequence[str]) -> None:
@@ -253,28 +259,65 @@ class Learner:
             return None
         learning = StreamLearning(route, stream_model_name(stream))
         self._streams[stream] = learning
-        bundle = self._registered(stream, learning)
-        if bundle is not None:
+        registered = self._registered(learning)
+        if isinstance(registered, AeMonitorError):
+            log.error("stream %s: its registered model %s cannot be loaded (%s); learning it anew", stream,
+                      learning.model, registered)  # fmt: skip
+        if isinstance(registered, tuple):
+            bundle, learning.version = registered
             self._engine.score_stream_with(stream, bundle)
             learning.state = "scoring"
-            log.info("stream %s: scored by its own model %s from the registry", stream, bundle.version)
+            log.info("stream %s: scored by its own model %s version %d from the registry", stream, learning.model,
+                     learning.version)  # fmt: skip
         else:
             learning.probation = self._new_probation(route)
         return learning
 
-    def _registered(self, stream: str, learning: StreamLearning) -> Bundle | None:
+    def _registered(
+        self, learning: StreamLearning, *, unless: int | None = None
+    ) -> tuple[Bundle, int] | AeMonitorError | None:
+        """The bundle `production` names and its version number; None when there is none (not learned yet) or it
+        names version `unless`; the error when it cannot be read or loaded."""
         root = learning.route.route.learned_registry
         assert root is not None  # RouteConfig requires it with learn = "per_stream"
+        registry = Registry(root)
         try:
-            version = Registry(root).resolve(learning.model, ALIAS)
+            number = registry.alias(learning.model, ALIAS).version
         except RegistryError:
             return None  # not learned yet
-        try:
-            return load_bundle(version.bundle_path, backend=self._backend, threads=self._threads)
-        except AeMonitorError as exc:
-            log.error("stream %s: its registered model %s version %d cannot be loaded (%s); learning it anew",
-                      stream, learning.model, version.number, exc)  # fmt: skip
+        if number == unless:
             return None
+        try:
+            path = registry.version(learning.model, number).bundle_path
+            return load_bundle(path, backend=self._backend, threads=self._threads), number
+        except AeMonitorError as exc:
+            return exc
+
+    def _follow_aliases(self) -> None:
+        """Streams scoring with their own model follow its `production` alias: a version promoted (or rolled back)
+        in the registry replaces the loaded one; one that cannot be loaded is refused, and the loaded one stays."""
+        for stream, learning in list(self._streams.items()):
+            if learning.state != "scoring":
+                continue
+            found = self._registered(learning, unless=learning.version)
+            if isinstance(found, AeMonitorError):
+                self._metrics.reloads.labels("failed").inc()
+                log.error("stream %s: %s@%s cannot be loaded, keeping version %s: %s", stream, learning.model, ALIAS,
+                          learning.version, found)  # fmt: skip
+                learning.version = self._alias_version(learning)  # said once per move of the alias
+            elif found is not None:
+                bundle, number = found
+                self._engine.score_stream_with(stream, bundle)
+                self._metrics.reloads.labels("ok").inc()
+                log.info("stream %s: %s@%s moved from version %s to %d; scoring with it", stream, learning.model,
+                         ALIAS, learning.version, number)  # fmt: skip
+                learning.version = number
+
+    def _alias_version(self, learning: StreamLearning) -> int | None:
+        try:
+            return Registry(str(learning.route.route.learned_registry)).alias(learning.model, ALIAS).version
+        except RegistryError:
+            return learning.version
 
     def _new_probation(self, route: LearnRoute) -> Probation | None:
         buffering = sum(1 for s in self._streams.values() if s.probation is not None)
@@ -318,7 +361,7 @@ class Learner:
                       stream, learning.failures, self._cfg.retry_after_s, exc)  # fmt: skip
             return
         self._engine.score_stream_with(stream, bundle)
-        learning.state, learning.probation = "scoring", None
+        learning.state, learning.probation, learning.version = "scoring", None, learned.version
         self._metrics.trainings.labels("ok").inc()
         log.info("stream %s: learned model %s version %d registered; scoring with it", stream, learned.model,
                  learned.version)  # fmt: skip
