@@ -3,10 +3,12 @@
 Each stream of such a route goes through two states, exported as `ae_monitor_learning_streams{state}` and on
 /readyz:
 
-    learning   scored by the route's bundle while its first `probation_samples` sample rows are kept (the
-               probation buffer); then a background trainer fits and calibrates a model on them and registers it
-               in the route's `learned_registry` as `<stream model name>@production`
-    scoring    scored by that model, from the micro-batch after it was registered
+    learning   scored by the route's bundle (not at all on a route without one) while its first
+               `probation_samples` sample rows are kept (the probation buffer); then a background trainer fits and
+               calibrates a model on them and registers it in the route's `learned_registry` as
+               `<stream model name>@production`
+    scoring    scored by that model, from the micro-batch after it was registered; a move of its alias (a
+               promotion or rollback by hand) is followed every `service.reload_check_s`
 
 The trainer (`Trainer`, from the jobs layer, injected by the CLI) runs in one worker process (or thread): the main
 loop only hands it a job and, on a later iteration, loads what it registered. A failed training is logged, counted
@@ -96,8 +98,9 @@ class Probation:
 
     def __init__(self, limit: int, channels: Sequence[str]) -> None:
         self.limit, self.channels = limit, tuple(channels)
-        self._ts: list[F64] = []
-        self._values: list[F64] = []
+        # Allocated whole up front: the memory bound is the limit anyway, and appends become slice writes.
+        self._ts = np.empty(limit, dtype=np.float64)
+        self._values = np.empty((limit, len(self.channels)), dtype=np.float64)
         self.count = 0
         self._last_ts = -np.inf
 
@@ -105,27 +108,41 @@ class Probation:
     def full(self) -> bool:
         return self.count >= self.limit
 
+    def order(self, channels: Sequence[str]) -> npt.NDArray[np.int64] | None:
+        """Where each training channel is in `channels`; None when one is missing (the engine dead-letters such
+        rows; they are not kept)."""
+        if not set(self.channels) <= set(channels):
+            return None
+        return np.array([list(channels).index(name) for name in self.channels], dtype=np.int64)
+
     def add(self, ts_s: npt.ArrayLike, values: npt.ArrayLike, channels: Sequence[str]) -> None:
         """Keep the rows of `values` (columns named by `channels`) that are newer than the last kept, up to the
-        limit. Rows without every training channel are not kept (the engine dead-letters them)."""
-        if self.full or not set(self.channels) <= set(channels):
+        limit."""
+        order = self.order(channels)
+        if order is not None and not self.full:
+            self.add_ordered(np.asarray(ts_s, dtype=np.float64), np.asarray(values, dtype=np.float64)[:, order])
+
+    def add_ordered(self, ts: F64, values: F64) -> None:
+        """`add` for values already in the training channels' order."""
+        room = self.limit - self.count
+        if room <= 0 or not len(ts):
             return
-        order = np.array([list(channels).index(name) for name in self.channels], dtype=np.int64)
-        ts = np.asarray(ts_s, dtype=np.float64)
-        newest = np.maximum.accumulate(np.concatenate([[self._last_ts], ts]))[:-1]
-        keep = np.flatnonzero(ts > newest)[: self.limit - self.count]
-        if not len(keep):
-            return
-        self._ts.append(ts[keep])
-        self._values.append(np.asarray(values, dtype=np.float64)[np.ix_(keep, order)])
-        self.count += len(keep)
-        self._last_ts = float(ts[keep[-1]])
+        if ts[0] > self._last_ts and (len(ts) == 1 or bool(np.all(ts[1:] > ts[:-1]))):
+            keep: slice | npt.NDArray[np.intp] = slice(0, room)  # rows in order: the common case, no index arrays
+        else:
+            newest = np.maximum.accumulate(np.concatenate([[self._last_ts], ts]))[:-1]
+            keep = np.flatnonzero(ts > newest)[:room]
+        kept = ts[keep]
+        n = len(kept)
+        if n:
+            self._ts[self.count : self.count + n] = kept
+            self._values[self.count : self.count + n] = values[keep]
+            self.count += n
+            self._last_ts = float(kept[-1])
 
     def rows(self) -> tuple[F64, F64]:
         """The kept timestamps and values (samples, channels)."""
-        if not self._ts:
-            return np.zeros(0), np.zeros((0, len(self.channels)))
-        return np.concatenate(self._ts), np.concatenate(self._values)
+        return self._ts[: self.count].copy(), self._values[: self.count].copy()
 
 
 @dataclass
@@ -241,10 +258,19 @@ class Learner:
         for i, stream in enumerate(rows.streams):
             if stream not in self._others:
                 groups.setdefault(stream, []).append(i)
+        ordered: dict[tuple[str, ...], F64 | None] = {}  # the block's values in each route's channel order, once
         for stream, indices in groups.items():
             learning = self._stream(stream, rows.tags_of(indices[0]) if rows.tags else None)
-            if learning is not None and learning.probation is not None and not learning.probation.full:
-                learning.probation.add(rows.ts_s[indices], rows.values[indices], rows.channels)
+            probation = None if learning is None else learning.probation
+            if probation is None or probation.full:
+                continue
+            if probation.channels not in ordered:
+                order = probation.order(rows.channels)
+                ordered[probation.channels] = None if order is None else rows.values[:, order]
+            values = ordered[probation.channels]
+            if values is not None:
+                at = np.asarray(indices)
+                probation.add_ordered(rows.ts_s[at], values[at])
 
     def _stream(self, stream: str, tags: Mapping[str, str] | None) -> StreamLearning | None:
         """The learning state of `stream`, made on its first record: its model from the registry when there is
