@@ -259,6 +259,19 @@ def test_a_scoring_stream_follows_its_models_production_alias_when_it_is_promote
     assert serving.engine.streams["pump-r"].slot == "own:pump-r"
 
 
+def test_a_learning_stream_that_sends_nothing_for_the_idle_eviction_time_is_forgotten_with_its_buffer(
+    route_bundle: Bundle, tmp_path: Path
+) -> None:
+    now = [0.0]
+    serving = Serving(route_bundle, tmp_path, clock=lambda: now[0])
+    serving.feed([rows("pump-gone", other_pump(100, seed=6), 0), rows("pump-here", other_pump(100, seed=7), 0)])
+    now[0] = 3000.0
+    serving.feed([rows("pump-here", other_pump(100, seed=8), 200)])
+    now[0] = 3601.0
+    serving.learner.poll()
+    assert set(serving.learner._streams) == {"pump-here"}
+
+
 def test_a_failed_training_is_counted_and_tried_again_later(route_bundle: Bundle, tmp_path: Path) -> None:
     now = [0.0]
     calls: list[int] = []

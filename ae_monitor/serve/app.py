@@ -73,7 +73,8 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
             learner = Learner(learning, engine=engine, trainer=trainer, executor=trainer_executor(config.learning),
                               cfg=config.learning, metrics=metrics, backend=config.scoring.backend,
                               threads=config.scoring.torch_threads,
-                              watch_every_s=config.service.reload_check_s)  # fmt: skip
+                              watch_every_s=config.service.reload_check_s,
+                              idle_after_s=config.streams.idle_eviction_s)  # fmt: skip
             health.describe("learning", learner.counts)
         source = KafkaSource(consumer_factory(config.kafka, config.source), config.source,
                              stall_after_s=config.source.rebalance_stall_s,

@@ -158,6 +158,7 @@ class StreamLearning:
     retry_at_s: float = 0.0
     failures: int = 0
     version: int | None = None  # the registry version it is scored with
+    seen_s: float = 0.0  # when its newest record was observed (the learner's clock)
 
 
 class Learner:
@@ -177,6 +178,7 @@ class Learner:
         backend: Literal["torch", "onnx"] = "torch",
         threads: int = 1,
         watch_every_s: float = 10.0,
+        idle_after_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._learn = {str(i): learn for i, (_, learn) in enumerate(routes)}
@@ -186,6 +188,7 @@ class Learner:
         self._streams: dict[str, StreamLearning] = {}
         self._others: set[str] = set()  # streams of routes that do not learn
         self._watch_every_s, self._watched_at = watch_every_s, clock()
+        self._idle_after_s = idle_after_s
         self._publish()
 
     # -- the main loop's calls ---------------------------------------------------------------------------------
@@ -209,6 +212,12 @@ class Learner:
         for stream, learning in list(self._streams.items()):
             if learning.training is not None and learning.training.done():
                 self._finish(stream, learning, learning.training)
+        # A learning stream that sends nothing for `streams.idle_eviction_s` is forgotten, buffer and all: the
+        # engine's idle eviction does not see one of a route without a bundle, nor one whose partition moved away.
+        now = self._clock()
+        idle = [s for s, learning in self._streams.items() if learning.state == "learning"
+                and learning.training is None and now - learning.seen_s > self._idle_after_s]  # fmt: skip
+        self.evicted(idle)
         self._admit_waiting()
         self._submit()
         if self._clock() - self._watched_at >= self._watch_every_s:
@@ -276,6 +285,8 @@ class Learner:
         """The learning state of `stream`, made on its first record: its model from the registry when there is
         one (scoring), else a probation buffer (learning). None for a stream of a route that does not learn."""
         found = self._streams.get(stream)
+        if found is not None:
+            found.seen_s = self._clock()
         if found is not None or stream in self._others:
             return found
         slot = self._router.slot_for(stream, tags)
@@ -283,7 +294,7 @@ class Learner:
         if route is None:
             self._others.add(stream)
             return None
-        learning = StreamLearning(route, stream_model_name(stream))
+        learning = StreamLearning(route, stream_model_name(stream), seen_s=self._clock())
         self._streams[stream] = learning
         registered = self._registered(learning)
         if isinstance(registered, AeMonitorError):
