@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.records import Alert, SampleRows, SensorRecord
 from ae_monitor.registry import Registry, stream_model_name
-from ae_monitor.serve.learning import Learned, Learner, LearnJob, Probation, learn_routes
+from ae_monitor.serve.learning import Learned, Learner, LearnJob, Probation, learn_routes, trainer_executor
 
 PROBATION = 1700
 START_S = 1_700_000_000.0
@@ -62,6 +63,7 @@ class Serving:
         clock: Callable[[], float] = time.monotonic,
         key: str = "pump",
         learn_from: Literal["scratch", "route_bundle"] = "scratch",
+        executor: Callable[[], Executor] = lambda: ThreadPoolExecutor(max_workers=1),
     ) -> None:
         config = config_from_dict(DEMO_CONFIG)
         route = RouteConfig(bundle_path=key, learn="per_stream", probation_samples=PROBATION,
@@ -72,7 +74,7 @@ class Serving:
         self.trainer = StreamTrainer()
         learn = learn_routes(config, [(route, key)], {key: bundle}, self.trainer)
         self.learner = Learner(learn, engine=self.engine, trainer=trainer or self.trainer,
-                               executor=ThreadPoolExecutor(max_workers=1), cfg=learning or LearningConfig(),
+                               executor=executor, cfg=learning or LearningConfig(),
                                metrics=self.metrics, clock=clock)  # fmt: skip
         self.alerts: list[Alert] = []
 
@@ -294,6 +296,36 @@ def test_a_failed_training_is_counted_and_tried_again_later(route_bundle: Bundle
     assert calls == [PROBATION, PROBATION]  # the same probation data again
 
 
+class DiesOnce:
+    """A trainer whose worker process dies (as when the kernel kills it for memory) on its first job."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def check(self, config: Any, samples: int) -> None:
+        StreamTrainer().check(config, samples)
+
+    def __call__(self, job: LearnJob) -> Learned:
+        if not self.marker.exists():
+            self.marker.touch()
+            os._exit(137)
+        return StreamTrainer()(job)
+
+
+def test_a_worker_process_that_dies_is_a_failed_training_and_a_new_worker_takes_the_retry(
+    route_bundle: Bundle, tmp_path: Path
+) -> None:
+    now = [0.0]
+    process = LearningConfig(worker="process", retry_after_s=60)
+    serving = Serving(route_bundle, tmp_path, trainer=DiesOnce(tmp_path / "died"), clock=lambda: now[0],
+                      learning=process, executor=lambda: trainer_executor(process))  # fmt: skip
+    serving.feed([rows("pump-x", other_pump(PROBATION, seed=41), 0)])
+    serving.wait_until(lambda: serving.sample("ae_monitor_learning_trainings_total", outcome="failed") == 1)
+    now[0] = 61.0
+    serving.wait_until(lambda: serving.learner.counts()["scoring"] == 1)
+    serving.learner.close()
+
+
 def test_trainings_in_flight_are_bounded(route_bundle: Bundle, tmp_path: Path) -> None:
     release, started = threading.Event(), []
 
@@ -335,7 +367,7 @@ def test_a_route_without_a_bundle_leaves_its_streams_unscored_until_they_have_le
     metrics = Metrics(CollectorRegistry())
     engine = Engine({}, alerting=config.alerting, metrics=metrics, routes=[(route, UNSCORED)])
     learner = Learner(learn_routes(config, [(route, UNSCORED)], {}, StreamTrainer()), engine=engine,
-                      trainer=StreamTrainer(), executor=ThreadPoolExecutor(max_workers=1), cfg=LearningConfig(),
+                      trainer=StreamTrainer(), executor=lambda: ThreadPoolExecutor(max_workers=1), cfg=LearningConfig(),
                       metrics=metrics)  # fmt: skip
     probation = rows("pump-n", other_pump(PROBATION, seed=41), 0)
     learner.observe([probation])

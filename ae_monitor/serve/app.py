@@ -70,9 +70,9 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         engine.restore_alert_states(states)
         learner = None
         if learning is not None and trainer is not None:
-            learner = Learner(learning, engine=engine, trainer=trainer, executor=trainer_executor(config.learning),
-                              cfg=config.learning, metrics=metrics, backend=config.scoring.backend,
-                              threads=config.scoring.torch_threads,
+            learner = Learner(learning, engine=engine, trainer=trainer,
+                              executor=lambda: trainer_executor(config.learning), cfg=config.learning,
+                              metrics=metrics, backend=config.scoring.backend, threads=config.scoring.torch_threads,
                               watch_every_s=config.service.reload_check_s,
                               idle_after_s=config.streams.idle_eviction_s)  # fmt: skip
             health.describe("learning", learner.counts)

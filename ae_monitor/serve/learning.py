@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -172,7 +172,7 @@ class Learner:
         *,
         engine: Engine,
         trainer: Trainer,
-        executor: Executor,
+        executor: Callable[[], Executor],
         cfg: LearningConfig,
         metrics: Metrics,
         backend: Literal["torch", "onnx"] = "torch",
@@ -183,7 +183,9 @@ class Learner:
     ) -> None:
         self._learn = {str(i): learn for i, (_, learn) in enumerate(routes)}
         self._router = Router([(route, str(i)) for i, (route, _) in enumerate(routes)])
-        self._engine, self._trainer, self._executor, self._cfg = engine, trainer, executor, cfg
+        self._engine, self._trainer, self._cfg = engine, trainer, cfg
+        self._new_executor = executor  # called again when a worker process died (the pool is then broken)
+        self._executor = executor()
         self._metrics, self._backend, self._threads, self._clock = metrics, backend, threads, clock
         self._streams: dict[str, StreamLearning] = {}
         self._others: set[str] = set()  # streams of routes that do not learn
@@ -381,7 +383,13 @@ class Learner:
                 route = learning.route
                 job = LearnJob(stream, learning.model, str(route.route.learned_registry), route.config, ts, values,
                                probation.channels, route.note, route.init_bundle)  # fmt: skip
-                learning.training = self._executor.submit(self._trainer, job)
+                try:
+                    learning.training = self._executor.submit(self._trainer, job)
+                except BrokenExecutor:  # its worker process died (killed, out of memory): start another
+                    log.error("the trainer's worker died; starting a new one")
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = self._new_executor()
+                    learning.training = self._executor.submit(self._trainer, job)
                 pending += 1
                 log.info("stream %s: training its own model on %d samples", stream, len(ts))
 
