@@ -336,6 +336,9 @@ class RouteConfig(_Section):
     # features' scaling refitted), which needs the bundle's [features] and [model].
     learn_from: Literal["scratch", "route_bundle"] = "scratch"
     probation_samples: int = Field(2000, gt=0)
+    # Ends the probation once the kept rows span this much event time, even with fewer than probation_samples (but
+    # never with fewer than training needs). None: probation_samples alone.
+    probation_s: float | None = Field(None, gt=0)
     learned_registry: str | None = None
     learn_config: str | None = None
 

@@ -146,6 +146,27 @@ def test_the_probation_buffer_keeps_the_first_rows_in_order_up_to_its_limit_in_t
     assert values.tolist() == [[1, 10], [2, 20], [3, 30], [4, 40], [5, 50]]
 
 
+def test_a_probation_with_a_time_span_ends_once_its_rows_span_it_but_never_below_the_fewest_rows_training_needs(
+) -> None:  # fmt: skip
+    probation = Probation(1000, ("a",), span_s=10.0, min_count=15)
+    probation.add(np.arange(12, dtype=np.float64), np.zeros((12, 1)), ("a",))  # spans 11 s, but 12 rows < 15
+    assert not probation.full
+    probation.add(np.arange(12, 16, dtype=np.float64), np.zeros((4, 1)), ("a",))
+    assert probation.full
+    assert probation.count == 16
+    probation.add(np.array([20.0]), np.zeros((1, 1)), ("a",))
+    assert probation.count == 16  # it takes no more
+
+
+def test_the_fewest_rows_training_needs_are_found_at_startup(route_bundle: Bundle, tmp_path: Path) -> None:
+    route = RouteConfig(bundle_path="pump", learn="per_stream", learned_registry=str(tmp_path), probation_s=600)
+    ((_, learn),) = learn_routes(config_from_dict({}), [(route, "pump")], {"pump": route_bundle}, StreamTrainer())
+    assert learn is not None
+    StreamTrainer().check(learn.config, learn.min_samples)
+    with pytest.raises(DataError):
+        StreamTrainer().check(learn.config, learn.min_samples - 1)
+
+
 def test_rows_without_every_training_channel_are_not_kept() -> None:
     probation = Probation(5, ("a", "b"))
     probation.add(np.array([1.0]), np.array([[1.0]]), ("a",))

@@ -90,14 +90,17 @@ class LearnRoute:
     channels: tuple[str, ...]
     note: str
     init_bundle: str | None = None  # with learn_from = "route_bundle": the route's bundle, resolved by the trainer
+    min_samples: int = 1  # the fewest rows the trainer accepts (a probation cut short by probation_s keeps this many)
 
 
 class Probation:
     """A stream's first `limit` sample rows (timestamps increasing: late or repeated rows are skipped), kept for
-    training. Full once `limit` rows are in; it takes no more."""
+    training. Full once `limit` rows are in, or once they span `span_s` of event time and number at least
+    `min_count`; it takes no more."""
 
-    def __init__(self, limit: int, channels: Sequence[str]) -> None:
-        self.limit, self.channels = limit, tuple(channels)
+    def __init__(self, limit: int, channels: Sequence[str], *, span_s: float | None = None, min_count: int = 1) -> None:
+        self.limit, self.channels, self.span_s, self.min_count = limit, tuple(channels), span_s, min_count
+        self.done = False
         # Allocated whole up front: the memory bound is the limit anyway, and appends become slice writes.
         self._ts = np.empty(limit, dtype=np.float64)
         self._values = np.empty((limit, len(self.channels)), dtype=np.float64)
@@ -106,7 +109,7 @@ class Probation:
 
     @property
     def full(self) -> bool:
-        return self.count >= self.limit
+        return self.done or self.count >= self.limit
 
     def order(self, channels: Sequence[str]) -> npt.NDArray[np.int64] | None:
         """Where each training channel is in `channels`; None when one is missing (the engine dead-letters such
@@ -125,7 +128,7 @@ class Probation:
     def add_ordered(self, ts: F64, values: F64) -> None:
         """`add` for values already in the training channels' order."""
         room = self.limit - self.count
-        if room <= 0 or not len(ts):
+        if self.full or not len(ts):
             return
         if ts[0] > self._last_ts and (len(ts) == 1 or bool(np.all(ts[1:] > ts[:-1]))):
             keep: slice | npt.NDArray[np.intp] = slice(0, room)  # rows in order: the common case, no index arrays
@@ -139,6 +142,8 @@ class Probation:
             self._values[self.count : self.count + n] = values[keep]
             self.count += n
             self._last_ts = float(kept[-1])
+            spanned = self.span_s is not None and self._last_ts - self._ts[0] >= self.span_s
+            self.done = spanned and self.count >= self.min_count
 
     def rows(self) -> tuple[F64, F64]:
         """The kept timestamps and values (samples, channels)."""
@@ -362,7 +367,8 @@ class Learner:
         buffering = sum(1 for s in self._streams.values() if s.probation is not None)
         if buffering >= self._cfg.max_probation_streams:
             return None  # waits for room (learning.max_probation_streams bounds the memory)
-        return Probation(route.route.probation_samples, route.channels)
+        return Probation(route.route.probation_samples, route.channels, span_s=route.route.probation_s,
+                         min_count=route.min_samples)  # fmt: skip
 
     def _admit_waiting(self) -> None:
         for learning in self._streams.values():
@@ -463,8 +469,23 @@ def learn_routes(
         except AeMonitorError as exc:
             raise ConfigError(f"{route.probation_samples} samples cannot train a model: {exc}",
                               key=f"{where}.probation_samples") from exc  # fmt: skip
-        out.append((route, LearnRoute(route, settings, tuple(channels), note, init)))
+        least = _fewest_samples(trainer, settings, route.probation_samples)
+        out.append((route, LearnRoute(route, settings, tuple(channels), note, init, least)))
     return out
+
+
+def _fewest_samples(trainer: Trainer, settings: Config, most: int) -> int:
+    """The fewest rows, up to `most` (which passes), that `trainer.check` accepts (it accepts more rows whenever it
+    accepts fewer: the window counts grow with the length)."""
+    low, high = 0, most
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            trainer.check(settings, middle)
+            high = middle
+        except AeMonitorError:
+            low = middle
+    return high
 
 
 def _calibration_settings(bundle: Bundle) -> CalibrationConfig:
