@@ -603,10 +603,15 @@ def _serve(args: argparse.Namespace) -> int:
     from ae_monitor.serve.app import StartupInterrupted, serve
 
     config = load_config(args.config)
+    trainer = None
+    if any(route.learn != "none" for route in config.routes):  # training imports torch: only when a route learns
+        from ae_monitor.jobs.learn import StreamTrainer
+
+        trainer = StreamTrainer()
     configure_logging(level=logging.WARNING if args.quiet else logging.INFO,
                       json_format=config.service.log_format == "json")  # fmt: skip
     try:
-        return serve(config)
+        return serve(config, trainer=trainer)
     except StartupInterrupted as stopped:
         log.warning("%s", stopped)
         # The Kafka client the signal interrupted cannot be closed; left to the interpreter's exit, its

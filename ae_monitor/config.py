@@ -338,9 +338,42 @@ class RouteConfig(_Section):
     match: str = "*"
     syntax: Literal["glob", "regex"] = "glob"
     field: str = Field("stream", pattern=r"^[A-Za-z0-9_.-]+$")
-    bundle_path: str  # a bundle directory, or registry://<root>/<model>@<alias>: reloaded when the alias moves
+    # A bundle directory, or registry://<root>/<model>@<alias>: reloaded when the alias moves. Optional only for a
+    # learning route: its streams are then not scored until their own model is learned.
+    bundle_path: str | None = None
+    # Per-stream learning (docs/operations.md "Per-stream learning"): "per_stream" gives each stream of the route a
+    # model of its own, trained on its first `probation_samples` sample rows (scored by `bundle_path` meanwhile) and
+    # registered in the folder registry `learned_registry`; `learn_config` (a config file) gives its features, model,
+    # training and calibration settings, else those recorded in `bundle_path` are used. Sensor streams only.
+    learn: Literal["none", "per_stream"] = "none"
+    # "scratch": a fresh network; "route_bundle": the route bundle's network fine-tuned on the stream's rows (its
+    # features' scaling refitted), which needs the bundle's [features] and [model].
+    learn_from: Literal["scratch", "route_bundle"] = "scratch"
+    probation_samples: int = Field(2000, gt=0)
+    # Ends the probation once the kept rows span this much event time, even with fewer than probation_samples (but
+    # never with fewer than training needs). None: probation_samples alone.
+    probation_s: float | None = Field(None, gt=0)
+    learned_registry: str | None = None
+    learn_config: str | None = None
 
     _bundle = field_validator("bundle_path")(_bundle_reference)
+
+    @model_validator(mode="after")
+    def _check_learning(self) -> RouteConfig:
+        if self.learn == "none":
+            if self.bundle_path is None:
+                raise ValueError("bundle_path is required (it may be left out only with learn = 'per_stream')")
+            if self.learned_registry is not None or self.learn_config is not None:
+                raise ValueError("learned_registry and learn_config are only used with learn = 'per_stream'")
+            return self
+        if self.bundle_path is None and (self.learn_config is None or self.learn_from != "scratch"):
+            raise ValueError("a learning route without bundle_path needs learn_config (its training settings) and "
+                             "learn_from = 'scratch'")  # fmt: skip
+        if not self.learned_registry:
+            raise ValueError("learn = 'per_stream' needs learned_registry, the registry folder of the learned models")
+        if self.learned_registry.startswith(("http://", "https://", REGISTRY_SCHEME)):
+            raise ValueError("learned_registry must be a folder (an MLflow registry is not supported for learning yet)")
+        return self
 
     @field_validator("field")
     @classmethod
@@ -348,6 +381,18 @@ class RouteConfig(_Section):
         if value in ("ts", "values"):
             raise ValueError(f"'{value}' is part of every record; route on 'stream' or another field")
         return value
+
+
+class LearningConfig(_Section):
+    """The background trainer of per-stream learning routes (`[[routes]] learn = "per_stream"`)."""
+
+    # "process": one worker process (spawned, torch threads 1): training never competes with scoring for the GIL.
+    # "thread": a worker thread in serve's process (tests, small machines).
+    worker: Literal["process", "thread"] = "process"
+    max_pending_trainings: int = Field(4, gt=0)  # jobs queued or running; more streams wait with their data
+    max_probation_streams: int = Field(100, gt=0)  # streams buffering at once (memory: samples x channels x 8 B each)
+    retry_after_s: float = Field(300.0, ge=0)  # a failed training is tried again this much later (same data)
+    torch_threads: int = Field(1, gt=0)
 
 
 class KafkaSinkConfig(_Section):
@@ -404,6 +449,7 @@ class Config(_Section):
     source: KafkaSourceConfig | None = None
     streams: StreamsConfig = StreamsConfig()
     routes: tuple[RouteConfig, ...] = ()
+    learning: LearningConfig = LearningConfig()
     sinks: SinksConfig = SinksConfig()
     service: ServiceConfig = ServiceConfig()
 

@@ -3,17 +3,19 @@
 `/metrics` is the Prometheus exposition of the injected registry; `/healthz` (liveness) answers 200 while the main
 loop's heartbeat is fresh — it does not fail because Kafka is down, so an orchestrator does not restart a process
 that is only waiting for its brokers; `/readyz` answers 200 once bundles are loaded, the source is connected and
-partitions are assigned (replay and the demo wait for their own `conditions`). `SystemdNotifier` speaks the
+partitions are assigned (replay and the demo wait for their own `conditions`); it also shows what `describe` adds
+(streams per learning state), and answers JSON for `/readyz?format=json`. `SystemdNotifier` speaks the
 sd_notify protocol when `NOTIFY_SOCKET` is set.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,6 +35,7 @@ class Health:
         self._stale_after_s, self._clock = stale_after_s, clock
         self._beat = clock()
         self._ready: dict[str, bool] = dict.fromkeys(conditions, False)
+        self._details: dict[str, Callable[[], Mapping[str, int]]] = {}
         self._lock = threading.Lock()
 
     def beat(self) -> None:
@@ -50,6 +53,17 @@ class Health:
     def ready(self) -> tuple[bool, dict[str, bool]]:
         with self._lock:
             return all(self._ready.values()), dict(self._ready)
+
+    def describe(self, name: str, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Show `counts()` (say streams per learning state) under `name` on /readyz; it never decides readiness.
+        `counts` is called on the HTTP server's thread."""
+        with self._lock:
+            self._details[name] = counts
+
+    def details(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            found = dict(self._details)
+        return {name: dict(counts()) for name, counts in found.items()}
 
 
 class HealthServer:
@@ -86,8 +100,15 @@ def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPReques
                 self._reply(200 if alive else 503, b"ok\n" if alive else b"main loop stalled\n")
             elif path == "/readyz":
                 ready, conditions = health.ready()
-                body = "".join(f"{k}: {'ok' if v else 'waiting'}\n" for k, v in conditions.items()).encode()
-                self._reply(200 if ready else 503, body)
+                details = health.details()
+                if "format=json" in self.path.partition("?")[2]:
+                    body = json.dumps({"ready": ready, "conditions": conditions, **details}).encode()
+                    self._reply(200 if ready else 503, body, "application/json")
+                    return
+                lines = [f"{k}: {'ok' if v else 'waiting'}" for k, v in conditions.items()]
+                for name, counts in details.items():
+                    lines.append(f"{name}: " + " ".join(f"{k}={n}" for k, n in counts.items()))
+                self._reply(200 if ready else 503, "".join(f"{line}\n" for line in lines).encode())
             else:
                 self._reply(404, b"not found\n")
 

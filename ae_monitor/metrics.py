@@ -22,6 +22,7 @@ DEAD_LETTER_REASONS = (
     "no_stream", "channel_mismatch", "sample_rate", "nan_value", "no_route", "wrong_kind", "shape", "invalid_record",
 )  # fmt: skip
 EVICTION_REASONS = ("idle", "capacity", "revoked", "lost")
+LEARNING_STATES = ("learning", "scoring")  # of a stream of a per-stream learning route (serve/learning.py)
 
 
 class Metrics:
@@ -144,6 +145,19 @@ class Metrics:
         self.partitions = Gauge(
             "ae_monitor_partitions_assigned", "Partitions owned by this process.", registry=registry
         )
+        self.learning_streams = Gauge(
+            "ae_monitor_learning_streams",
+            "Streams of per-stream learning routes by state: learning (probation data, training) or scoring (with a "
+            "model of their own).",
+            ["state"],
+            registry=registry,
+        )
+        self.trainings = Counter(
+            "ae_monitor_learning_trainings",
+            "Per-stream trainings finished, by outcome (ok: registered and scoring; failed: retried later).",
+            ["outcome"],
+            registry=registry,
+        )
 
     def start_at_zero(self, bundles: tuple[str, ...] = ()) -> None:
         """Export every known label value at 0 (see DEAD_LETTER_REASONS)."""
@@ -153,6 +167,9 @@ class Metrics:
             self.evicted.labels(reason)
         for result in ("ok", "failed"):
             self.reloads.labels(result)
+            self.trainings.labels(result)
+        for state in LEARNING_STATES:
+            self.learning_streams.labels(state)
         for bundle in bundles:
             self.bundle_started(bundle)
 

@@ -79,3 +79,12 @@ def test_panels_do_not_overlap() -> None:
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not cells & mine, panel["title"]
         cells |= mine
+
+
+def test_a_panel_shows_the_streams_per_learning_state_and_the_trainings_from_series_the_daemon_exports() -> None:
+    exported = {family.name for family in Metrics(CollectorRegistry()).registry.collect()}
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard()["panels"] if "targets" in p}
+    exprs = panels["Per-stream learning: streams by state, trainings"]
+    assert "sum by (state) (ae_monitor_learning_streams{" in exprs[0]
+    assert "ae_monitor_learning_trainings_total{" in exprs[1]
+    assert {"ae_monitor_learning_streams", "ae_monitor_learning_trainings"} <= exported

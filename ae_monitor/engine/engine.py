@@ -29,6 +29,11 @@ from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Alert, DeadLetter, Record, SampleRows
 
 
+def own_slot_name(stream: str) -> str:
+    """The slot of a stream's own bundle; no route's slot looks like it (theirs are bundle paths or aliases)."""
+    return f"own:{stream}"
+
+
 class Engine:
     """Scores micro-batches of records with one or more bundles; returns windows, alerts and dead letters."""
 
@@ -156,6 +161,29 @@ class Engine:
             for stream, state in list(self._streams.states.items()):
                 if state.slot == name:
                     self._streams.restart(stream, state, slot)
+
+    def score_stream_with(self, stream: str, bundle: Bundle) -> None:
+        """Score `stream` with a bundle of its own (per-stream learning) from its next samples on, between
+        micro-batches: its windows restart (the features differ), its alert episode continues."""
+        name = own_slot_name(stream)
+        old = self._slots.get(name)
+        if old is not None:
+            self._metrics.bundle_info.labels(old.bundle.name, old.bundle.version).set(0)
+        self._slots[name] = slot = self._slot(bundle)
+        self._publish_bundle(bundle)
+        self._router.pin(stream, name)
+        state = self._streams.get(stream)
+        if state is not None:
+            self._streams.restart(stream, state, slot, slot_name=name)
+
+    def release_own_bundles(self, streams: Sequence[str]) -> None:
+        """Forget the bundles of their own that `streams` were scored with (their partitions moved away); drop
+        `streams` first, so that no state points at them."""
+        for stream in streams:
+            name = self._router.unpin(stream)
+            slot = None if name is None else self._slots.pop(name, None)
+            if slot is not None:
+                self._metrics.bundle_info.labels(slot.bundle.name, slot.bundle.version).set(0)
 
     def _slot(self, bundle: Bundle) -> Slot:
         return Slot(bundle, alerting=self._alerting, batch_size=self._batch_size, drift=self._drift,

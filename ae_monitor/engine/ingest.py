@@ -1,7 +1,8 @@
 """Ingest: the items of a micro-batch into per-stream feature vectors, in two lanes that give the same vectors.
 
 Rules applied to each record, in order (a failed rule makes a dead letter with its reason):
-  * routing: the first route whose pattern matches the stream id picks the bundle (`no_route` otherwise);
+  * routing: the first route whose pattern matches the stream id picks the bundle (`no_route` otherwise; a learning
+    route without a bundle takes its streams' records unscored until they have a model of their own);
   * intake (features.intake): audio sample rate and channel (`sample_rate`); sensor channel names
     (`channel_mismatch`); the record's kind must be the bundle's (`wrong_kind`);
   * samples not newer than what the stream has seen are dropped and counted (`ae_monitor_late_samples_total`);
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ae_monitor.engine.batch import Admitted, Progress
-from ae_monitor.engine.routing import Router
+from ae_monitor.engine.routing import UNSCORED, Router
 from ae_monitor.engine.slots import Slot
 from ae_monitor.engine.streams import Pushed, RecordPosition, Segment, StreamState, StreamTable
 from ae_monitor.errors import DataError, RecordError
@@ -73,21 +74,27 @@ class Ingest:
         by_stream: dict[str, list[tuple[int, Admitted]]] = {}
         for row, record in records:
             try:
-                by_stream.setdefault(record.stream, []).append((row, self._admit(record)))
+                admitted = self._admit(record)
             except (RecordError, DataError) as exc:
                 letters.append(record_dead_letter(record, exc))
+                continue
+            if admitted is not None:
+                by_stream.setdefault(record.stream, []).append((row, admitted))
         originals = dict(records)
         for items in by_stream.values():
             for run in self._runs(items):
                 letters += self._push_run(run, originals, pushed, progress)
         return letters
 
-    def _admit(self, record: Record) -> Admitted:
+    def _admit(self, record: Record) -> Admitted | None:
+        """The record checked and routed; None for a stream of a route without a bundle (nothing to score)."""
         slot_name = self._router.slot_for(record.stream, record.tags)
         if slot_name is None:
             raise RecordError(
                 f"no route matches stream {record.stream!r} (tags {dict(record.tags)})", reason="no_route"
             )
+        if slot_name == UNSCORED:
+            return None
         bundle = self._slots[slot_name].bundle
         samples, stamp = admit(record, bundle.features, bundle.extractor.group_names)
         return Admitted(record.stream, slot_name, samples, stamp)
@@ -192,6 +199,8 @@ class Ingest:
         slow: list[int] = []
         for stream, indices in groups.items():
             slot = self._router.slot_for(stream, rows.tags_of(indices[0]) if rows.tags else None)
+            if slot == UNSCORED:
+                continue
             if slot is not None and slot not in columns:
                 columns[slot] = self._column_order(slot, rows.channels)
             if slot is not None and columns[slot] is not None:

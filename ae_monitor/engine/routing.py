@@ -8,6 +8,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ae_monitor.config import RouteConfig
 
+# The slot of a route without a bundle (a learning route): its streams are taken, not scored and not dead-lettered,
+# until they are routed to a bundle of their own (`Router.pin`).
+UNSCORED = "unscored:"
+
 
 class Router:
     """Picks a bundle slot for a stream. A route matches the stream id, or with `field` set, that routing tag of the
@@ -17,8 +21,11 @@ class Router:
     def __init__(self, routes: Sequence[tuple[RouteConfig, str]]) -> None:
         self._routes = [(route.field, _matcher(route), slot) for route, slot in routes]
         self._cache: dict[str, str | None] = {}
+        self._pinned: dict[str, str] = {}  # stream -> the slot of its own bundle (per-stream learning)
 
     def slot_for(self, stream: str, tags: Mapping[str, str] | None = None) -> str | None:
+        if stream in self._pinned:
+            return self._pinned[stream]
         if stream not in self._cache:
             self._cache[stream] = self._first_match(stream, tags or {})
         return self._cache[stream]
@@ -32,6 +39,13 @@ class Router:
 
     def forget(self, stream: str) -> None:
         self._cache.pop(stream, None)
+
+    def pin(self, stream: str, slot: str) -> None:
+        """Route `stream` to `slot` whatever the routes say, until `unpin` (an evicted stream keeps its pin)."""
+        self._pinned[stream] = slot
+
+    def unpin(self, stream: str) -> str | None:
+        return self._pinned.pop(stream, None)
 
 
 def routing_fields(routes: Sequence[RouteConfig]) -> tuple[str, ...]:

@@ -125,9 +125,11 @@ class StreamTable:
         self._states[stream] = state
         return state
 
-    def restart(self, stream: str, old: StreamState, slot: Slot) -> StreamState:
-        """New windows for a stream after a gap or a bundle with other features; alert episodes span restarts."""
-        state = _fresh_state(old.slot, slot, old.alert, generation=next(self._generations), seen_wall_s=old.seen_wall_s)
+    def restart(self, stream: str, old: StreamState, slot: Slot, *, slot_name: str | None = None) -> StreamState:
+        """New windows for a stream after a gap or a bundle with other features (or, with `slot_name`, another
+        bundle); alert episodes span restarts."""
+        name = old.slot if slot_name is None else slot_name
+        state = _fresh_state(name, slot, old.alert, generation=next(self._generations), seen_wall_s=old.seen_wall_s)
         self._states[stream] = state
         return state
 

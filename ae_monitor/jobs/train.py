@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -78,14 +79,18 @@ def train_bundle(
                        fit.n_validation_vectors)  # fmt: skip
 
 
-def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress: bool | None = None) -> FitReport:
-    """What `train` does, in memory: fit the features and the network on normal `signals`, then calibrate.
+def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress: bool | None = None,
+               init: Mapping[str, Any] | None = None) -> FitReport:  # fmt: skip
+    """What `train` does, in memory: fit the features and the network on normal `signals`, then calibrate. `init`:
+    a network state of the same architecture to start from (fine-tuning; not with cross-fitting).
 
     With `calibration.folds` = k >= 2 the calibration scores are out-of-fold: each signal is cut into k contiguous
     blocks, k networks are each trained without one block and score it, and the bundle's own network is trained on
     everything. Otherwise the last `training.calibration_fraction` of the data is held out and calibrates.
     """
     if config.calibration.folds >= 2:
+        if init is not None:
+            raise ConfigError("fine-tuning does not cross-fit: set it to 0", key="calibration.folds")
         return _fit_cross_fitted(config, signals, name=name, progress=progress)
     train, validation, calibration = split_signals(
         signals,
@@ -93,7 +98,7 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
         calibration_fraction=config.training.calibration_fraction,
     )
     check_split_sizes(config, signals, train, calibration or validation)
-    fit = _fit_network(config, train, validation, name=name, progress=progress)
+    fit = _fit_network(config, train, validation, name=name, progress=progress, init=init)
     on = signals if config.calibration.calibrate_on == "all" else (calibration or validation)
     scored = scored_for_calibration(fit.bundle, on, recent_steps=config.calibration.recent_steps)
     bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
@@ -174,9 +179,8 @@ def _shortest_sufficient_length(config: Config, n_files: int) -> int | None:
     return high
 
 
-def _fit_network(
-    config: Config, train: Sequence[Signal], validation: Sequence[Signal], *, name: str, progress: bool | None
-) -> FitReport:
+def _fit_network(config: Config, train: Sequence[Signal], validation: Sequence[Signal], *, name: str,
+                 progress: bool | None, init: Mapping[str, Any] | None = None) -> FitReport:  # fmt: skip
     """Scaling and network fitted on `train` (early stopping on `validation`); the bundle is not calibrated yet."""
     seed_everything(config.training.seed)
     extractor = fit_extractor(config.features, train)
@@ -185,6 +189,8 @@ def _fit_network(
         raise DataError("the training split holds no complete window; supply more data or shorter windows")
     log.info("training on %d vectors, validating on %d", len(x_train), len(x_val))
     model = build_model(config.model, extractor.vector_shape)
+    if init is not None:
+        model.load_state_dict(init)
     result = train_model(model, x_train, x_val, model_cfg=config.model, cfg=config.training, progress=progress)
     bundle = Bundle(
         name=name,

@@ -30,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -357,6 +359,20 @@ def provenance(
 
 def alias_move(action: str, before: int | None, after: int, by: str | None, reason: str | None) -> dict[str, Any]:
     return {"action": action, "from": before, "to": after, "at": _now(), "by": by or _who(), "reason": reason}
+
+
+def stream_model_name(stream: str) -> str:
+    """The registry model name of a stream's learned model: the stream id when it is a usable name, else its usable
+    characters with a digest of the id appended (so that `pump/7` and `pump:7` do not share a model).
+
+    >>> stream_model_name("pump-7"), stream_model_name("site a/pump 7")
+    ('pump-7', 'site-a-pump-7-e5db4789')
+    """
+    if REGISTRY_NAME.match(stream):
+        return stream
+    digest = hashlib.sha256(stream.encode("utf-8")).hexdigest()[:8]
+    usable = re.sub(r"[^A-Za-z0-9_.-]+", "-", stream).strip("-._")[:80]
+    return f"{usable}-{digest}" if usable else f"stream-{digest}"
 
 
 def check_name(name: str, *, model: str, alias: str | None = None) -> None:

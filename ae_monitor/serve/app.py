@@ -19,19 +19,23 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from ae_monitor.config import Config, KafkaConnectionConfig, KafkaSinkConfig, RouteConfig
 from ae_monitor.engine import Engine, routing_fields
+from ae_monitor.engine.routing import UNSCORED
 from ae_monitor.errors import AeMonitorError, ConfigError
 from ae_monitor.health import Health, HealthServer, SystemdNotifier
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.registry import AliasRef
+from ae_monitor.serve.learning import Learner, LearnRoute, Trainer, learn_routes, trainer_executor
 from ae_monitor.serve.loop import Daemon
 from ae_monitor.serve.outputs import build_outputs
 
 log = logging.getLogger(__name__)
 
 
-def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: threading.Event | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT (or `stop`), reloading bundles on SIGHUP."""
+def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: threading.Event | None = None,
+          trainer: Trainer | None = None) -> int:  # fmt: skip
+    """Run the daemon until SIGTERM/SIGINT (or `stop`), reloading bundles on SIGHUP. `trainer` learns the streams
+    of `learn = "per_stream"` routes (jobs.learn.StreamTrainer; the CLI passes it)."""
     from ae_monitor.sources.kafka import KafkaSource, consumer_factory
 
     if config.source is None:
@@ -45,6 +49,7 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
 
         torch.set_num_threads(config.scoring.torch_threads)
     bundles, routes, paths = load_routed_bundles(config)
+    learning = _learning_routes(config, routes, bundles, trainer)
     if registry is None:  # an injected registry is the caller's to fill
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -63,6 +68,14 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
                         cleaned=outputs.cleaned is not None, max_gap_s=config.replay.max_gap_s,
                         batch_size=config.scoring.batch_size)  # fmt: skip
         engine.restore_alert_states(states)
+        learner = None
+        if learning is not None and trainer is not None:
+            learner = Learner(learning, engine=engine, trainer=trainer,
+                              executor=lambda: trainer_executor(config.learning), cfg=config.learning,
+                              metrics=metrics, backend=config.scoring.backend, threads=config.scoring.torch_threads,
+                              watch_every_s=config.service.reload_check_s,
+                              idle_after_s=config.streams.idle_eviction_s)  # fmt: skip
+            health.describe("learning", learner.counts)
         source = KafkaSource(consumer_factory(config.kafka, config.source), config.source,
                              stall_after_s=config.source.rebalance_stall_s,
                              tags=routing_fields([route for route, _ in routes]))  # fmt: skip
@@ -70,7 +83,7 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
                         engine=engine, outputs=outputs, queue=queue, metrics=metrics, health=health,
                         notifier=SystemdNotifier(), bundle_paths=paths,
                         load_states=_state_reader(config.sinks.kafka, config.kafka),
-                        reload_requested=reload)  # fmt: skip
+                        reload_requested=reload, learner=learner)  # fmt: skip
         # Everything loaded so far (torch or onnxruntime, numpy, the bundles) lives as long as the process: moved out
         # of the collector's sight, the full collections the main loop's garbage triggers no longer walk it. Measured
         # by scripts/bench_serve.py: about a quarter more records per second.
@@ -96,6 +109,9 @@ def load_routed_bundles(
     paths: dict[str, Path | AliasRef] = {}
     pairs = []
     for route in routes:
+        if route.bundle_path is None:  # a learning route: its streams wait unscored for their own models
+            pairs.append((route, UNSCORED))
+            continue
         alias = AliasRef.parse(route.bundle_path)
         path = Path(route.bundle_path) if alias is None else alias.resolve()
         key = str(path.resolve()) if alias is None else str(alias)
@@ -104,6 +120,17 @@ def load_routed_bundles(
             paths[key] = path if alias is None else alias
         pairs.append((route, key))
     return bundles, pairs, paths
+
+
+def _learning_routes(config: Config, routes: list[tuple[RouteConfig, str]], bundles: dict[str, Bundle],
+                     trainer: Trainer | None) -> list[tuple[RouteConfig, LearnRoute | None]] | None:  # fmt: skip
+    """The routes' learning settings, checked before anything is consumed; None when no route learns."""
+    if all(route.learn == "none" for route, _ in routes):
+        return None
+    if trainer is None:
+        raise ConfigError("a route learns per stream but this serve has no trainer (run `ae-monitor serve`)",
+                          key="routes")  # fmt: skip
+    return learn_routes(config, routes, bundles, trainer)
 
 
 def load_alert_states(cfg: KafkaSinkConfig, kafka: KafkaConnectionConfig) -> dict[str, dict[str, Any]]:

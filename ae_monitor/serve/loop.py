@@ -27,6 +27,7 @@ from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import load_bundle
 from ae_monitor.registry import AliasRef, bundle_location
 from ae_monitor.serve.commits import CommitBook
+from ae_monitor.serve.learning import Learner
 from ae_monitor.serve.outputs import Outputs, Settling, deliver, send_dead_letters
 from ae_monitor.sinks.delivery import DeliveryQueue
 from ae_monitor.sources.decode import dead_letter
@@ -57,6 +58,7 @@ class Daemon:
         bundle_paths: Mapping[str, Path | AliasRef],
         load_states: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
         reload_requested: threading.Event | None = None,
+        learner: Learner | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._source, self._engine, self._out, self._queue = source, engine, outputs, queue
@@ -70,6 +72,7 @@ class Daemon:
         self._last_commit = self._last_housekeeping = self._last_reload_check = 0.0
         self._mtimes = {name: _stamp(ref) for name, ref in self._paths.items()}
         self.reload_requested = reload_requested or threading.Event()  # SIGHUP sets it
+        self._learner = learner  # per-stream learning routes (serve/learning.py), when there are any
 
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set, then drain: finish the batch, deliver, commit, close."""
@@ -106,6 +109,8 @@ class Daemon:
             letters = [dead_letter(m.error, value=m.raw, topic=m.topic, partition=m.partition, offset=m.offset)
                        for m in polled.rejected]  # fmt: skip
             send_dead_letters(letters, self._out.dead_letters, self._metrics)
+        if self._learner is not None:
+            self._learner.observe(polled.items)
         result = self._engine.process(polled.items, arrival_s=arrival)
         self._commits.add(polled.chunks, result.progress)
         deliver(result, self._out, self._metrics)
@@ -116,6 +121,8 @@ class Daemon:
                 self._settle_outputs()  # the next owner reads the alert states this process saved
                 streams = self._commits.release(event.partitions)
                 self._engine.drop_streams(streams, reason=event.kind)
+                if self._learner is not None:
+                    self._learner.drop(streams)
                 log.info("partitions %s %s; dropped %d streams", sorted(event.partitions), event.kind, len(streams))
             else:
                 log.info("partitions assigned: %s", sorted(event.partitions))
@@ -173,9 +180,13 @@ class Daemon:
         self._last_housekeeping = now
         evicted = self._engine.evict_idle(now)
         self._commits.forget_streams(evicted)
+        if self._learner is not None:
+            self._learner.evicted(evicted)
         if len(evicted) >= RETURN_MEMORY_AFTER_EVICTING:
             _return_memory()
         self._engine.release_stalled(now)
+        if self._learner is not None:
+            self._learner.poll()
         if self._source.stalled:
             self._source.recover()  # its revocations reach _apply_rebalance on the next step
         for (topic, partition), lag in self._source.lag().items():
@@ -224,6 +235,8 @@ class Daemon:
         finally:
             self._source.close()
             self._out.close()
+            if self._learner is not None:
+                self._learner.close()
 
 
 def _return_memory() -> None:

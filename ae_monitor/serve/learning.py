@@ -1,0 +1,500 @@
+"""Per-stream learning (`[[routes]] learn = "per_stream"`): a stream without a model of its own gets one.
+
+Each stream of such a route goes through two states, exported as `ae_monitor_learning_streams{state}` and on
+/readyz:
+
+    learning   scored by the route's bundle (not at all on a route without one) while its first
+               `probation_samples` sample rows are kept (the probation buffer); then a background trainer fits and
+               calibrates a model on them and registers it in the route's `learned_registry` as
+               `<stream model name>@production`
+    scoring    scored by that model, from the micro-batch after it was registered; a move of its alias (a
+               promotion or rollback by hand) is followed every `service.reload_check_s`
+
+The trainer (`Trainer`, from the jobs layer, injected by the CLI) runs in one worker process (or thread): the main
+loop only hands it a job and, on a later iteration, loads what it registered. A failed training is logged, counted
+and tried again `learning.retry_after_s` later; serve never stops for it. A stream first seen by this process (a
+restart, a partition that moved here) looks up its model in the registry before it starts learning, so a model is
+learned once per stream, not once per owner. The probation buffer lives in memory only: a stream whose owner
+changes while it learns starts its probation again with its new owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ae_monitor.config import CalibrationConfig, Config, LearningConfig, RouteConfig, load_config
+from ae_monitor.engine import Engine
+from ae_monitor.engine.routing import Router
+from ae_monitor.errors import AeMonitorError, ConfigError, RegistryError
+from ae_monitor.metrics import LEARNING_STATES, Metrics
+from ae_monitor.model.bundle import Bundle, load_bundle
+from ae_monitor.records import Record, SampleRows, SensorRecord
+from ae_monitor.registry import Registry, stream_model_name
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+ALIAS = "production"
+
+
+@dataclass(frozen=True)
+class LearnJob:
+    """What the trainer needs to learn one stream's model: plain data, since it crosses to a worker process."""
+
+    stream: str
+    model: str  # the registry model name (registry.stream_model_name)
+    registry_root: str
+    config: Config  # its [features] [model] [training] [calibration] train the model
+    ts_s: F64
+    values: F64  # (samples, channels), in `channels` order
+    channels: tuple[str, ...]
+    note: str  # where the settings came from, kept in the version's provenance
+    init_bundle: str | None = None  # fine-tune this bundle's network (a folder or registry:// reference)
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A registered model of a stream: `bundle_path` is its version's bundle folder."""
+
+    stream: str
+    model: str
+    version: int
+    bundle_path: str
+
+
+class Trainer(Protocol):
+    """Fits, calibrates and registers a stream's model (ae_monitor/jobs/learn.py)."""
+
+    def check(self, config: Config, samples: int) -> None:
+        """Raise DataError when `samples` rows cannot give a model under `config` (too few windows)."""
+
+    def __call__(self, job: LearnJob) -> Learned: ...
+
+
+@dataclass(frozen=True)
+class LearnRoute:
+    """A learning route, as serve resolved it at startup: training settings and the channels a stream must send."""
+
+    route: RouteConfig
+    config: Config
+    channels: tuple[str, ...]
+    note: str
+    init_bundle: str | None = None  # with learn_from = "route_bundle": the route's bundle, resolved by the trainer
+    min_samples: int = 1  # the fewest rows the trainer accepts (a probation cut short by probation_s keeps this many)
+
+
+class Probation:
+    """A stream's first `limit` sample rows (timestamps increasing: late or repeated rows are skipped), kept for
+    training. Full once `limit` rows are in, or once they span `span_s` of event time and number at least
+    `min_count`; it takes no more."""
+
+    def __init__(self, limit: int, channels: Sequence[str], *, span_s: float | None = None, min_count: int = 1) -> None:
+        self.limit, self.channels, self.span_s, self.min_count = limit, tuple(channels), span_s, min_count
+        self.done = False
+        # Allocated whole up front: the memory bound is the limit anyway, and appends become slice writes.
+        self._ts = np.empty(limit, dtype=np.float64)
+        self._values = np.empty((limit, len(self.channels)), dtype=np.float64)
+        self.count = 0
+        self._last_ts = -np.inf
+
+    @property
+    def full(self) -> bool:
+        return self.done or self.count >= self.limit
+
+    def order(self, channels: Sequence[str]) -> npt.NDArray[np.int64] | None:
+        """Where each training channel is in `channels`; None when one is missing (the engine dead-letters such
+        rows; they are not kept)."""
+        if not set(self.channels) <= set(channels):
+            return None
+        return np.array([list(channels).index(name) for name in self.channels], dtype=np.int64)
+
+    def add(self, ts_s: npt.ArrayLike, values: npt.ArrayLike, channels: Sequence[str]) -> None:
+        """Keep the rows of `values` (columns named by `channels`) that are newer than the last kept, up to the
+        limit."""
+        order = self.order(channels)
+        if order is not None and not self.full:
+            self.add_ordered(np.asarray(ts_s, dtype=np.float64), np.asarray(values, dtype=np.float64)[:, order])
+
+    def add_ordered(self, ts: F64, values: F64) -> None:
+        """`add` for values already in the training channels' order."""
+        room = self.limit - self.count
+        if self.full or not len(ts):
+            return
+        if ts[0] > self._last_ts and (len(ts) == 1 or bool(np.all(ts[1:] > ts[:-1]))):
+            keep: slice | npt.NDArray[np.intp] = slice(0, room)  # rows in order: the common case, no index arrays
+        else:
+            newest = np.maximum.accumulate(np.concatenate([[self._last_ts], ts]))[:-1]
+            keep = np.flatnonzero(ts > newest)[:room]
+        kept = ts[keep]
+        n = len(kept)
+        if n:
+            self._ts[self.count : self.count + n] = kept
+            self._values[self.count : self.count + n] = values[keep]
+            self.count += n
+            self._last_ts = float(kept[-1])
+            spanned = self.span_s is not None and self._last_ts - self._ts[0] >= self.span_s
+            self.done = spanned and self.count >= self.min_count
+
+    def rows(self) -> tuple[F64, F64]:
+        """The kept timestamps and values (samples, channels)."""
+        return self._ts[: self.count].copy(), self._values[: self.count].copy()
+
+
+@dataclass
+class StreamLearning:
+    """One stream of a learning route: its state, its probation buffer (None while it waits for room), the
+    training in flight and when a failed one may run again."""
+
+    route: LearnRoute
+    model: str
+    state: str = "learning"
+    probation: Probation | None = None
+    training: Future[Learned] | None = None
+    retry_at_s: float = 0.0
+    failures: int = 0
+    version: int | None = None  # the registry version it is scored with
+    seen_s: float = 0.0  # when its newest record was observed (the learner's clock)
+
+
+class Learner:
+    """Per-stream learning for serve's main loop: `observe` each poll's items before the engine scores them, call
+    `poll` on housekeeping, `drop` streams whose partitions moved away, tell it which were `evicted` for being idle,
+    `close` at shutdown."""
+
+    def __init__(
+        self,
+        routes: Sequence[tuple[RouteConfig, LearnRoute | None]],
+        *,
+        engine: Engine,
+        trainer: Trainer,
+        executor: Callable[[], Executor],
+        cfg: LearningConfig,
+        metrics: Metrics,
+        backend: Literal["torch", "onnx"] = "torch",
+        threads: int = 1,
+        watch_every_s: float = 10.0,
+        idle_after_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._learn = {str(i): learn for i, (_, learn) in enumerate(routes)}
+        self._router = Router([(route, str(i)) for i, (route, _) in enumerate(routes)])
+        self._engine, self._trainer, self._cfg = engine, trainer, cfg
+        self._new_executor = executor  # called again when a worker process died (the pool is then broken)
+        self._executor = executor()
+        self._metrics, self._backend, self._threads, self._clock = metrics, backend, threads, clock
+        self._streams: dict[str, StreamLearning] = {}
+        self._others: set[str] = set()  # streams of routes that do not learn
+        self._watch_every_s, self._watched_at = watch_every_s, clock()
+        self._idle_after_s = idle_after_s
+        self._publish()
+
+    # -- the main loop's calls ---------------------------------------------------------------------------------
+
+    def observe(self, items: Iterable[Record | SampleRows]) -> None:
+        """Keep the sample rows of learning streams (before the engine scores the batch: a stream that finds its
+        model in the registry here is scored by it from this batch on)."""
+        for item in items:
+            if isinstance(item, SampleRows):
+                self._observe_rows(item)
+            elif isinstance(item, SensorRecord):
+                learning = self._stream(item.stream, item.tags)
+                if learning is not None and learning.probation is not None:
+                    learning.probation.add(item.ts_s, item.values, item.channels)
+        self._submit()
+        self._publish()
+
+    def poll(self) -> None:
+        """Take finished trainings (a registered model: the stream is scored by it from the next batch on; a
+        failure: counted, tried again later), start waiting ones, give waiting streams room to buffer."""
+        for stream, learning in list(self._streams.items()):
+            if learning.training is not None and learning.training.done():
+                self._finish(stream, learning, learning.training)
+        # A learning stream that sends nothing for `streams.idle_eviction_s` is forgotten, buffer and all: the
+        # engine's idle eviction does not see one of a route without a bundle, nor one whose partition moved away.
+        now = self._clock()
+        idle = [s for s, learning in self._streams.items() if learning.state == "learning"
+                and learning.training is None and now - learning.seen_s > self._idle_after_s]  # fmt: skip
+        self.evicted(idle)
+        self._admit_waiting()
+        self._submit()
+        if self._clock() - self._watched_at >= self._watch_every_s:
+            self._watched_at = self._clock()
+            self._follow_aliases()
+        self._publish()
+
+    def drop(self, streams: Sequence[str]) -> None:
+        """Forget `streams` (their partitions moved away; the engine dropped their states already). A training in
+        flight still registers its model, which the stream's new owner then finds in the registry."""
+        for stream in streams:
+            self._streams.pop(stream, None)
+            self._others.discard(stream)
+            self._router.forget(stream)
+        self._engine.release_own_bundles(streams)
+        self._publish()
+
+    def evicted(self, streams: Sequence[str]) -> None:
+        """Streams dropped for being idle: one still learning frees its probation buffer (it starts again when it
+        comes back) unless its training is in flight; one scoring keeps its model (the engine keeps it routed)."""
+        for stream in streams:
+            self._others.discard(stream)
+            learning = self._streams.get(stream)
+            if learning is not None and learning.state == "learning" and learning.training is None:
+                del self._streams[stream]
+                self._router.forget(stream)
+        self._publish()
+
+    def close(self) -> None:
+        """Stop the trainer: queued jobs are cancelled; a running one is abandoned (its process ends)."""
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())  # a ProcessPoolExecutor's
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            # No public call stops a running worker before Python 3.14: a training left running would hold the
+            # exit of serve until it ends. Its model is not registered; the stream learns again after the restart.
+            process.terminate()
+
+    def counts(self) -> dict[str, int]:
+        """Streams per state (for /readyz; read on the HTTP server's thread, hence the copy)."""
+        states = [learning.state for learning in list(self._streams.values())]
+        return {state: states.count(state) for state in LEARNING_STATES}
+
+    # -- inside ------------------------------------------------------------------------------------------------
+
+    def _observe_rows(self, rows: SampleRows) -> None:
+        groups: dict[str, list[int]] = {}
+        for i, stream in enumerate(rows.streams):
+            if stream not in self._others:
+                groups.setdefault(stream, []).append(i)
+        ordered: dict[tuple[str, ...], F64 | None] = {}  # the block's values in each route's channel order, once
+        for stream, indices in groups.items():
+            learning = self._stream(stream, rows.tags_of(indices[0]) if rows.tags else None)
+            probation = None if learning is None else learning.probation
+            if probation is None or probation.full:
+                continue
+            if probation.channels not in ordered:
+                order = probation.order(rows.channels)
+                ordered[probation.channels] = None if order is None else rows.values[:, order]
+            values = ordered[probation.channels]
+            if values is not None:
+                at = np.asarray(indices)
+                probation.add_ordered(rows.ts_s[at], values[at])
+
+    def _stream(self, stream: str, tags: Mapping[str, str] | None) -> StreamLearning | None:
+        """The learning state of `stream`, made on its first record: its model from the registry when there is
+        one (scoring), else a probation buffer (learning). None for a stream of a route that does not learn."""
+        found = self._streams.get(stream)
+        if found is not None:
+            found.seen_s = self._clock()
+        if found is not None or stream in self._others:
+            return found
+        slot = self._router.slot_for(stream, tags)
+        route = None if slot is None else self._learn[slot]
+        if route is None:
+            self._others.add(stream)
+            return None
+        learning = StreamLearning(route, stream_model_name(stream), seen_s=self._clock())
+        self._streams[stream] = learning
+        registered = self._registered(learning)
+        if isinstance(registered, AeMonitorError):
+            log.error("stream %s: its registered model %s cannot be loaded (%s); learning it anew", stream,
+                      learning.model, registered)  # fmt: skip
+        if isinstance(registered, tuple):
+            bundle, learning.version = registered
+            self._engine.score_stream_with(stream, bundle)
+            learning.state = "scoring"
+            log.info("stream %s: scored by its own model %s version %d from the registry", stream, learning.model,
+                     learning.version)  # fmt: skip
+        else:
+            learning.probation = self._new_probation(route)
+        return learning
+
+    def _registered(
+        self, learning: StreamLearning, *, unless: int | None = None
+    ) -> tuple[Bundle, int] | AeMonitorError | None:
+        """The bundle `production` names and its version number; None when there is none (not learned yet) or it
+        names version `unless`; the error when it cannot be read or loaded."""
+        root = learning.route.route.learned_registry
+        assert root is not None  # RouteConfig requires it with learn = "per_stream"
+        registry = Registry(root)
+        try:
+            number = registry.alias(learning.model, ALIAS).version
+        except RegistryError:
+            return None  # not learned yet
+        if number == unless:
+            return None
+        try:
+            path = registry.version(learning.model, number).bundle_path
+            return load_bundle(path, backend=self._backend, threads=self._threads), number
+        except AeMonitorError as exc:
+            return exc
+
+    def _follow_aliases(self) -> None:
+        """Streams scoring with their own model follow its `production` alias: a version promoted (or rolled back)
+        in the registry replaces the loaded one; one that cannot be loaded is refused, and the loaded one stays."""
+        for stream, learning in list(self._streams.items()):
+            if learning.state != "scoring":
+                continue
+            found = self._registered(learning, unless=learning.version)
+            if isinstance(found, AeMonitorError):
+                self._metrics.reloads.labels("failed").inc()
+                log.error("stream %s: %s@%s cannot be loaded, keeping version %s: %s", stream, learning.model, ALIAS,
+                          learning.version, found)  # fmt: skip
+                learning.version = self._alias_version(learning)  # said once per move of the alias
+            elif found is not None:
+                bundle, number = found
+                self._engine.score_stream_with(stream, bundle)
+                self._metrics.reloads.labels("ok").inc()
+                log.info("stream %s: %s@%s moved from version %s to %d; scoring with it", stream, learning.model,
+                         ALIAS, learning.version, number)  # fmt: skip
+                learning.version = number
+
+    def _alias_version(self, learning: StreamLearning) -> int | None:
+        try:
+            return Registry(str(learning.route.route.learned_registry)).alias(learning.model, ALIAS).version
+        except RegistryError:
+            return learning.version
+
+    def _new_probation(self, route: LearnRoute) -> Probation | None:
+        buffering = sum(1 for s in self._streams.values() if s.probation is not None)
+        if buffering >= self._cfg.max_probation_streams:
+            return None  # waits for room (learning.max_probation_streams bounds the memory)
+        return Probation(route.route.probation_samples, route.channels, span_s=route.route.probation_s,
+                         min_count=route.min_samples)  # fmt: skip
+
+    def _admit_waiting(self) -> None:
+        for learning in self._streams.values():
+            if learning.state == "learning" and learning.probation is None:
+                learning.probation = self._new_probation(learning.route)
+                if learning.probation is None:
+                    return
+
+    def _submit(self) -> None:
+        now = self._clock()
+        pending = sum(1 for s in self._streams.values() if s.training is not None)
+        for stream, learning in self._streams.items():
+            if pending >= self._cfg.max_pending_trainings:
+                return
+            probation = learning.probation
+            if learning.training is None and probation is not None and probation.full and now >= learning.retry_at_s:
+                ts, values = probation.rows()
+                route = learning.route
+                job = LearnJob(stream, learning.model, str(route.route.learned_registry), route.config, ts, values,
+                               probation.channels, route.note, route.init_bundle)  # fmt: skip
+                try:
+                    learning.training = self._executor.submit(self._trainer, job)
+                except BrokenExecutor:  # its worker process died (killed, out of memory): start another
+                    log.error("the trainer's worker died; starting a new one")
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = self._new_executor()
+                    learning.training = self._executor.submit(self._trainer, job)
+                pending += 1
+                log.info("stream %s: training its own model on %d samples", stream, len(ts))
+
+    def _finish(self, stream: str, learning: StreamLearning, done: Future[Learned]) -> None:
+        learning.training = None
+        try:
+            learned = done.result()
+            bundle = load_bundle(Path(learned.bundle_path), backend=self._backend, threads=self._threads)
+        except Exception as exc:  # any failure of a training (in the worker or loading its model) leaves serve running
+            learning.failures += 1
+            learning.retry_at_s = self._clock() + self._cfg.retry_after_s
+            self._metrics.trainings.labels("failed").inc()
+            log.error("stream %s: training its own model failed (%d time(s); next try in %.0f s): %s",
+                      stream, learning.failures, self._cfg.retry_after_s, exc)  # fmt: skip
+            return
+        self._engine.score_stream_with(stream, bundle)
+        learning.state, learning.probation, learning.version = "scoring", None, learned.version
+        self._metrics.trainings.labels("ok").inc()
+        log.info("stream %s: learned model %s version %d registered; scoring with it", stream, learned.model,
+                 learned.version)  # fmt: skip
+
+    def _publish(self) -> None:
+        for state, count in self.counts().items():
+            self._metrics.learning_streams.labels(state).set(count)
+
+
+def learn_routes(
+    config: Config, routes: Sequence[tuple[RouteConfig, str]], bundles: Mapping[str, Bundle], trainer: Trainer
+) -> list[tuple[RouteConfig, LearnRoute | None]]:
+    """Each route with its resolved learning settings (None for a route that does not learn); ConfigError naming
+    the route when its settings cannot train a model: audio features, too few probation samples."""
+    out: list[tuple[RouteConfig, LearnRoute | None]] = []
+    for i, (route, key) in enumerate(routes):
+        if route.learn == "none":
+            out.append((route, None))
+            continue
+        where = f"routes[{i}]"
+        bundle = bundles.get(key)
+        if route.learn_config is not None:
+            settings = load_config(route.learn_config)
+            note = f"settings from {route.learn_config}"
+        else:
+            assert bundle is not None  # RouteConfig: a route without bundle_path has learn_config
+            settings = Config(features=bundle.features, model=bundle.model_config, training=bundle.training,
+                              calibration=_calibration_settings(bundle))  # fmt: skip
+            note = f"settings recorded in bundle {bundle.name} version {bundle.version}"
+        if settings.features.kind != "sensor" or (bundle is not None and bundle.features.kind != "sensor"):
+            raise ConfigError("per-stream learning supports sensor streams only; audio (logmel) streams are not "
+                              "supported yet: use learn = 'none' for this route", key=f"{where}.learn")  # fmt: skip
+        channels = settings.features.sensor.channels or (() if bundle is None else bundle.extractor.group_names)
+        if not channels:
+            raise ConfigError("a learning route without bundle_path needs the channels of its streams: set "
+                              "features.sensor.channels in learn_config", key=f"{where}.learn_config")  # fmt: skip
+        if bundle is not None and set(channels) != set(bundle.extractor.group_names):
+            raise ConfigError(f"the learned models' channels {list(channels)} differ from those of the route's "
+                              f"bundle {list(bundle.extractor.group_names)}", key=f"{where}.learn_config")  # fmt: skip
+        init = None
+        if route.learn_from == "route_bundle" and bundle is not None:
+            if settings.features != bundle.features or settings.model != bundle.model_config:
+                raise ConfigError("fine-tuning the route's bundle needs its [features] and [model]: leave "
+                                  "learn_config unset or give it the bundle's", key=f"{where}.learn_from")  # fmt: skip
+            if settings.calibration.folds >= 2:
+                raise ConfigError("fine-tuning does not cross-fit: set calibration.folds = 0 in learn_config",
+                                  key=f"{where}.learn_from")  # fmt: skip
+            init, note = key, f"{note}; fine-tuned from {bundle.name} version {bundle.version}"
+        threads = config.learning.torch_threads
+        settings = settings.model_copy(update={"training": settings.training.model_copy(update={
+            "torch_threads": threads, "device": "cpu"})})  # fmt: skip
+        try:
+            trainer.check(settings, route.probation_samples)
+        except AeMonitorError as exc:
+            raise ConfigError(f"{route.probation_samples} samples cannot train a model: {exc}",
+                              key=f"{where}.probation_samples") from exc  # fmt: skip
+        least = _fewest_samples(trainer, settings, route.probation_samples)
+        out.append((route, LearnRoute(route, settings, tuple(channels), note, init, least)))
+    return out
+
+
+def _fewest_samples(trainer: Trainer, settings: Config, most: int) -> int:
+    """The fewest rows, up to `most` (which passes), that `trainer.check` accepts (it accepts more rows whenever it
+    accepts fewer: the window counts grow with the length)."""
+    low, high = 0, most
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            trainer.check(settings, middle)
+            high = middle
+        except AeMonitorError:
+            low = middle
+    return high
+
+
+def _calibration_settings(bundle: Bundle) -> CalibrationConfig:
+    settings = None if bundle.calibration is None else bundle.calibration.settings
+    return CalibrationConfig() if settings is None else CalibrationConfig.model_validate(settings)
+
+
+def trainer_executor(cfg: LearningConfig) -> Executor:
+    """One worker: a spawned process (a fork would copy the Kafka clients' threads and locks) or a thread."""
+    if cfg.worker == "thread":
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ae-monitor-learn")
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))

@@ -1,0 +1,181 @@
+"""Per-stream learning in `serve` against a real Kafka broker: a stream with no model of its own is learned from its
+first samples in the trainer's worker process, registered, scored by its model; another serve process that takes
+the partition over loads the model from the registry instead of training again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import CollectorRegistry
+from test_learning import START_S, other_pump
+
+from ae_monitor.config import Config, config_from_dict, dump_config
+from ae_monitor.jobs.demo import CHANNELS, DEMO_CONFIG, Fault
+from ae_monitor.jobs.learn import StreamTrainer
+from ae_monitor.registry import Registry, stream_model_name
+from ae_monitor.serve.app import serve
+
+STREAM = "site-b/pump-7"
+PROBATION = 1700
+
+
+def learning_config(bootstrap: str, topic: str, bundle: Path, root: Path) -> Config:
+    tag = topic.rsplit("-", 1)[-1]
+    return config_from_dict({
+        **DEMO_CONFIG,
+        "kafka": {"bootstrap_servers": [bootstrap]},
+        "source": {"topics": [topic], "group_id": f"g-{tag}", "start_from": "earliest", "commit_interval_s": 0.2,
+                   "session_timeout_ms": 6000},
+        "routes": [{"match": "*", "bundle_path": str(bundle), "learn": "per_stream", "probation_samples": PROBATION,
+                    "learned_registry": str(root)}],
+        "learning": {"worker": "process"},
+        "sinks": {"kafka": {"alerts_topic": f"alerts-{tag}", "dead_letter_topic": f"dead-{tag}",
+                            "state_topic": f"state-{tag}"}},
+        "service": {"http_port": 0, "log_format": "text", "shutdown_grace_s": 10},
+        "scoring": {"max_batch_delay_ms": 20},
+    })  # fmt: skip
+
+
+def produce(bootstrap: str, topic: str, values: npt.NDArray[np.float64], first: int) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i, row in enumerate(values):
+        body = {"ts": START_S + first + i, "values": dict(zip(CHANNELS, map(float, row), strict=True))}
+        producer.send(topic, key=STREAM.encode(), value=json.dumps(body).encode())
+    producer.flush()
+    producer.close()
+
+
+def wait_for(what: str, done: Callable[[], bool], timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+class Serving:
+    """`serve` (with the trainer the CLI passes) in a thread at a time."""
+
+    def __init__(self) -> None:
+        self._running: tuple[threading.Event, threading.Thread] | None = None
+
+    def start(self, config: Config) -> CollectorRegistry:
+        self.stop()
+        stop, registry = threading.Event(), CollectorRegistry()
+        kwargs: dict[str, Any] = {"registry": registry, "stop": stop, "trainer": StreamTrainer()}
+        thread = threading.Thread(target=serve, args=(config,), kwargs=kwargs)
+        thread.start()
+        self._running = (stop, thread)
+        return registry
+
+    def stop(self) -> None:
+        if self._running is not None:
+            stop, thread = self._running
+            stop.set()
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "serve did not stop"
+            self._running = None
+
+
+@pytest.fixture
+def serving() -> Iterator[Serving]:
+    started = Serving()
+    yield started
+    started.stop()
+
+
+def test_a_new_stream_is_learned_registered_and_scored_by_its_own_model_and_a_restart_loads_it(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    serving: Serving,
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    root = tmp_path / "learned"
+    config = learning_config(kafka_bootstrap, topic, sensor_bundle, root)
+    model = stream_model_name(STREAM)
+    metrics = serving.start(config)
+
+    def gauge(registry: CollectorRegistry, name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    produce(kafka_bootstrap, topic, other_pump(PROBATION, seed=21), 0)
+    wait_for("the stream's own model", lambda: gauge(metrics, "ae_monitor_learning_streams", state="scoring") == 1)
+    assert gauge(metrics, "ae_monitor_learning_trainings_total", outcome="ok") == 1
+    version = Registry(root).resolve(model, "production")
+    assert version.provenance["metrics"]["samples"] == PROBATION
+    assert version.provenance["training"]["data_span"]["start"] == "2023-11-14T22:13:20+00:00"
+
+    fault_at = PROBATION + 10 + 600
+    produce(kafka_bootstrap, topic, other_pump(1000, seed=22, fault=Fault("vibration_rms", 600, 900, "decouple")),
+            PROBATION + 10)  # fmt: skip
+    consumer = KafkaConsumer(f"alerts-{topic.rsplit('-', 1)[-1]}", bootstrap_servers=kafka_bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)  # fmt: skip
+    own: list[dict[str, Any]] = []
+    try:
+        # Every window of the 1000 rows is scored once the windows-scored counter of the model has them all.
+        scored = 1000 - DEMO_CONFIG["features"]["sensor"]["window_samples"] + 1
+        wait_for("the windows", lambda: gauge(metrics, "ae_monitor_windows_scored_total", bundle=model) >= scored)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 3:  # until the alerts topic has had nothing new for 3 s
+            for batch in consumer.poll(timeout_ms=500).values():
+                own += [a for m in batch if (a := json.loads(m.value))["bundle_name"] == model]
+                quiet_since = time.monotonic()
+    finally:
+        consumer.close()
+    firing = [a for a in own if a["status"] == "firing"]
+    first_faulty_window = START_S + fault_at - DEMO_CONFIG["features"]["sensor"]["window_samples"] + 1
+    assert firing, "the fault raised no alert of the stream's own model"
+    assert all(a["event_time_s"] >= first_faulty_window for a in firing), firing
+
+    # Another serve process (`ae-monitor serve`, as deployed) takes the partition over: it loads the stream's model
+    # from the registry instead of training again.
+    serving.stop()
+    port = free_port()
+    service = config.service.model_copy(update={"http_port": port})
+    (tmp_path / "serve.toml").write_text(dump_config(config.model_copy(update={"service": service})))
+    argv = [sys.executable, "-m", "ae_monitor.cli", "serve", "--config", str(tmp_path / "serve.toml")]
+    with (tmp_path / "serve.log").open("wb") as log:
+        daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        produce(kafka_bootstrap, topic, other_pump(100, seed=23), PROBATION + 2000)
+        url = f"http://127.0.0.1:{port}"
+        wait_for("the second serve's scoring stream", lambda: daemon.poll() is None
+                 and readyz(url).get("learning", {}).get("scoring") == 1, timeout_s=120)  # fmt: skip
+        assert readyz(url)["learning"] == {"learning": 0, "scoring": 1}
+        page = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+        assert 'ae_monitor_learning_trainings_total{outcome="ok"} 0.0' in page
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    assert daemon.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    assert [v.number for v in Registry(root).versions(model)] == [1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def readyz(url: str) -> dict[str, Any]:
+    """/readyz as JSON; {} while the daemon does not answer yet."""
+    try:
+        with urllib.request.urlopen(url + "/readyz?format=json", timeout=5) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as not_ready:  # 503 until partitions are assigned: the body is there all the same
+        return dict(json.loads(not_ready.read()))
+    except OSError:
+        return {}
