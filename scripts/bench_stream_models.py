@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Per-stream models at scale (issue 12, part 4): what each learned model costs in memory, loading and scoring.
+
+One fresh interpreter per backend (torch, onnx) loads the same small sensor bundle N times, as N distinct bundles
+(each holds its own weights, as N streams' learned models do), and reads its own RSS before and after; then it
+scores one window per stream three ways, on the same windows:
+
+    per stream   one call per stream through that stream's own model (what serve does with learned models today)
+    one model    every window through ONE model in one batched call (the floor: a route bundle scoring them all)
+    grouped      torch only: the N models' weights stacked and run as one vectorised call (torch.func.vmap over
+                 functional_call), which is what "grouped weights" would give if serve did it
+
+Figures are ratios against "one model" measured in the same run; RSS per model is (RSS after - before) / N.
+
+    .venv/bin/python scripts/bench_stream_models.py                 # N = 1,000; about a minute
+    .venv/bin/python scripts/bench_stream_models.py --models 200 --backends torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def prepare_bundle(workdir: Path) -> Path:
+    """A learned-model-sized bundle: the shipped sensor config (conv1d) on the demo pump's healthy rows, 3 epochs."""
+    import numpy as np
+
+    from ae_monitor.config import load_config
+    from ae_monitor.jobs.data import Signal
+    from ae_monitor.jobs.demo import CHANNELS, machine
+    from ae_monitor.jobs.train import fit_bundle
+    from ae_monitor.model.bundle import export_onnx, save_bundle
+
+    config = load_config(REPO / "configs" / "sensor-skab.toml")
+    sensor = config.features.sensor.model_copy(update={"channels": CHANNELS})
+    training = config.training.model_copy(update={"epochs": 3})
+    config = config.model_copy(update={"features": config.features.model_copy(update={"sensor": sensor}),
+                                       "training": training})  # fmt: skip
+    values = machine(2000, np.random.default_rng(0))[0]
+    signal = Signal("pump", values, np.arange(len(values), dtype=np.float64), CHANNELS)
+    path = save_bundle(fit_bundle(config, [signal], name="pump", progress=False).bundle, workdir / "pump")
+    export_onnx(path)
+    return path
+
+
+def child(backend: str, bundle: str, models: int) -> None:
+    import gc
+
+    import numpy as np
+
+    from ae_monitor.model.bundle import load_bundle
+    from ae_monitor.scoring import scorer_for
+
+    first = load_bundle(bundle, backend=backend)  # imports and one-off costs before the baseline reading
+    scorer_for(first).score(np.zeros((1, int(np.prod(first.extractor.vector_shape))), dtype=np.float32))
+    gc.collect()
+    before = rss_mb()
+    started = time.perf_counter()
+    bundles = [load_bundle(bundle, backend=backend) for _ in range(models)]
+    load_s = (time.perf_counter() - started) / models
+    scorers = [scorer_for(b) for b in bundles]
+    gc.collect()
+    after = rss_mb()
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(models, int(np.prod(first.extractor.vector_shape)))).astype(np.float32)
+    timings = {"per_stream": _best(lambda: [s.score(data[i : i + 1]) for i, s in enumerate(scorers)]),
+               "one_model": _best(lambda: scorers[0].score(data))}  # fmt: skip
+    extra = {}
+    if backend == "torch":
+        grouped = _grouped(bundles, data)
+        timings["grouped"] = _best(grouped)
+        # The grouped call must compute what each stream's own model computes, or its speed means nothing.
+        want = np.concatenate([s.reconstruct(data[i : i + 1]) for i, s in enumerate(scorers)])
+        got = grouped()
+        extra["grouped_max_rel_diff"] = float(np.abs(want - got).max() / max(float(np.abs(want).max()), 1e-12))
+    print(json.dumps({"backend": backend, "models": models, "rss_before_mb": round(before, 1), **extra,
+                      "rss_after_mb": round(after, 1), "rss_per_model_kb": round(1024 * (after - before) / models, 1),
+                      "load_ms_per_model": round(1000 * load_s, 2),
+                      "us_per_window": {k: round(1e6 * v / models, 2) for k, v in timings.items()}}))  # fmt: skip
+
+
+def _grouped(bundles: list, data):  # type: ignore[no-untyped-def]
+    """One vmapped call over the stacked weights and buffers of every bundle's network (eval mode)."""
+    import copy
+
+    import torch
+    from torch.func import functional_call, stack_module_state
+
+    networks = [b.network.eval() for b in bundles]
+    params, buffers = stack_module_state(networks)
+    skeleton = copy.deepcopy(networks[0]).to("meta")
+    x = torch.from_numpy(data).unsqueeze(1)  # (models, 1, features): each model sees its own stream's window
+
+    def one(p, b, xi):  # type: ignore[no-untyped-def]
+        return functional_call(skeleton, (p, b), (xi,)).reconstruction
+
+    run = torch.vmap(one)
+
+    def call():  # type: ignore[no-untyped-def]
+        with torch.inference_mode():
+            return run(params, buffers, x).squeeze(1).numpy()
+
+    return call
+
+
+def _best(call, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=1000)
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    parser.add_argument("--bundle", type=Path, help="a sensor bundle with model.onnx (default: train a small one)")
+    parser.add_argument("--child", nargs=3, metavar=("BACKEND", "BUNDLE", "MODELS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = args.bundle or prepare_bundle(Path(tmp))
+        for backend in args.backends:
+            out = subprocess.run([sys.executable, __file__, "--child", backend, str(bundle), str(args.models)],
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            result = json.loads(out.strip().splitlines()[-1])
+            per = result["us_per_window"]
+            floor = per["one_model"]
+            print(f"{backend}: {result['models']} models, RSS {result['rss_before_mb']} -> {result['rss_after_mb']} MB "
+                  f"= {result['rss_per_model_kb']} KB per model (10,000: "
+                  f"{result['rss_per_model_kb'] * 10_000 / 1024:.0f} MB); load {result['load_ms_per_model']} ms "
+                  "per model")  # fmt: skip
+            for way, us in per.items():
+                print(f"  {way:10s} {us:8.2f} us per window  ({us / floor:6.1f} x one model)")
+            if "grouped_max_rel_diff" in result:
+                print(f"  grouped reconstructions vs each model's own: max relative difference "
+                      f"{result['grouped_max_rel_diff']:.1e}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
