@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ae_monitor.band_statistic import BandMeanZ, band_means_of, fit_band_mean_z
 from ae_monitor.config import CalibrationConfig, Config
 from ae_monitor.errors import ConfigError, DataError
 from ae_monitor.jobs.data import (
@@ -281,15 +282,35 @@ def calibrate_scored(
         groups = np.concatenate([s.scores.group_errors for s in scored])
         scale = group_scale_of(groups, steps, quantile=cfg.group_scale_quantile)
     size, _hop = window_plan(bundle.features)
+    vectors = [
+        VectorScores(s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale),
+                     s.scores.group_errors)
+        for s in scored
+    ]  # fmt: skip
+    statistic = None
+    if cfg.window_statistic != "none":
+        statistic, vectors = _with_window_statistic(bundle, scored, vectors, cfg)
     scores = []
-    for s in scored:
-        errors = s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale)
-        vectors = VectorScores(errors, s.scores.group_errors)
-        windows = aggregate(vectors, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)
-        scores += [w.score for w in windows]
+    for s, v in zip(scored, vectors, strict=True):
+        scores += [w.score for w in aggregate(v, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)]
     x = np.asarray(scores, dtype=np.float64)
     calibration = _calibrated(bundle, x, cfg)
-    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps), x
+    return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps,
+                   window_statistic=None if statistic is None else statistic.to_dict()), x  # fmt: skip
+
+
+def _with_window_statistic(bundle: Bundle, scored: Sequence[ScoredSignal], vectors: list[VectorScores],
+                           cfg: CalibrationConfig) -> tuple[BandMeanZ, list[VectorScores]]:  # fmt: skip
+    """Fit the window statistic on the calibration windows, and those windows' scores with it."""
+    size, _hop = window_plan(bundle.features)
+    if size == 1:
+        raise ConfigError("needs windows of several vectors (audio features); a sensor vector is its own window",
+                          key="calibration.window_statistic")  # fmt: skip
+    shape = bundle.extractor.vector_shape
+    means = [band_means_of(s.vectors.data, shape) for s in scored]
+    statistic = fit_band_mean_z([(v.errors, m) for v, m in zip(vectors, means, strict=True)], size=size,
+                                quantile=cfg.window_statistic_quantile, margin=cfg.window_statistic_margin)  # fmt: skip
+    return statistic, [replace(v, band_means=m, statistic=statistic) for v, m in zip(vectors, means, strict=True)]
 
 
 def _calibrated(bundle: Bundle, scores: npt.NDArray[np.float64], cfg: CalibrationConfig) -> Calibration:
@@ -319,6 +340,7 @@ def calibrate_scores(
         calibration = replace(
             calibration, aggregation=old.aggregation, group_scale=old.group_scale, recent_steps=old.recent_steps
         )
+        calibration = replace(calibration, window_statistic=old.window_statistic)  # and its window statistic
     return calibration, scores
 
 
