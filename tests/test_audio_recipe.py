@@ -51,6 +51,11 @@ def test_the_shipped_audio_config_scales_each_band_by_its_training_statistics() 
     assert shipped_config().features.logmel.band_scaling == "standard"
 
 
+def test_the_shipped_audio_config_joins_the_band_statistic_to_the_window_score() -> None:
+    calibration = shipped_config().calibration
+    assert (calibration.window_statistic, calibration.window_statistic_margin) == ("band_mean_z", 2.0)
+
+
 def test_train_stores_the_band_statistics_in_the_bundle_and_a_reloaded_bundle_scores_the_same(
     trained: TrainReport,
 ) -> None:
