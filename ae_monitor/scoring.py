@@ -236,6 +236,9 @@ def window_statistic_of(bundle: Bundle) -> BandMeanZ | None:
         statistic = BandMeanZ.from_dict(cal.window_statistic)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"unusable: {exc}", field="calibration.window_statistic") from exc
+    if bundle.features.kind != "logmel":
+        raise BundleError("a window statistic needs audio features (a sensor vector is its own window)",
+                          field="calibration.window_statistic")  # fmt: skip
     if len(statistic.band_mean) != bundle.extractor.vector_shape[1]:
         raise BundleError(
             f"{len(statistic.band_mean)} band means, but a vector has {bundle.extractor.vector_shape[1]} groups",
@@ -327,11 +330,11 @@ class WindowAggregator:
 
     def _merge(self) -> tuple[VectorScores, Positions, Positions]:
         parts = [p[0] for p in self._pending]
-        means = [p.band_means for p in parts]
+        means = [p.band_means for p in parts if p.band_means is not None]
         scores = VectorScores(
             np.concatenate([p.errors for p in parts]),
             np.concatenate([p.group_errors for p in parts]),
-            None if any(m is None for m in means) else np.concatenate(means),  # type: ignore[arg-type]
+            np.concatenate(means) if len(means) == len(parts) else None,
             parts[-1].statistic,
         )
         first = np.concatenate([p[1] for p in self._pending])

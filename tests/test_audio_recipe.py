@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from ae_monitor.band_statistic import BandMeanZ, band_means_of
 from ae_monitor.config import AlertingConfig, Config, LogMelConfig, load_config
 from ae_monitor.engine import Engine
+from ae_monitor.errors import BundleError
 from ae_monitor.features import concat_vectors
 from ae_monitor.features.inverse import overlap_add_frames
 from ae_monitor.features.logmel import LogMelExtractor
@@ -111,6 +113,17 @@ def test_train_fits_the_window_statistic_and_a_reloaded_bundle_forms_the_same_wi
     after = score_signal(loaded, scorer_for(loaded), signal(y))
     assert [w.score for w in after.windows] == [w.score for w in before.windows]
     assert after.clip_score == before.clip_score
+
+
+def test_a_bundle_whose_window_statistic_has_the_wrong_number_of_bands_is_refused(
+    with_statistic: TrainReport,
+) -> None:
+    bundle = with_statistic.bundle
+    assert bundle.calibration is not None
+    wrong = BandMeanZ(band_mean=(0.0,) * 64, band_std=(1.0,) * 64, error_scale=1.0, statistic_scale=1.0).to_dict()
+    broken = replace(bundle, calibration=replace(bundle.calibration, window_statistic=wrong))
+    with pytest.raises(BundleError, match="64 band means, but a vector has 128"):
+        scorer_for(broken)
 
 
 def test_a_window_with_the_statistic_scores_the_larger_of_its_scaled_error_and_scaled_band_statistic(

@@ -94,12 +94,12 @@ def test_a_calibration_record_written_before_window_statistics_existed_loads_wit
     assert Calibration.from_dict(old).window_statistic is None
 
 
-def test_a_bundle_with_an_unusable_window_statistic_is_refused_naming_the_field(sensor_bundle: Path) -> None:
+def test_a_sensor_bundle_carrying_a_window_statistic_is_refused_naming_the_field(sensor_bundle: Path) -> None:
     bundle = load_bundle(sensor_bundle)
     assert bundle.calibration is not None
-    wrong_groups = BandMeanZ(band_mean=(0.0,), band_std=(1.0,), error_scale=1.0, statistic_scale=1.0).to_dict()
-    for statistic in (wrong_groups, {"kind": "band_max"}):
-        broken = replace(bundle, calibration=replace(bundle.calibration, window_statistic=statistic))
+    statistic = BandMeanZ(band_mean=(0.0,) * 4, band_std=(1.0,) * 4, error_scale=1.0, statistic_scale=1.0).to_dict()
+    for carried in (statistic, {"kind": "band_max"}):
+        broken = replace(bundle, calibration=replace(bundle.calibration, window_statistic=carried))
         with pytest.raises(BundleError, match=r"calibration\.window_statistic"):
             scorer_for(broken)
 
