@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.band_statistic import BandMeanZ, band_means_of
+from ae_monitor.band_statistic import BandMeanZ, band_means_of, running_means
 from ae_monitor.config import AlertingConfig, Config, LogMelConfig, load_config
 from ae_monitor.engine import Engine
 from ae_monitor.errors import BundleError
@@ -18,7 +18,7 @@ from ae_monitor.features import concat_vectors
 from ae_monitor.features.inverse import overlap_add_frames
 from ae_monitor.features.logmel import LogMelExtractor
 from ae_monitor.jobs import machine_sounds
-from ae_monitor.jobs.data import ScoredSignal, Signal, score_signal
+from ae_monitor.jobs.data import ScoredSignal, Signal, load_signals, score_signal
 from ae_monitor.jobs.reconstruction import images
 from ae_monitor.jobs.train import TrainReport, train_bundle
 from ae_monitor.metrics import Metrics
@@ -113,6 +113,22 @@ def test_train_fits_the_window_statistic_and_a_reloaded_bundle_forms_the_same_wi
     after = score_signal(loaded, scorer_for(loaded), signal(y))
     assert [w.score for w in after.windows] == [w.score for w in before.windows]
     assert after.clip_score == before.clip_score
+
+
+def test_train_fits_the_band_levels_on_all_the_normal_audio_not_on_the_held_out_tail_alone(
+    with_statistic: TrainReport,
+) -> None:
+    # The held-out tail (10 %) of a short recording holds a handful of windows; band levels fitted there put new
+    # normal windows far outside them. The threshold still comes from the held-out windows.
+    bundle = with_statistic.bundle
+    assert bundle.calibration is not None
+    assert bundle.calibration.window_statistic is not None
+    statistic = BandMeanZ.from_dict(bundle.calibration.window_statistic)
+    (normal,) = load_signals([with_statistic.path.parent / "normal.wav"], bundle.features)
+    means = band_means_of(bundle.extractor.transform(normal.samples).data, bundle.extractor.vector_shape)
+    size, _hop = window_plan(bundle.features)
+    np.testing.assert_allclose(statistic.band_mean, running_means(means, size).mean(axis=0), rtol=1e-9)
+    assert bundle.calibration.n_samples < len(means) / 5
 
 
 def test_a_bundle_whose_window_statistic_has_the_wrong_number_of_bands_is_refused(

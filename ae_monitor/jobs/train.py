@@ -96,7 +96,10 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
     fit = _fit_network(config, train, validation, name=name, progress=progress)
     on = signals if config.calibration.calibrate_on == "all" else (calibration or validation)
     scored = scored_for_calibration(fit.bundle, on, recent_steps=config.calibration.recent_steps)
-    bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
+    statistic_on = _window_statistic_data(config, fit.bundle, signals, on)
+    bundle = fit.bundle.with_calibration(
+        *calibrate_scored(fit.bundle, scored, config.calibration, statistic_on=statistic_on)
+    )
     bundle = replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]})
     return replace(fit, bundle=bundle, calibration_scored=tuple(scored))
 
@@ -271,25 +274,40 @@ def scored_for_calibration(bundle: Bundle, signals: Sequence[Signal], *, recent_
     return [score_signal(bundle, scorer, s, every_vector=True) for s in signals]
 
 
+def _window_statistic_data(
+    config: Config, bundle: Bundle, signals: Sequence[Signal], on: Sequence[Signal]
+) -> list[ScoredSignal] | None:
+    """Every normal signal, scored, when the window statistic is to be fitted on more than the calibration windows:
+    the held-out tail can be shorter than one window per file (6 s of audio: 0.6 s), and band levels fitted on a
+    handful of windows put new normal windows far outside them (MIMII slider, issue 15's check: 0.94 window AUC)."""
+    if config.calibration.window_statistic == "none" or on is signals:
+        return None
+    return scored_for_calibration(bundle, signals, recent_steps=config.calibration.recent_steps)
+
+
 def calibrate_scored(
-    bundle: Bundle, scored: Sequence[ScoredSignal], cfg: CalibrationConfig
+    bundle: Bundle,
+    scored: Sequence[ScoredSignal],
+    cfg: CalibrationConfig,
+    *,
+    statistic_on: Sequence[ScoredSignal] | None = None,
 ) -> tuple[Calibration, npt.NDArray[np.float64]]:
     """Calibrate on signals scored by an uncalibrated (mean-error) scorer: with `cfg.aggregation` "max" the group
-    scales come from these normal errors first, and the window scores are re-formed with them."""
+    scales come from these normal errors first, and the window scores are re-formed with them. A window statistic
+    is fitted on `statistic_on` (default: `scored`), then the window scores are formed with it."""
     steps = cfg.recent_steps or bundle.extractor.vector_shape[0]
     scale = None
     if cfg.aggregation == "max":
         groups = np.concatenate([s.scores.group_errors for s in scored])
         scale = group_scale_of(groups, steps, quantile=cfg.group_scale_quantile)
     size, _hop = window_plan(bundle.features)
-    vectors = [
-        VectorScores(s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale),
-                     s.scores.group_errors)
-        for s in scored
-    ]  # fmt: skip
+    vectors = _formed(scored, steps, scale)
     statistic = None
     if cfg.window_statistic != "none":
-        statistic, vectors = _with_window_statistic(bundle, scored, vectors, cfg)
+        on = scored if statistic_on is None else statistic_on
+        statistic = _fit_window_statistic(bundle, on, _formed(on, steps, scale), cfg)
+        shape = bundle.extractor.vector_shape
+        vectors = [v.with_statistic(statistic, s.vectors.data, shape) for v, s in zip(vectors, scored, strict=True)]
     scores = []
     for s, v in zip(scored, vectors, strict=True):
         scores += [w.score for w in aggregate(v, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)]
@@ -299,18 +317,23 @@ def calibrate_scored(
                    window_statistic=None if statistic is None else statistic.to_dict()), x  # fmt: skip
 
 
-def _with_window_statistic(bundle: Bundle, scored: Sequence[ScoredSignal], vectors: list[VectorScores],
-                           cfg: CalibrationConfig) -> tuple[BandMeanZ, list[VectorScores]]:  # fmt: skip
-    """Fit the window statistic on the calibration windows, and those windows' scores with it."""
+def _formed(scored: Sequence[ScoredSignal], steps: int, scale: tuple[float, ...] | None) -> list[VectorScores]:
+    """The vector scores of `scored` with the calibration's group scales, if any (aggregation "max")."""
+    return [VectorScores(s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale),
+                         s.scores.group_errors) for s in scored]  # fmt: skip
+
+
+def _fit_window_statistic(bundle: Bundle, scored: Sequence[ScoredSignal], vectors: list[VectorScores],
+                          cfg: CalibrationConfig) -> BandMeanZ:  # fmt: skip
+    """The window statistic fitted on the windows (at every vector) of normal `scored` signals."""
     size, _hop = window_plan(bundle.features)
     if size == 1:
         raise ConfigError("needs windows of several vectors (audio features); a sensor vector is its own window",
                           key="calibration.window_statistic")  # fmt: skip
     shape = bundle.extractor.vector_shape
     means = [band_means_of(s.vectors.data, shape) for s in scored]
-    statistic = fit_band_mean_z([(v.errors, m) for v, m in zip(vectors, means, strict=True)], size=size,
-                                quantile=cfg.window_statistic_quantile, margin=cfg.window_statistic_margin)  # fmt: skip
-    return statistic, [replace(v, band_means=m, statistic=statistic) for v, m in zip(vectors, means, strict=True)]
+    return fit_band_mean_z([(v.errors, m) for v, m in zip(vectors, means, strict=True)], size=size,
+                           quantile=cfg.window_statistic_quantile, margin=cfg.window_statistic_margin)  # fmt: skip
 
 
 def _calibrated(bundle: Bundle, scores: npt.NDArray[np.float64], cfg: CalibrationConfig) -> Calibration:
