@@ -185,6 +185,14 @@ class CalibrationConfig(_Section):
     # `group_scale_quantile` of that group's normal errors), then the largest: one channel's spike is not averaged away.
     aggregation: Literal["mean", "max"] = "mean"
     group_scale_quantile: float = Field(0.99, gt=0, lt=1)
+    # How an audio window's score is formed from its vectors. "none": the mean of their scores (DCASE). "band_mean_z":
+    # that mean and the window's band statistic (each mel band's mean over the window, as a z-score against the
+    # normal windows; unitless), each over its `window_statistic_quantile` on the calibration windows (the statistic's
+    # times `window_statistic_margin`), the larger of the two: a missing event shows in the bands' levels over a
+    # window, not in any one vector (docs/audio.md).
+    window_statistic: Literal["none", "band_mean_z"] = "none"
+    window_statistic_quantile: float = Field(0.99, gt=0, lt=1)
+    window_statistic_margin: float = Field(2.0, gt=0)
     quantile: float = Field(0.99, gt=0, lt=1)
     gamma_percentile: float = Field(0.9, gt=0, lt=1)
     pot_risk: float = Field(1e-3, gt=0, lt=1)

@@ -4,7 +4,8 @@ A vector's score is its mean squared reconstruction error (the DCASE score; over
 only when the calibration says so), or, for a bundle calibrated with
 aggregation "max", the largest over groups of each group's mean squared error divided by that group's calibration
 scale (`group_scores`): a spike on one channel of forty is not averaged away. A window's score is the mean over
-its vectors. Each window also carries every feature group's share of the squared error (mel bands for audio,
+its vectors (or, with a window statistic, band_statistic.py, that mean and the window's band statistic on one scale,
+the larger of the two). Each window also carries every feature group's share of the squared error (mel bands for audio,
 channels for sensors), which is what alerts use to name the top contributors. Higher score = more anomalous.
 """
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from ae_monitor.band_statistic import BandMeanZ, band_means_of
 from ae_monitor.config import FeaturesConfig, ModelConfig
 from ae_monitor.errors import BundleError
 from ae_monitor.model.bundle import Bundle, linear_monitor
@@ -36,16 +38,37 @@ Positions = npt.NDArray[np.float64] | npt.NDArray[np.int64]
 
 @dataclass(frozen=True)
 class VectorScores:
-    """Scores of N vectors: `errors` (N,) and the squared error summed per feature group, `group_errors` (N, G)."""
+    """Scores of N vectors: `errors` (N,) and the squared error summed per feature group, `group_errors` (N, G).
+
+    With a window statistic, also each vector's mean feature value per group, `band_means` (N, G), and the fitted
+    `statistic` that turns them into window scores: it travels with the scores, so every window aggregator (offline,
+    per stream, in calibration) forms windows as the scorer's bundle says.
+    """
 
     errors: F64
     group_errors: F64
+    band_means: F64 | None = None
+    statistic: BandMeanZ | None = None
 
     def __len__(self) -> int:
         return int(self.errors.shape[0])
 
     def slice(self, start: int, stop: int) -> VectorScores:
-        return VectorScores(self.errors[start:stop], self.group_errors[start:stop])
+        means = None if self.band_means is None else self.band_means[start:stop]
+        return VectorScores(self.errors[start:stop], self.group_errors[start:stop], means, self.statistic)
+
+    def window_score(self, start: int, stop: int) -> float:
+        """The score of the window of vectors [start, stop): their mean error, joined with their band statistic
+        when there is one."""
+        error = float(self.errors[start:stop].mean())
+        if self.statistic is None or self.band_means is None:
+            return error
+        return self.statistic.score(error, self.band_means[start:stop].mean(axis=0))
+
+    def with_statistic(self, statistic: BandMeanZ, data: npt.NDArray[np.floating],
+                       vector_shape: tuple[int, int]) -> VectorScores:  # fmt: skip
+        """These scores, with `data`'s band means (the vectors scored, (N, T*G)) and `statistic`."""
+        return VectorScores(self.errors, self.group_errors, band_means_of(data, vector_shape), statistic)
 
 
 class Scorer:
@@ -62,11 +85,12 @@ class Scorer:
         aggregation: str = "mean",
         group_scale: Sequence[float] | None = None,
         recent_steps: int = 0,
+        statistic: BandMeanZ | None = None,
         linear: LinearMonitor | None = None,
     ) -> None:
         from ae_monitor.model.training import output_activation
 
-        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, linear)
+        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, statistic, linear)
         self._model = model.eval()
         self._elbo = model_config.kind == "vae" and model_config.vae_score == "elbo"
         self._beta = model_config.vae_beta
@@ -83,16 +107,20 @@ class Scorer:
             errors = group_scores(groups, self.scored_steps, self._group_scale)
             if self._linear is not None:
                 errors = np.maximum(errors, self._linear.score(data, self._shape, self._first_step))
-        return VectorScores(errors, groups)
+        scores = VectorScores(errors, groups)
+        return scores if self._statistic is None else scores.with_statistic(self._statistic, data, self._shape)
 
     def _set_score_form(self, vector_shape: tuple[int, int], aggregation: str, group_scale: Sequence[float] | None,
-                        recent_steps: int, linear: LinearMonitor | None = None) -> None:  # fmt: skip
+                        recent_steps: int, statistic: BandMeanZ | None,
+                        linear: LinearMonitor | None = None) -> None:  # fmt: skip
         """How scores are formed from squared errors (shared by every backend); checked here."""
         if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
             raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
+        if statistic is not None and len(statistic.band_mean) != vector_shape[1]:
+            raise ValueError(f"the window statistic needs one band mean per group ({vector_shape[1]})")
         if linear is not None and (aggregation != "max" or len(linear.mean) != vector_shape[1] or not linear.scales):
             raise ValueError(f"a linear monitor needs aggregation 'max' and scales for {vector_shape[1]} groups")
-        self._linear = linear
+        self._statistic, self._linear = statistic, linear
         if not 0 <= recent_steps <= vector_shape[0]:
             raise ValueError(f"recent_steps must be in [0, {vector_shape[0]}] (the vector's steps), got {recent_steps}")
         self._shape, self._aggregation = vector_shape, aggregation
@@ -151,10 +179,11 @@ class OnnxScorer(Scorer):
         aggregation: str = "mean",
         group_scale: Sequence[float] | None = None,
         recent_steps: int = 0,
+        statistic: BandMeanZ | None = None,
         linear: LinearMonitor | None = None,
     ) -> None:
         # Not Scorer.__init__: it sets up the torch network; the graph already holds the loss and score kind.
-        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, linear)
+        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, statistic, linear)
         self._batch_size, self._network = batch_size, network
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -187,12 +216,13 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | No
             f"{recent_steps} recent steps, but a vector holds {bundle.extractor.vector_shape[0]}",
             field="calibration.recent_steps",
         )
+    statistic = window_statistic_of(bundle)
     linear = linear_monitor(cal, groups=bundle.extractor.vector_shape[1])
     if bundle.onnx is not None:  # loaded with backend "onnx" (model.bundle.load_bundle)
         return OnnxScorer(bundle.onnx, vector_shape=bundle.extractor.vector_shape, batch_size=batch_size,
                           aggregation="mean" if cal is None else cal.aggregation,
                           group_scale=None if cal is None else cal.group_scale,
-                          recent_steps=recent_steps, linear=linear)  # fmt: skip
+                          recent_steps=recent_steps, statistic=statistic, linear=linear)  # fmt: skip
     return Scorer(
         bundle.network,
         vector_shape=bundle.extractor.vector_shape,
@@ -202,8 +232,29 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | No
         aggregation="mean" if cal is None else cal.aggregation,
         group_scale=None if cal is None else cal.group_scale,
         recent_steps=recent_steps,
+        statistic=statistic,
         linear=linear,
     )
+
+
+def window_statistic_of(bundle: Bundle) -> BandMeanZ | None:
+    """The bundle's fitted window statistic (None: windows score the mean error, as every bundle before it)."""
+    cal = bundle.calibration
+    if cal is None or cal.window_statistic is None:
+        return None
+    try:
+        statistic = BandMeanZ.from_dict(cal.window_statistic)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"unusable: {exc}", field="calibration.window_statistic") from exc
+    if bundle.features.kind != "logmel":
+        raise BundleError("a window statistic needs audio features (a sensor vector is its own window)",
+                          field="calibration.window_statistic")  # fmt: skip
+    if len(statistic.band_mean) != bundle.extractor.vector_shape[1]:
+        raise BundleError(
+            f"{len(statistic.band_mean)} band means, but a vector has {bundle.extractor.vector_shape[1]} groups",
+            field="calibration.window_statistic",
+        )
+    return statistic
 
 
 def group_scores(group_errors: F64, steps: int, group_scale: npt.ArrayLike) -> F64:
@@ -288,9 +339,13 @@ class WindowAggregator:
         return windows
 
     def _merge(self) -> tuple[VectorScores, Positions, Positions]:
+        parts = [p[0] for p in self._pending]
+        means = [p.band_means for p in parts if p.band_means is not None]
         scores = VectorScores(
-            np.concatenate([p[0].errors for p in self._pending]),
-            np.concatenate([p[0].group_errors for p in self._pending]),
+            np.concatenate([p.errors for p in parts]),
+            np.concatenate([p.group_errors for p in parts]),
+            np.concatenate(means) if len(means) == len(parts) else None,
+            parts[-1].statistic,
         )
         first = np.concatenate([p[1] for p in self._pending])
         end = np.concatenate([p[2] for p in self._pending])
@@ -299,7 +354,7 @@ class WindowAggregator:
     @staticmethod
     def _window(scores: VectorScores, first: Positions, end: Positions, lo: int, hi: int) -> ScoredWindow:
         return ScoredWindow(
-            score=float(scores.errors[lo:hi].mean()),
+            score=scores.window_score(lo, hi),
             contributions=shares(scores.group_errors[lo:hi].sum(axis=0)),
             start=float(first[lo]),
             end=float(end[hi - 1]),

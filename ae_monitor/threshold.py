@@ -83,6 +83,9 @@ class Calibration:
     group_scale: tuple[float, ...] | None = None
     # Time steps of each vector the score covers, counted back from the newest (0 = all; old bundles: all).
     recent_steps: int = 0
+    # How windows join their mean score with a window statistic (band_statistic.BandMeanZ.to_dict); None = the mean
+    # alone (old bundles).
+    window_statistic: dict[str, Any] | None = None
     # What calibration could not do as asked and what it did instead (shown by train/calibrate, kept for audits).
     notes: tuple[str, ...] = ()
     # The [calibration] settings that produced this record; `calibrate` reuses them unless told otherwise.
@@ -237,6 +240,7 @@ class Calibration:
             "aggregation": self.aggregation,
             "group_scale": None if self.group_scale is None else list(self.group_scale),
             "recent_steps": self.recent_steps,
+            "window_statistic": self.window_statistic,
             "notes": list(self.notes),
             "settings": self.settings,
             "tail_fit": self.tail_fit,
@@ -258,6 +262,7 @@ class Calibration:
                 aggregation=str(d.get("aggregation", "mean")),
                 group_scale=None if d.get("group_scale") is None else tuple(float(v) for v in d["group_scale"]),
                 recent_steps=int(d.get("recent_steps", 0)),
+                window_statistic=None if d.get("window_statistic") is None else dict(d["window_statistic"]),
                 notes=tuple(str(n) for n in d.get("notes", ())),
                 settings=None if d.get("settings") is None else dict(d["settings"]),
                 tail_fit=None if d.get("tail_fit") is None else {str(k): float(v) for k, v in d["tail_fit"].items()},

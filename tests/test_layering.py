@@ -22,7 +22,7 @@ LAYERS = ("ae_monitor.engine", "ae_monitor.serve", "ae_monitor.jobs", "ae_monito
 # the fitted features and the calibration, alerting reads the calibration, both Kafka stages share one client module,
 # the registry stores and checks bundles with the bundle module.
 ALLOWED = {
-    "ae_monitor.scoring": ("ae_monitor.model",),
+    "ae_monitor.scoring": ("ae_monitor.model", "ae_monitor.band_statistic"),
     "ae_monitor.model.bundle": ("ae_monitor.features", "ae_monitor.model", "ae_monitor.threshold"),
     "ae_monitor.alerting": ("ae_monitor.threshold",),
     "ae_monitor.sources.kafka": ("ae_monitor.kafka_client",),

@@ -301,8 +301,9 @@ class LogMelStream:
         if len(mels) < self._frames:
             return self._empty()
         stacked = np.lib.stride_tricks.sliding_window_view(mels, self._frames, axis=0)
-        # sliding_window_view puts the window axis last: (vectors, n_mels, frames) -> frame-major rows.
-        data = np.ascontiguousarray(stacked.transpose(0, 2, 1)).reshape(len(stacked), -1)
+        # sliding_window_view puts the window axis last: (vectors, n_mels, frames) -> frame-major rows. Always a copy:
+        # one vector's transposed view is already contiguous, and the read-only view would reach torch (a warning).
+        data = np.array(stacked.transpose(0, 2, 1), order="C").reshape(len(stacked), -1)
         return Vectors(data, *self._sample_ranges(first_frame, len(stacked)))
 
     def _sample_ranges(self, first_frame: int, count: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:

@@ -184,9 +184,10 @@ class AutoencoderDetector(Detector):
             name="benchmark", version=weights_version(model), features=config.features, model_config=config.model,
             training=config.training, extractor=extractor, model=model, calibration=None, extra={},
         )  # fmt: skip
-        if config.calibration.aggregation != "mean" or config.calibration.recent_steps:
-            # How scores are formed (per-band scales, newest steps) is part of the calibration: fit it on all the
-            # training streams (the held-out validation part alone can be shorter than one window).
+        cal = config.calibration
+        if cal.aggregation != "mean" or cal.recent_steps or cal.window_statistic != "none":
+            # How scores are formed (per-band scales, newest steps, window statistic) is part of the calibration:
+            # fit it on all the training streams (the held-out validation part alone can be shorter than a window).
             scored = scored_for_calibration(bundle, signals, recent_steps=config.calibration.recent_steps)
             bundle = bundle.with_calibration(*calibrate_scored(bundle, scored, config.calibration))
         self.bundle = bundle

@@ -143,8 +143,9 @@ class ScoredSignal:
 
     @property
     def clip_score(self) -> float:
-        """Mean vector score over the whole file: the DCASE clip score."""
-        return float(self.scores.errors.mean()) if len(self.scores) else float("nan")
+        """Mean vector score over the whole file (the DCASE clip score), formed as one window's score is (with the
+        bundle's window statistic, if it has one)."""
+        return self.scores.window_score(0, len(self.scores)) if len(self.scores) else float("nan")
 
     def window_end_s(self, end_sample: int) -> float:
         """One sample period after the window's last sample, as the streaming pipeline reports it."""

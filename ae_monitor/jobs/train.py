@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ae_monitor.band_statistic import BandMeanZ, band_means_of, fit_band_mean_z
 from ae_monitor.config import CalibrationConfig, Config
 from ae_monitor.errors import ConfigError, DataError
 from ae_monitor.jobs.data import (
@@ -101,7 +102,10 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
     fit = _fit_network(config, train, validation, name=name, progress=progress, init=init)
     on = signals if config.calibration.calibrate_on == "all" else (calibration or validation)
     scored = scored_for_calibration(fit.bundle, on, recent_steps=config.calibration.recent_steps)
-    bundle = fit.bundle.with_calibration(*calibrate_scored(fit.bundle, scored, config.calibration))
+    statistic_on = _window_statistic_data(config, fit.bundle, signals, on)
+    bundle = fit.bundle.with_calibration(
+        *calibrate_scored(fit.bundle, scored, config.calibration, statistic_on=statistic_on)
+    )
     bundle = replace(bundle, extra={**bundle.extra, "training_files": [s.name for s in signals]})
     return replace(fit, bundle=bundle, calibration_scored=tuple(scored))
 
@@ -277,11 +281,27 @@ def scored_for_calibration(bundle: Bundle, signals: Sequence[Signal], *, recent_
     return [score_signal(bundle, scorer, s, every_vector=True) for s in signals]
 
 
+def _window_statistic_data(
+    config: Config, bundle: Bundle, signals: Sequence[Signal], on: Sequence[Signal]
+) -> list[ScoredSignal] | None:
+    """Every normal signal, scored, when the window statistic is to be fitted on more than the calibration windows:
+    the held-out tail can be shorter than one window per file (6 s of audio: 0.6 s), and band levels fitted on a
+    handful of windows put new normal windows far outside them (MIMII slider, issue 15's check: 0.94 window AUC)."""
+    if config.calibration.window_statistic == "none" or on is signals:
+        return None
+    return scored_for_calibration(bundle, signals, recent_steps=config.calibration.recent_steps)
+
+
 def calibrate_scored(
-    bundle: Bundle, scored: Sequence[ScoredSignal], cfg: CalibrationConfig
+    bundle: Bundle,
+    scored: Sequence[ScoredSignal],
+    cfg: CalibrationConfig,
+    *,
+    statistic_on: Sequence[ScoredSignal] | None = None,
 ) -> tuple[Calibration, npt.NDArray[np.float64]]:
     """Calibrate on signals scored by an uncalibrated (mean-error) scorer: with `cfg.aggregation` "max" the group
-    scales come from these normal errors first, and the window scores are re-formed with them."""
+    scales come from these normal errors first, and the window scores are re-formed with them. A window statistic
+    is fitted on `statistic_on` (default: `scored`), then the window scores are formed with it."""
     steps = cfg.recent_steps or bundle.extractor.vector_shape[0]
     scale = None
     if cfg.aggregation == "max":
@@ -289,18 +309,43 @@ def calibrate_scored(
         scale = group_scale_of(groups, steps, quantile=cfg.group_scale_quantile)
     linear, linear_scores, notes = fit_linear_monitor(bundle, scored, cfg)
     size, _hop = window_plan(bundle.features)
+    vectors = _formed(scored, steps, scale)
+    if linear is not None:
+        vectors = [VectorScores(np.maximum(v.errors, lin), v.group_errors) for v, lin in zip(vectors, linear_scores,
+                                                                                            strict=True)]  # fmt: skip
+    statistic = None
+    if cfg.window_statistic != "none":
+        on = scored if statistic_on is None else statistic_on
+        statistic = _fit_window_statistic(bundle, on, _formed(on, steps, scale), cfg)
+        shape = bundle.extractor.vector_shape
+        vectors = [v.with_statistic(statistic, s.vectors.data, shape) for v, s in zip(vectors, scored, strict=True)]
     scores = []
-    for i, s in enumerate(scored):
-        errors = s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale)
-        if linear is not None:
-            errors = np.maximum(errors, linear_scores[i])
-        vectors = VectorScores(errors, s.scores.group_errors)
-        windows = aggregate(vectors, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)
-        scores += [w.score for w in windows]
+    for s, v in zip(scored, vectors, strict=True):
+        scores += [w.score for w in aggregate(v, s.vectors.first_sample, s.vectors.end_sample, size=size, hop=1)]
     x = np.asarray(scores, dtype=np.float64)
     calibration = _calibrated(bundle, x, cfg)
     return replace(calibration, aggregation=cfg.aggregation, group_scale=scale, recent_steps=cfg.recent_steps,
+                   window_statistic=None if statistic is None else statistic.to_dict(),
                    linear=None if linear is None else linear.to_dict(), notes=calibration.notes + notes), x  # fmt: skip
+
+
+def _formed(scored: Sequence[ScoredSignal], steps: int, scale: tuple[float, ...] | None) -> list[VectorScores]:
+    """The vector scores of `scored` with the calibration's group scales, if any (aggregation "max")."""
+    return [VectorScores(s.scores.errors if scale is None else group_scores(s.scores.group_errors, steps, scale),
+                         s.scores.group_errors) for s in scored]  # fmt: skip
+
+
+def _fit_window_statistic(bundle: Bundle, scored: Sequence[ScoredSignal], vectors: list[VectorScores],
+                          cfg: CalibrationConfig) -> BandMeanZ:  # fmt: skip
+    """The window statistic fitted on the windows (at every vector) of normal `scored` signals."""
+    size, _hop = window_plan(bundle.features)
+    if size == 1:
+        raise ConfigError("needs windows of several vectors (audio features); a sensor vector is its own window",
+                          key="calibration.window_statistic")  # fmt: skip
+    shape = bundle.extractor.vector_shape
+    means = [band_means_of(s.vectors.data, shape) for s in scored]
+    return fit_band_mean_z([(v.errors, m) for v, m in zip(vectors, means, strict=True)], size=size,
+                           quantile=cfg.window_statistic_quantile, margin=cfg.window_statistic_margin)  # fmt: skip
 
 
 def fit_linear_monitor(
@@ -353,7 +398,7 @@ def calibrate_scores(
         old = bundle.calibration
         calibration = replace(
             calibration, aggregation=old.aggregation, group_scale=old.group_scale, recent_steps=old.recent_steps,
-            linear=old.linear,
+            window_statistic=old.window_statistic, linear=old.linear,
         )  # fmt: skip
     return calibration, scores
 
