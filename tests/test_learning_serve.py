@@ -154,7 +154,7 @@ def test_a_new_stream_is_learned_registered_and_scored_by_its_own_model_and_a_re
         url = f"http://127.0.0.1:{port}"
         wait_for("the second serve's scoring stream", lambda: daemon.poll() is None
                  and readyz(url).get("learning", {}).get("scoring") == 1, timeout_s=120)  # fmt: skip
-        assert readyz(url)["learning"] == {"learning": 0, "scoring": 1}
+        assert readyz(url)["learning"] == {"learning": 0, "scoring": 1, "retraining": 0}
         page = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
         assert 'ae_monitor_learning_trainings_total{outcome="ok"} 0.0' in page
     finally:

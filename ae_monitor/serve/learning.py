@@ -210,9 +210,11 @@ class Reservoir:
         """Rows (in the training channels' order) that wait for their windows' verdicts; late ones are skipped."""
         last = self._pending_ts[-1] if len(self._pending_ts) else -np.inf
         newer = ts > np.maximum.accumulate(np.concatenate([[last], ts]))[:-1]
-        self._pending_ts = np.concatenate([self._pending_ts, ts[newer]])[-self.limit :]
-        self._pending = np.concatenate([self._pending, values[newer]])[-self.limit :]
-        self._left_out = np.concatenate([self._left_out, np.zeros(int(newer.sum()), dtype=bool)])[-self.limit :]
+        # Rows wait a window and a batch or so; a stream whose windows are not scored (all late) must not grow it.
+        bound = 2 * self.limit
+        self._pending_ts = np.concatenate([self._pending_ts, ts[newer]])[-bound:]
+        self._pending = np.concatenate([self._pending, values[newer]])[-bound:]
+        self._left_out = np.concatenate([self._left_out, np.zeros(int(newer.sum()), dtype=bool)])[-bound:]
 
     def judge(self, start_s: F64, end_s: F64, anomalous: npt.NDArray[np.bool_]) -> None:
         """The stream's next windows ([start, end) in event time, in order) and whether each was anomalous."""
@@ -784,9 +786,27 @@ def learn_routes(
         except AeMonitorError as exc:
             raise ConfigError(f"{route.probation_samples} samples cannot train a model: {exc}",
                               key=f"{where}.probation_samples") from exc  # fmt: skip
+        retrain = config.learning.retrain
+        if retrain.enabled:
+            _check_retraining(trainer, settings, retrain, where)
         least = _fewest_samples(trainer, settings, route.probation_samples)
         out.append((route, LearnRoute(route, settings, tuple(channels), note, init, least)))
     return out
+
+
+def _check_retraining(trainer: Trainer, settings: Config, cfg: RetrainConfig, where: str) -> None:
+    """ConfigError when a reservoir cannot give a candidate (too few rows to train) or a fault check (fewer
+    held-back rows than a window)."""
+    rows = cfg.reservoir_samples - cfg.holdback_samples
+    try:
+        trainer.check(settings, rows)
+    except AeMonitorError as exc:
+        raise ConfigError(f"reservoir_samples - holdback_samples = {rows} samples cannot train a candidate for "
+                          f"{where}: {exc}", key="learning.retrain.reservoir_samples") from exc  # fmt: skip
+    window = settings.features.sensor.window_samples
+    if cfg.holdback_samples < window:
+        raise ConfigError(f"the fault check needs at least one window ({window} samples) of held-back rows for "
+                          f"{where}", key="learning.retrain.holdback_samples")  # fmt: skip
 
 
 def _fewest_samples(trainer: Trainer, settings: Config, most: int) -> int:
