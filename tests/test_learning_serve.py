@@ -203,14 +203,16 @@ def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_i
     produce(kafka_bootstrap, topic, other_pump(PROBATION, seed=21), 0)
     wait_for("the stream's own model", lambda: sample("ae_monitor_learning_streams", state="scoring") == 1)
     # The pump moves to a new operating point; its model flags it until a retraining cycle has run.
-    produce(kafka_bootstrap, topic, shifted_pump(2400, seed=22), PROBATION)
+    shifted = shifted_pump(6400, seed=22)
+    produce(kafka_bootstrap, topic, shifted[:2400], PROBATION)
     wait_for("the retraining", lambda: sample("ae_monitor_learning_streams", state="retraining") == 1)
-    sent = PROBATION + 2400
+    sent = 2400  # then more normal rows at the new level, until the candidate is promoted
     while sample("ae_monitor_learning_retrainings_total", outcome="promoted") == 0:
-        assert sent < PROBATION + 2400 + 4000, "no promotion after 4,000 rows at the new level"
-        produce(kafka_bootstrap, topic, shifted_pump(100, seed=sent), sent)  # normal at the new level
+        assert sent < len(shifted), "no promotion after 4,000 more rows at the new level"
+        produce(kafka_bootstrap, topic, shifted[sent : sent + 100], PROBATION + sent)
         sent += 100
         time.sleep(0.5)
+    sent += PROBATION
     promoted = Registry(root).resolve(model, "production")
     assert promoted.number == 2
     assert promoted.provenance["parent"] == 1
@@ -218,9 +220,9 @@ def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_i
     v2 = load_bundle(promoted.bundle_path).version
 
     first = sent + 10
+    scored = settled(lambda: sample("ae_monitor_windows_scored_total", bundle=model)) + 1000 - WINDOW + 1
     produce(kafka_bootstrap, topic, shifted_pump(1000, seed=23, fault=Fault("vibration_rms", 600, 900, "decouple")),
             first)  # fmt: skip
-    scored = sample("ae_monitor_windows_scored_total", bundle=model) + 1000 - WINDOW + 1
     wait_for("the windows", lambda: sample("ae_monitor_windows_scored_total", bundle=model) >= scored)
     alerts = read_alerts(kafka_bootstrap, f"alerts-{topic.rsplit('-', 1)[-1]}")
     own = [a for a in alerts if a["bundle_name"] == model]
@@ -229,11 +231,21 @@ def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_i
     assert all(a["event_time_s"] >= START_S + first + 600 - WINDOW + 1 for a in after), after
     # The shift's episode (version 1) is resolved once, by version 2's windows; no episode is sent twice.
     events: dict[str, list[str]] = {}
-    for alert in own:
+    for alert in alerts:  # the route bundle's episode of the probation is resolved by the learned model's windows
         events.setdefault(alert["id"], []).append(alert["status"])
     assert all(statuses in (["firing"], ["firing", "resolved"]) for statuses in events.values()), events
     shift = [a for a in own if a["status"] == "firing" and a["event_time_s"] >= START_S + PROBATION - WINDOW]
     assert events[shift[0]["id"]] == ["firing", "resolved"]
+
+
+def settled(read: Callable[[], float], quiet_s: float = 2.0) -> float:
+    """What `read` gives once it has not changed for `quiet_s` (serve has scored what was sent)."""
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.2)
+        if (now := read()) != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def shifted_pump(n: int, seed: int, fault: Fault | None = None) -> npt.NDArray[np.float64]:

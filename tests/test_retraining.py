@@ -145,10 +145,11 @@ def shifted(route_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> S
     serving = Serving(route_bundle, root, learning=LearningConfig(retrain=RETRAIN))
     serving.feed([rows(STREAM, other_pump(PROBATION, seed=61), 0)])
     serving.wait_until(lambda: serving.learner.counts()["scoring"] == 1)
-    serving.feed([rows(STREAM, shifted_pump(2400, seed=62), PROBATION)])
+    new_level = shifted_pump(2800, seed=62)
+    serving.feed([rows(STREAM, new_level[:2400], PROBATION)])
     serving.wait_until(lambda: serving.learner._streams[STREAM].shadow is not None, timeout_s=300)
     assert serving.learner.counts()["retraining"] == 1
-    serving.feed([rows(STREAM, shifted_pump(400, seed=63), PROBATION + 2400)])
+    serving.feed([rows(STREAM, new_level[2400:], PROBATION + 2400)])
     return serving
 
 
