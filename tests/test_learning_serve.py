@@ -191,9 +191,12 @@ def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_i
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     root = tmp_path / "learned"
-    retrain = {"enabled": True, "reservoir_samples": 2000, "holdback_samples": 300, "lookback_windows": 100,
+    retrain = {"enabled": True, "reservoir_samples": 3000, "holdback_samples": 300, "lookback_windows": 100,
                "alert_share": 0.5, "shadow_windows": 200}  # fmt: skip
     config = learning_config(kafka_bootstrap, topic, sensor_bundle, root, retrain)
+    tag = topic.rsplit("-", 1)[-1]
+    kafka_sinks = config.sinks.kafka.model_copy(update={"scores_topic": f"scores-{tag}"})
+    config = config.model_copy(update={"sinks": config.sinks.model_copy(update={"kafka": kafka_sinks})})
     model = stream_model_name(STREAM)
     metrics = serving.start(config)
 
@@ -203,10 +206,10 @@ def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_i
     produce(kafka_bootstrap, topic, other_pump(PROBATION, seed=21), 0)
     wait_for("the stream's own model", lambda: sample("ae_monitor_learning_streams", state="scoring") == 1)
     # The pump moves to a new operating point; its model flags it until a retraining cycle has run.
-    shifted = shifted_pump(6400, seed=22)
-    produce(kafka_bootstrap, topic, shifted[:2400], PROBATION)
+    shifted = shifted_pump(7400, seed=22)
+    produce(kafka_bootstrap, topic, shifted[:3400], PROBATION)
     wait_for("the retraining", lambda: sample("ae_monitor_learning_streams", state="retraining") == 1)
-    sent = 2400  # then more normal rows at the new level, until the candidate is promoted
+    sent = 3400  # then more normal rows at the new level, until the candidate is promoted
     while sample("ae_monitor_learning_retrainings_total", outcome="promoted") == 0:
         assert sent < len(shifted), "no promotion after 4,000 more rows at the new level"
         produce(kafka_bootstrap, topic, shifted[sent : sent + 100], PROBATION + sent)
@@ -219,16 +222,25 @@ def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_i
     assert promoted.provenance["metrics"]["shadow_decision"] == "promoted"
     v2 = load_bundle(promoted.bundle_path).version
 
-    first = sent + 10
+    first = sent + 60  # a gap longer than replay.max_gap_s: no window spans the seam between the two series
     scored = settled(lambda: sample("ae_monitor_windows_scored_total", bundle=model)) + 1000 - WINDOW + 1
     produce(kafka_bootstrap, topic, shifted_pump(1000, seed=23, fault=Fault("vibration_rms", 600, 900, "decouple")),
             first)  # fmt: skip
     wait_for("the windows", lambda: sample("ae_monitor_windows_scored_total", bundle=model) >= scored)
-    alerts = read_alerts(kafka_bootstrap, f"alerts-{topic.rsplit('-', 1)[-1]}")
+    alerts = read_topic(kafka_bootstrap, f"alerts-{tag}")
     own = [a for a in alerts if a["bundle_name"] == model]
     after = [a for a in own if a["status"] == "firing" and a["bundle_version"] == v2]
-    assert after, "the fault after the promotion raised no alert"
-    assert all(a["event_time_s"] >= START_S + first + 600 - WINDOW + 1 for a in after), after
+    fault_from = START_S + first + 600 - WINDOW + 1  # the first window holding a faulty row
+    assert any(a["event_time_s"] >= fault_from for a in after), "the fault after the promotion raised no alert"
+    # Normal at the new level: version 1 flagged every window of it (its shadow-period share); version 2 is back
+    # near its calibrated rate. One window in 50 is the bound: a false episode now and then is in the
+    # calibration's noise (about 230 held-out windows set the threshold), a level it has not learned is not.
+    normal = [w for w in read_topic(kafka_bootstrap, f"scores-{tag}")
+              if START_S + first <= w["start_s"] < fault_from]  # fmt: skip
+    assert len(normal) == 600 - WINDOW + 1
+    flagged = sum(w["score"] > w["threshold"] for w in normal) / len(normal)
+    assert promoted.provenance["metrics"]["production_false_alert_share"] > 0.9
+    assert flagged <= 0.02, (flagged, [(a["event_time_s"] - START_S - first) for a in after])
     # The shift's episode (version 1) is resolved once, by version 2's windows; no episode is sent twice.
     events: dict[str, list[str]] = {}
     for alert in alerts:  # the route bundle's episode of the probation is resolved by the learned model's windows
@@ -252,17 +264,17 @@ def shifted_pump(n: int, seed: int, fault: Fault | None = None) -> npt.NDArray[n
     return other_pump(n, seed, fault) + np.array([0.0, 2.5, 0.0, 6.0])  # as in tests/test_retraining.py
 
 
-def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every alert on `topic`, once it has had nothing new for 3 s."""
+def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every message on `topic` (JSON), once it has had nothing new for 3 s."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, group_id=None)  # fmt: skip
-    alerts: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
     try:
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < 3:
             for batch in consumer.poll(timeout_ms=500).values():
-                alerts += [json.loads(m.value) for m in batch]
+                messages += [json.loads(m.value) for m in batch]
                 quiet_since = time.monotonic()
     finally:
         consumer.close()
-    return alerts
+    return messages
