@@ -385,7 +385,9 @@ class Learner:
 
     def observe(self, items: Iterable[Record | SampleRows]) -> None:
         """Keep the sample rows of learning streams (before the engine scores the batch: a stream that finds its
-        model in the registry here is scored by it from this batch on)."""
+        model in the registry here is scored by it from this batch on), of scoring streams (their reservoirs) and
+        of streams whose candidate scores in shadow."""
+        items = items if isinstance(items, list) else list(items)  # read twice while a candidate is in shadow
         for item in items:
             if isinstance(item, SampleRows):
                 self._observe_rows(item)
@@ -400,7 +402,7 @@ class Learner:
                                                        np.asarray(item.values, dtype=np.float64)[:, order])  # fmt: skip
         for learning in self._streams.values():
             if learning.shadow is not None:
-                self._metrics.shadow_alerts.labels(learning.model).inc(learning.shadow.feed(list(items)))
+                self._metrics.shadow_alerts.labels(learning.model).inc(learning.shadow.feed(items))
         self._submit()
         self._publish()
 
