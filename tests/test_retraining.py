@@ -4,6 +4,7 @@ real-broker run is in tests/test_learning_serve.py."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,31 @@ def test_a_reservoir_too_short_to_train_a_candidate_is_refused_at_startup(route_
         ConfigError, match=r"learning\.retrain\.reservoir_samples: reservoir_samples - holdback_samples"
     ):
         learn_routes(config, [(route, "pump")], {"pump": route_bundle}, StreamTrainer())
+
+
+def test_a_candidate_whose_production_was_moved_by_hand_while_it_trained_is_discarded(
+    route_bundle: Bundle, sensor_bundle: Path, tmp_path: Path
+) -> None:
+    release = threading.Event()
+
+    def slow(job: LearnJob) -> Learned:
+        if job.parent is not None:
+            release.wait(60)
+        return StreamTrainer()(job)
+
+    serving = Serving(route_bundle, tmp_path, trainer=slow, learning=LearningConfig(retrain=RETRAIN))
+    serving.feed([rows(STREAM, other_pump(PROBATION, seed=61), 0)])
+    serving.wait_until(lambda: serving.learner.counts()["scoring"] == 1)
+    serving.feed([rows(STREAM, shifted_pump(2400, seed=62), PROBATION)])
+    assert serving.learner.counts()["retraining"] == 1
+    registry = Registry(tmp_path)
+    registry.promote(STREAM, registry.register(STREAM, sensor_bundle).number, "production", reason="by hand")
+    serving.learner._watched_at = -1e9
+    serving.learner.poll()
+    assert serving.learner._streams[STREAM].version == 2
+    release.set()
+    serving.wait_until(lambda: serving.sample("ae_monitor_learning_retrainings_total", outcome="discarded") == 1)
+    assert registry.resolve(STREAM, "production").number == 2
+    decision = registry.version(STREAM, 3).provenance["metrics"]["shadow_decision"]
+    assert decision == "discarded: production was moved by hand while it trained"
+    assert serving.learner.counts()["scoring"] == 1

@@ -344,6 +344,7 @@ class StreamLearning:
     seen_s: float = 0.0  # when its newest record was observed (the learner's clock)
     reservoir: Reservoir | None = None  # scoring, with retraining enabled
     shadow: Shadow | None = None  # retraining: the candidate in shadow
+    parent: int | None = None  # retraining: the production version its candidate was trained to replace
 
 
 class Learner:
@@ -642,7 +643,7 @@ class Learner:
                        learning.reservoir.channels, route.note, route.init_bundle, parent=learning.version,
                        holdback_ts=ts[cut:], holdback=values[cut:], fault_offset_sd=cfg.fault_offset_sd)  # fmt: skip
         learning.training = self._hand(job)
-        learning.state = "retraining"
+        learning.state, learning.parent = "retraining", learning.version
         log.info("stream %s: %.0f %% of its last %d windows anomalous; retraining on %d recent samples", stream,
                  100 * learning.reservoir.share, cfg.lookback_windows, cut)  # fmt: skip
 
@@ -691,6 +692,9 @@ class Learner:
             log.error("stream %s: retraining its model failed; it fills its reservoir again: %s", stream, exc)
             return
         learning.shadow = Shadow(stream, bundle, learned, alerting=self._alerting)
+        if learning.version != learning.parent:  # its fault check compared it with a version no longer in production
+            self._discard(stream, learning, "production was moved by hand while it trained")
+            return
         log.info("stream %s: candidate %s version %d scores in shadow for %d windows", stream, learned.model,
                  learned.version, self._retrain.shadow_windows if self._retrain else 0)  # fmt: skip
 
