@@ -391,6 +391,24 @@ class RouteConfig(_Section):
         return value
 
 
+class RetrainConfig(_Section):
+    """Continual retraining of learned per-stream models with shadow promotion (serve/learning.py)."""
+
+    enabled: bool = False
+    reservoir_samples: int = Field(2000, gt=0)  # recent rows kept per scoring stream (samples x channels x 8 B)
+    holdback_samples: int = Field(300, gt=0)  # the reservoir's newest rows: not trained on, the fault check's data
+    lookback_windows: int = Field(300, gt=0)  # the trigger's look-back: a stream's last windows
+    alert_share: float = Field(0.5, gt=0, le=1)  # the trigger: this share of the look-back's windows anomalous
+    shadow_windows: int = Field(300, gt=0)  # the candidate scores this many windows in shadow before the decision
+    fault_offset_sd: float = Field(6.0, gt=0)  # the synthetic fault: one channel offset by this many of its SDs
+
+    @model_validator(mode="after")
+    def _check_holdback(self) -> RetrainConfig:
+        if self.holdback_samples >= self.reservoir_samples:
+            raise ValueError("holdback_samples must be less than reservoir_samples (the rest trains the candidate)")
+        return self
+
+
 class LearningConfig(_Section):
     """The background trainer of per-stream learning routes (`[[routes]] learn = "per_stream"`)."""
 
@@ -401,6 +419,7 @@ class LearningConfig(_Section):
     max_probation_streams: int = Field(100, gt=0)  # streams buffering at once (memory: samples x channels x 8 B each)
     retry_after_s: float = Field(300.0, ge=0)  # a failed training is tried again this much later (same data)
     torch_threads: int = Field(1, gt=0)
+    retrain: RetrainConfig = RetrainConfig()  # [learning.retrain]
 
 
 class KafkaSinkConfig(_Section):

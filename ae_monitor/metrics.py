@@ -22,7 +22,12 @@ DEAD_LETTER_REASONS = (
     "no_stream", "channel_mismatch", "sample_rate", "nan_value", "no_route", "wrong_kind", "shape", "invalid_record",
 )  # fmt: skip
 EVICTION_REASONS = ("idle", "capacity", "revoked", "lost")
-LEARNING_STATES = ("learning", "scoring")  # of a stream of a per-stream learning route (serve/learning.py)
+LEARNING_STATES = (
+    "learning",
+    "scoring",
+    "retraining",
+)  # of a stream of a per-stream learning route (serve/learning.py)
+RETRAINING_OUTCOMES = ("promoted", "discarded", "failed")
 
 
 class Metrics:
@@ -147,8 +152,8 @@ class Metrics:
         )
         self.learning_streams = Gauge(
             "ae_monitor_learning_streams",
-            "Streams of per-stream learning routes by state: learning (probation data, training) or scoring (with a "
-            "model of their own).",
+            "Streams of per-stream learning routes by state: learning (probation data, training), scoring (with a "
+            "model of their own) or retraining (a candidate model training or scoring in shadow).",
             ["state"],
             registry=registry,
         )
@@ -156,6 +161,19 @@ class Metrics:
             "ae_monitor_learning_trainings",
             "Per-stream trainings finished, by outcome (ok: registered and scoring; failed: retried later).",
             ["outcome"],
+            registry=registry,
+        )
+        self.retrainings = Counter(
+            "ae_monitor_learning_retrainings",
+            "Retraining cycles of learned per-stream models, by outcome (promoted after its shadow period, discarded "
+            "by the shadow decision, failed to train).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.shadow_alerts = Counter(
+            "ae_monitor_shadow_alerts",
+            "Alerts a candidate model would have raised while it scored in shadow (counted, never sent).",
+            ["model"],
             registry=registry,
         )
 
@@ -170,6 +188,8 @@ class Metrics:
             self.trainings.labels(result)
         for state in LEARNING_STATES:
             self.learning_streams.labels(state)
+        for outcome in RETRAINING_OUTCOMES:
+            self.retrainings.labels(outcome)
         for bundle in bundles:
             self.bundle_started(bundle)
 

@@ -75,7 +75,7 @@ class Serving:
         learn = learn_routes(config, [(route, key)], {key: bundle}, self.trainer)
         self.learner = Learner(learn, engine=self.engine, trainer=trainer or self.trainer,
                                executor=executor, cfg=learning or LearningConfig(),
-                               metrics=self.metrics, clock=clock)  # fmt: skip
+                               metrics=self.metrics, alerting=config.alerting, clock=clock)  # fmt: skip
         self.alerts: list[Alert] = []
 
     def feed(self, items: list[SampleRows | SensorRecord], *, chunk: int = 200) -> None:
@@ -87,7 +87,9 @@ class Serving:
             )
             for piece in pieces:
                 self.learner.observe([piece])
-                self.alerts += self.engine.process([piece]).alerts
+                result = self.engine.process([piece])
+                self.learner.scored(result)
+                self.alerts += result.alerts
                 self.learner.poll()
 
     def wait_until(self, done: Callable[[], bool], timeout_s: float = 120) -> None:
@@ -189,7 +191,7 @@ def test_a_new_stream_is_scored_by_the_route_bundle_while_it_learns(route_bundle
     serving = Serving(route_bundle, tmp_path, trainer=slow)
     serving.feed([rows("pump-x", other_pump(PROBATION, seed=3), 0)])
     try:
-        assert serving.learner.counts() == {"learning": 1, "scoring": 0}
+        assert serving.learner.counts() == {"learning": 1, "scoring": 0, "retraining": 0}
         assert serving.engine.streams["pump-x"].slot == "pump"
         assert serving.sample("ae_monitor_windows_scored_total", bundle="pump") > 0
         assert serving.sample("ae_monitor_learning_streams", state="learning") == 1
@@ -225,7 +227,7 @@ def test_a_learned_stream_is_registered_with_its_data_span_and_scored_by_its_own
     span = version.provenance["training"]["data_span"]
     assert span == {"start": "2023-11-14T22:13:20+00:00", "end": "2023-11-14T22:41:39+00:00"}
     assert version.provenance["metrics"]["samples"] == PROBATION
-    assert serving.learner.counts() == {"learning": 0, "scoring": 1}
+    assert serving.learner.counts() == {"learning": 0, "scoring": 1, "retraining": 0}
     assert serving.engine.streams["site a/pump 7"].slot == "own:site a/pump 7"
     assert serving.sample("ae_monitor_learning_trainings_total", outcome="ok") == 1
     assert serving.sample("ae_monitor_windows_scored_total", bundle=model) > 0
@@ -251,7 +253,7 @@ def test_a_stream_with_a_registered_model_is_scored_by_it_without_training(
 
     restarted = Serving(route_bundle, root, trainer=refuse)
     restarted.feed([rows("site a/pump 7", other_pump(50, seed=13), 5000)])
-    assert restarted.learner.counts() == {"learning": 0, "scoring": 1}
+    assert restarted.learner.counts() == {"learning": 0, "scoring": 1, "retraining": 0}
     assert restarted.engine.streams["site a/pump 7"].slot == "own:site a/pump 7"
     assert [v.number for v in Registry(root).versions(stream_model_name("site a/pump 7"))] == [1]
 
@@ -518,4 +520,4 @@ def test_an_idle_stream_that_was_learning_frees_its_probation_buffer_and_a_scori
     serving.feed([rows("pump-idle", other_pump(100, seed=8), 0)])
     serving.learner.evicted(["pump-idle", "site a/pump 7"])
     assert "pump-idle" not in serving.learner._streams
-    assert serving.learner.counts() == {"learning": 0, "scoring": 1}
+    assert serving.learner.counts() == {"learning": 0, "scoring": 1, "retraining": 0}

@@ -72,8 +72,8 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         if learning is not None and trainer is not None:
             learner = Learner(learning, engine=engine, trainer=trainer,
                               executor=lambda: trainer_executor(config.learning), cfg=config.learning,
-                              metrics=metrics, backend=config.scoring.backend, threads=config.scoring.torch_threads,
-                              watch_every_s=config.service.reload_check_s,
+                              metrics=metrics, alerting=config.alerting, backend=config.scoring.backend,
+                              threads=config.scoring.torch_threads, watch_every_s=config.service.reload_check_s,
                               idle_after_s=config.streams.idle_eviction_s)  # fmt: skip
             health.describe("learning", learner.counts)
         source = KafkaSource(consumer_factory(config.kafka, config.source), config.source,

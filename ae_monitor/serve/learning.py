@@ -1,6 +1,6 @@
 """Per-stream learning (`[[routes]] learn = "per_stream"`): a stream without a model of its own gets one.
 
-Each stream of such a route goes through two states, exported as `ae_monitor_learning_streams{state}` and on
+Each stream of such a route goes through these states, exported as `ae_monitor_learning_streams{state}` and on
 /readyz:
 
     learning   scored by the route's bundle (not at all on a route without one) while its first
@@ -9,6 +9,9 @@ Each stream of such a route goes through two states, exported as `ae_monitor_lea
                `<stream model name>@production`
     scoring    scored by that model, from the micro-batch after it was registered; a move of its alias (a
                promotion or rollback by hand) is followed every `service.reload_check_s`
+    retraining with `[learning.retrain] enabled`: once its alert share stays high, a candidate trains on its
+               reservoir (`Reservoir`), then scores beside production in shadow (`Shadow`: its alerts counted,
+               never sent); promoted to `production` or discarded (`shadow_decision`), it is scoring again
 
 The trainer (`Trainer`, from the jobs layer, injected by the CLI) runs in one worker process (or thread): the main
 loop only hands it a job and, on a later iteration, loads what it registered. A failed training is logged, counted
@@ -25,15 +28,24 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import CalibrationConfig, Config, LearningConfig, RouteConfig, load_config
-from ae_monitor.engine import Engine
+from ae_monitor.config import (
+    AlertingConfig,
+    CalibrationConfig,
+    Config,
+    LearningConfig,
+    RetrainConfig,
+    RouteConfig,
+    load_config,
+)
+from ae_monitor.engine import BatchResult, Engine
 from ae_monitor.engine.routing import Router
 from ae_monitor.errors import AeMonitorError, ConfigError, RegistryError
 from ae_monitor.metrics import LEARNING_STATES, Metrics
@@ -45,6 +57,8 @@ log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 ALIAS = "production"
+CANDIDATE = "candidate"  # the alias of a retrained model while it is in shadow
+FLAGGED_SHARE = 0.5  # a synthetic fault counts as flagged when at least this share of its windows is anomalous
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,11 @@ class LearnJob:
     channels: tuple[str, ...]
     note: str  # where the settings came from, kept in the version's provenance
     init_bundle: str | None = None  # fine-tune this bundle's network (a folder or registry:// reference)
+    # A retraining: `parent` is the production version; the held-back rows (not trained on) get the fault check.
+    parent: int | None = None
+    holdback_ts: F64 = field(default_factory=lambda: np.zeros(0))
+    holdback: F64 = field(default_factory=lambda: np.zeros((0, 0)))
+    fault_offset_sd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,9 @@ class Learned:
     model: str
     version: int
     bundle_path: str
+    # A candidate's fault check: per channel, the share of flagged windows (production, candidate) of the held-back
+    # rows with that channel offset (jobs.learn.fault_check).
+    fault_check: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Trainer(Protocol):
@@ -93,6 +115,14 @@ class LearnRoute:
     min_samples: int = 1  # the fewest rows the trainer accepts (a probation cut short by probation_s keeps this many)
 
 
+def channel_order(training: Sequence[str], channels: Sequence[str]) -> npt.NDArray[np.int64] | None:
+    """Where each training channel is in `channels`; None when one is missing (the engine dead-letters such rows;
+    they are not kept)."""
+    if not set(training) <= set(channels):
+        return None
+    return np.array([list(channels).index(name) for name in training], dtype=np.int64)
+
+
 class Probation:
     """A stream's first `limit` sample rows (timestamps increasing: late or repeated rows are skipped), kept for
     training. Full once `limit` rows are in, or once they span `span_s` of event time and number at least
@@ -112,11 +142,7 @@ class Probation:
         return self.done or self.count >= self.limit
 
     def order(self, channels: Sequence[str]) -> npt.NDArray[np.int64] | None:
-        """Where each training channel is in `channels`; None when one is missing (the engine dead-letters such
-        rows; they are not kept)."""
-        if not set(self.channels) <= set(channels):
-            return None
-        return np.array([list(channels).index(name) for name in self.channels], dtype=np.int64)
+        return channel_order(self.channels, channels)
 
     def add(self, ts_s: npt.ArrayLike, values: npt.ArrayLike, channels: Sequence[str]) -> None:
         """Keep the rows of `values` (columns named by `channels`) that are newer than the last kept, up to the
@@ -150,6 +176,158 @@ class Probation:
         return self._ts[: self.count].copy(), self._values[: self.count].copy()
 
 
+class Reservoir:
+    """A scoring stream's recent rows for retraining: the last `limit` rows in no window production flagged.
+
+    Rows wait until every window that can hold them was scored (`judge`: the stream's windows in order, with
+    whether each was anomalous, score above threshold). A row of an anomalous window is left out, so a fault is not
+    learned as normal, unless it came while the stream's share of anomalous windows among its last `lookback`
+    stayed at or above `alert_share`: that is a sustained change of level (a new operating point), which the
+    candidate must learn. When the share first reaches the limit the rows kept so far are dropped, so the reservoir
+    then fills with rows of the new level only; `due` once it is full while the share holds."""
+
+    def __init__(self, cfg: RetrainConfig, channels: Sequence[str]) -> None:
+        self.limit, self.channels, self.cfg = cfg.reservoir_samples, tuple(channels), cfg
+        self._ts = np.empty(self.limit, dtype=np.float64)
+        self._values = np.empty((self.limit, len(self.channels)), dtype=np.float64)
+        self.count, self._next = 0, 0  # rows kept; where the next one goes (a ring)
+        self._pending_ts = np.zeros(0)
+        self._pending = np.zeros((0, len(self.channels)))
+        self._left_out = np.zeros(0, dtype=bool)
+        self._flags = np.zeros(0, dtype=bool)  # the last `lookback` windows: anomalous or not
+        self.sustained = False
+
+    @property
+    def share(self) -> float:
+        """The share of anomalous windows among the last `lookback` (windows not seen yet count as quiet)."""
+        return float(self._flags.sum()) / self.cfg.lookback_windows
+
+    @property
+    def due(self) -> bool:
+        return self.sustained and self.count >= self.limit
+
+    def add_ordered(self, ts: F64, values: F64) -> None:
+        """Rows (in the training channels' order) that wait for their windows' verdicts; late ones are skipped."""
+        last = self._pending_ts[-1] if len(self._pending_ts) else -np.inf
+        newer = ts > np.maximum.accumulate(np.concatenate([[last], ts]))[:-1]
+        # Rows wait a window and a batch or so; a stream whose windows are not scored (all late) must not grow it.
+        bound = 2 * self.limit
+        self._pending_ts = np.concatenate([self._pending_ts, ts[newer]])[-bound:]
+        self._pending = np.concatenate([self._pending, values[newer]])[-bound:]
+        self._left_out = np.concatenate([self._left_out, np.zeros(int(newer.sum()), dtype=bool)])[-bound:]
+
+    def judge(self, start_s: F64, end_s: F64, anomalous: npt.NDArray[np.bool_]) -> None:
+        """The stream's next windows ([start, end) in event time, in order) and whether each was anomalous."""
+        if not len(start_s):
+            return
+        look = self.cfg.lookback_windows
+        flags = np.concatenate([self._flags, anomalous])
+        before = len(self._flags)
+        sums = np.cumsum(np.concatenate([[0], flags]))
+        at = np.arange(before, len(flags)) + 1
+        shares = (sums[at] - sums[np.maximum(at - look, 0)]) / look
+        sustained = shares >= self.cfg.alert_share
+        if sustained.any() and not self.sustained:
+            self.count, self._next = 0, 0  # a new operating point: the rows of the old one go
+        self.sustained = bool(sustained[-1])
+        self._flags = flags[-look:]
+        out = anomalous & ~sustained
+        if out.any():
+            ts = self._pending_ts
+            lo, hi = np.searchsorted(ts, start_s[out]), np.searchsorted(ts, end_s[out])
+            marks = np.zeros(len(ts) + 1, dtype=np.int64)
+            np.add.at(marks, lo, 1)
+            np.add.at(marks, hi, -1)
+            self._left_out |= np.cumsum(marks)[:-1] > 0
+        # No later window starts before this one: the rows before it have all their verdicts.
+        decided = int(np.searchsorted(self._pending_ts, start_s[-1]))
+        keep = ~self._left_out[:decided]
+        self._keep(self._pending_ts[:decided][keep], self._pending[:decided][keep])
+        self._pending_ts, self._pending = self._pending_ts[decided:], self._pending[decided:]
+        self._left_out = self._left_out[decided:]
+
+    def _keep(self, ts: F64, values: F64) -> None:
+        ts, values = ts[-self.limit :], values[-self.limit :]
+        at = (self._next + np.arange(len(ts))) % self.limit
+        self._ts[at], self._values[at] = ts, values
+        self._next = int((self._next + len(ts)) % self.limit)
+        self.count = min(self.limit, self.count + len(ts))
+
+    def rows(self) -> tuple[F64, F64]:
+        """The kept rows, oldest first."""
+        order = (self._next - self.count + np.arange(self.count)) % self.limit
+        return self._ts[order], self._values[order]
+
+    def clear(self) -> None:
+        """Start again (a new production model judges the rows from now on)."""
+        self.count, self._next, self.sustained = 0, 0, False
+        self._flags = np.zeros(0, dtype=bool)
+
+
+class Shadow:
+    """A candidate model scoring a stream's rows beside production, in an engine of its own: its windows and would-be
+    alerts are counted, never delivered. Production's windows over the same period come from serve's results."""
+
+    def __init__(self, stream: str, candidate: Bundle, learned: Learned, *, alerting: AlertingConfig) -> None:
+        self.stream, self.candidate, self.learned = stream, candidate, learned
+        # Its own metrics registry: the candidate's windows must not count as production's in /metrics.
+        self._engine = Engine({"candidate": candidate}, alerting=alerting, metrics=Metrics(CollectorRegistry()))
+        self.windows = self.anomalous = self.alerts = 0
+        self.production_windows = self.production_anomalous = 0
+
+    def feed(self, items: Sequence[Record | SampleRows]) -> int:
+        """Score the stream's rows among `items`; returns the would-be alerts (firing) they raised."""
+        mine: list[Record | SampleRows] = []
+        for item in items:
+            if isinstance(item, SampleRows):
+                at = [i for i, s in enumerate(item.streams) if s == self.stream]
+                if at:
+                    tags = {name: [column[i] for i in at] for name, column in item.tags.items()}
+                    mine.append(SampleRows([self.stream] * len(at), item.ts_s[at], item.values[at], item.channels,
+                                           tags))  # fmt: skip
+            elif item.stream == self.stream:
+                mine.append(item)
+        if not mine:
+            return 0
+        result = self._engine.process(mine)
+        for table in result.tables:
+            self.windows += len(table)
+            self.anomalous += int(np.sum(table.score > table.threshold))
+        firing = sum(alert.status == "firing" for alert in result.alerts)
+        self.alerts += firing
+        return firing
+
+    def production(self, windows: int, anomalous: int) -> None:
+        self.production_windows += windows
+        self.production_anomalous += anomalous
+
+    def summary(self) -> dict[str, float | int]:
+        return {"shadow_windows": self.windows, "shadow_false_alert_share": _share(self.anomalous, self.windows),
+                "shadow_alerts": self.alerts, "production_windows": self.production_windows,
+                "production_false_alert_share": _share(self.production_anomalous, self.production_windows)}  # fmt: skip
+
+
+def shadow_decision(shadow: Shadow) -> str | None:
+    """None when the candidate may be promoted; else why not. It must flag no larger share of the shadow windows
+    than production did over the same period (both read as false alerts: the windows are the stream's live normal),
+    and flag every synthetic fault production flags, and at least one."""
+    mine = _share(shadow.anomalous, shadow.windows)
+    theirs = _share(shadow.production_anomalous, shadow.production_windows)
+    if mine > theirs:
+        return f"its shadow false-alert share {mine:.4f} is worse than production's {theirs:.4f}"
+    checks = shadow.learned.fault_check
+    missed = [c for c, (prod, cand) in checks.items() if prod >= FLAGGED_SHARE and cand < FLAGGED_SHARE]
+    if missed:
+        return f"it misses the synthetic fault on {', '.join(missed)} that production flags"
+    if not any(cand >= FLAGGED_SHARE for _, cand in checks.values()):
+        return "it flags none of the synthetic faults"
+    return None
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
 @dataclass
 class StreamLearning:
     """One stream of a learning route: its state, its probation buffer (None while it waits for room), the
@@ -164,12 +342,15 @@ class StreamLearning:
     failures: int = 0
     version: int | None = None  # the registry version it is scored with
     seen_s: float = 0.0  # when its newest record was observed (the learner's clock)
+    reservoir: Reservoir | None = None  # scoring, with retraining enabled
+    shadow: Shadow | None = None  # retraining: the candidate in shadow
+    parent: int | None = None  # retraining: the production version its candidate was trained to replace
 
 
 class Learner:
     """Per-stream learning for serve's main loop: `observe` each poll's items before the engine scores them, call
     `poll` on housekeeping, `drop` streams whose partitions moved away, tell it which were `evicted` for being idle,
-    `close` at shutdown."""
+    `close` at shutdown. With retraining enabled, hand it each batch's result too (`scored`)."""
 
     def __init__(
         self,
@@ -180,6 +361,7 @@ class Learner:
         executor: Callable[[], Executor],
         cfg: LearningConfig,
         metrics: Metrics,
+        alerting: AlertingConfig | None = None,
         backend: Literal["torch", "onnx"] = "torch",
         threads: int = 1,
         watch_every_s: float = 10.0,
@@ -189,6 +371,8 @@ class Learner:
         self._learn = {str(i): learn for i, (_, learn) in enumerate(routes)}
         self._router = Router([(route, str(i)) for i, (route, _) in enumerate(routes)])
         self._engine, self._trainer, self._cfg = engine, trainer, cfg
+        self._retrain = cfg.retrain if cfg.retrain.enabled else None
+        self._alerting = alerting or AlertingConfig()  # the policy a candidate's would-be alerts follow in shadow
         self._new_executor = executor  # called again when a worker process died (the pool is then broken)
         self._executor = executor()
         self._metrics, self._backend, self._threads, self._clock = metrics, backend, threads, clock
@@ -202,7 +386,9 @@ class Learner:
 
     def observe(self, items: Iterable[Record | SampleRows]) -> None:
         """Keep the sample rows of learning streams (before the engine scores the batch: a stream that finds its
-        model in the registry here is scored by it from this batch on)."""
+        model in the registry here is scored by it from this batch on), of scoring streams (their reservoirs) and
+        of streams whose candidate scores in shadow."""
+        items = items if isinstance(items, list) else list(items)  # read twice while a candidate is in shadow
         for item in items:
             if isinstance(item, SampleRows):
                 self._observe_rows(item)
@@ -210,6 +396,36 @@ class Learner:
                 learning = self._stream(item.stream, item.tags)
                 if learning is not None and learning.probation is not None:
                     learning.probation.add(item.ts_s, item.values, item.channels)
+                if learning is not None and learning.reservoir is not None:
+                    order = channel_order(learning.reservoir.channels, item.channels)
+                    if order is not None:
+                        learning.reservoir.add_ordered(np.asarray(item.ts_s, dtype=np.float64),
+                                                       np.asarray(item.values, dtype=np.float64)[:, order])  # fmt: skip
+        for learning in self._streams.values():
+            if learning.shadow is not None:
+                self._metrics.shadow_alerts.labels(learning.model).inc(learning.shadow.feed(items))
+        self._submit()
+        self._publish()
+
+    def scored(self, result: BatchResult) -> None:
+        """Production's verdicts on the batch's windows: the reservoirs keep the rows of windows that did not alert,
+        a shadow period counts production's windows; a reservoir that is due starts a retraining, a shadow period
+        that is over is decided."""
+        if self._retrain is None:
+            return
+        for table in result.tables:
+            learning = self._streams.get(table.streams[0]) if len(table) else None
+            if learning is None or table.bundle != learning.model:
+                continue  # not a stream's own model (its windows came from the route's bundle)
+            anomalous = table.score > table.threshold
+            if learning.reservoir is not None:
+                learning.reservoir.judge(table.start_s, table.end_s, anomalous)
+            if learning.shadow is not None:
+                learning.shadow.production(len(table), int(anomalous.sum()))
+        for stream, learning in list(self._streams.items()):
+            shadow = learning.shadow
+            if shadow is not None and shadow.windows >= self._retrain.shadow_windows:
+                self._decide(stream, learning, shadow)
         self._submit()
         self._publish()
 
@@ -277,6 +493,15 @@ class Learner:
         ordered: dict[tuple[str, ...], F64 | None] = {}  # the block's values in each route's channel order, once
         for stream, indices in groups.items():
             learning = self._stream(stream, rows.tags_of(indices[0]) if rows.tags else None)
+            reservoir = None if learning is None else learning.reservoir
+            if reservoir is not None:
+                if reservoir.channels not in ordered:
+                    order = channel_order(reservoir.channels, rows.channels)
+                    ordered[reservoir.channels] = None if order is None else rows.values[:, order]
+                kept = ordered[reservoir.channels]
+                if kept is not None:
+                    at = np.asarray(indices)
+                    reservoir.add_ordered(rows.ts_s[at], kept[at])
             probation = None if learning is None else learning.probation
             if probation is None or probation.full:
                 continue
@@ -310,7 +535,7 @@ class Learner:
         if isinstance(registered, tuple):
             bundle, learning.version = registered
             self._engine.score_stream_with(stream, bundle)
-            learning.state = "scoring"
+            learning.state, learning.reservoir = "scoring", self._new_reservoir(route)
             log.info("stream %s: scored by its own model %s version %d from the registry", stream, learning.model,
                      learning.version)  # fmt: skip
         else:
@@ -341,7 +566,7 @@ class Learner:
         """Streams scoring with their own model follow its `production` alias: a version promoted (or rolled back)
         in the registry replaces the loaded one; one that cannot be loaded is refused, and the loaded one stays."""
         for stream, learning in list(self._streams.items()):
-            if learning.state != "scoring":
+            if learning.state == "learning":
                 continue
             found = self._registered(learning, unless=learning.version)
             if isinstance(found, AeMonitorError):
@@ -356,6 +581,10 @@ class Learner:
                 log.info("stream %s: %s@%s moved from version %s to %d; scoring with it", stream, learning.model,
                          ALIAS, learning.version, number)  # fmt: skip
                 learning.version = number
+                if learning.reservoir is not None:
+                    learning.reservoir.clear()  # its rows were judged by the version that went
+                if learning.shadow is not None:  # its candidate was measured against the version that went
+                    self._discard(stream, learning, "production was moved by hand during its shadow period")
 
     def _alias_version(self, learning: StreamLearning) -> int | None:
         try:
@@ -389,18 +618,49 @@ class Learner:
                 route = learning.route
                 job = LearnJob(stream, learning.model, str(route.route.learned_registry), route.config, ts, values,
                                probation.channels, route.note, route.init_bundle)  # fmt: skip
-                try:
-                    learning.training = self._executor.submit(self._trainer, job)
-                except BrokenExecutor:  # its worker process died (killed, out of memory): start another
-                    log.error("the trainer's worker died; starting a new one")
-                    self._executor.shutdown(wait=False, cancel_futures=True)
-                    self._executor = self._new_executor()
-                    learning.training = self._executor.submit(self._trainer, job)
+                learning.training = self._hand(job)
                 pending += 1
                 log.info("stream %s: training its own model on %d samples", stream, len(ts))
+            elif (
+                self._retrain is not None
+                and learning.training is None
+                and learning.state == "scoring"
+                and learning.reservoir is not None
+                and learning.reservoir.due
+                and now >= learning.retry_at_s
+            ):
+                self._submit_retraining(stream, learning, self._retrain)
+                pending += 1
+
+    def _submit_retraining(self, stream: str, learning: StreamLearning, cfg: RetrainConfig) -> None:
+        """A candidate for `stream`, trained on its reservoir but the newest `holdback_samples` rows (the fault
+        check's), with production as its parent."""
+        assert learning.reservoir is not None
+        ts, values = learning.reservoir.rows()
+        cut = len(ts) - cfg.holdback_samples
+        route = learning.route
+        job = LearnJob(stream, learning.model, str(route.route.learned_registry), route.config, ts[:cut], values[:cut],
+                       learning.reservoir.channels, route.note, route.init_bundle, parent=learning.version,
+                       holdback_ts=ts[cut:], holdback=values[cut:], fault_offset_sd=cfg.fault_offset_sd)  # fmt: skip
+        learning.training = self._hand(job)
+        learning.state, learning.parent = "retraining", learning.version
+        log.info("stream %s: %.0f %% of its last %d windows anomalous; retraining on %d recent samples", stream,
+                 100 * learning.reservoir.share, cfg.lookback_windows, cut)  # fmt: skip
+
+    def _hand(self, job: LearnJob) -> Future[Learned]:
+        try:
+            return self._executor.submit(self._trainer, job)
+        except BrokenExecutor:  # its worker process died (killed, out of memory): start another
+            log.error("the trainer's worker died; starting a new one")
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+            return self._executor.submit(self._trainer, job)
 
     def _finish(self, stream: str, learning: StreamLearning, done: Future[Learned]) -> None:
         learning.training = None
+        if learning.state == "retraining":
+            self._finish_candidate(stream, learning, done)
+            return
         try:
             learned = done.result()
             bundle = load_bundle(Path(learned.bundle_path), backend=self._backend, threads=self._threads)
@@ -413,9 +673,72 @@ class Learner:
             return
         self._engine.score_stream_with(stream, bundle)
         learning.state, learning.probation, learning.version = "scoring", None, learned.version
+        learning.reservoir = self._new_reservoir(learning.route)
         self._metrics.trainings.labels("ok").inc()
         log.info("stream %s: learned model %s version %d registered; scoring with it", stream, learned.model,
                  learned.version)  # fmt: skip
+
+    def _finish_candidate(self, stream: str, learning: StreamLearning, done: Future[Learned]) -> None:
+        """A trained candidate goes into shadow; a failed training is counted and the stream scores on, its
+        reservoir filling again."""
+        try:
+            learned = done.result()
+            bundle = load_bundle(Path(learned.bundle_path), backend=self._backend, threads=self._threads)
+        except Exception as exc:  # as for a first training: serve keeps running
+            self._metrics.retrainings.labels("failed").inc()
+            learning.state = "scoring"
+            if learning.reservoir is not None:
+                learning.reservoir.clear()
+            log.error("stream %s: retraining its model failed; it fills its reservoir again: %s", stream, exc)
+            return
+        learning.shadow = Shadow(stream, bundle, learned, alerting=self._alerting)
+        if learning.version != learning.parent:  # its fault check compared it with a version no longer in production
+            self._discard(stream, learning, "production was moved by hand while it trained")
+            return
+        log.info("stream %s: candidate %s version %d scores in shadow for %d windows", stream, learned.model,
+                 learned.version, self._retrain.shadow_windows if self._retrain else 0)  # fmt: skip
+
+    def _decide(self, stream: str, learning: StreamLearning, shadow: Shadow) -> None:
+        """Promote the candidate (production moves to it, the stream scores with it from the next batch) or
+        discard it, with the shadow period's figures in its provenance either way."""
+        reason = shadow_decision(shadow)
+        if reason is not None:
+            self._discard(stream, learning, reason)
+            return
+        learned, registry = shadow.learned, Registry(str(learning.route.route.learned_registry))
+        registry.add_metrics(learned.model, learned.version, {**shadow.summary(), "shadow_decision": "promoted",
+                                                              "fault_check": dict(learned.fault_check)})  # fmt: skip
+        summary = shadow.summary()
+        mine, theirs = summary["shadow_false_alert_share"], summary["production_false_alert_share"]
+        why = f"shadow: false-alert share {mine:.4f} (production {theirs:.4f}) over {shadow.windows} windows"
+        registry.promote(learned.model, learned.version, ALIAS, reason=f"{why}; synthetic faults flagged")
+        self._engine.score_stream_with(stream, shadow.candidate)
+        log.info("stream %s: promoted %s version %d (parent %s) after its shadow period: %s", stream, learned.model,
+                 learned.version, learning.version, summary)  # fmt: skip
+        learning.version, learning.shadow, learning.state = learned.version, None, "scoring"
+        if learning.reservoir is not None:
+            learning.reservoir.clear()
+        self._metrics.retrainings.labels("promoted").inc()
+
+    def _discard(self, stream: str, learning: StreamLearning, reason: str) -> None:
+        shadow = learning.shadow
+        assert shadow is not None
+        learned = shadow.learned
+        try:
+            Registry(str(learning.route.route.learned_registry)).add_metrics(learned.model, learned.version, {
+                **shadow.summary(), "shadow_decision": f"discarded: {reason}",
+                "fault_check": dict(learned.fault_check)})  # fmt: skip
+        except RegistryError as exc:
+            log.warning("stream %s: could not record the shadow period of version %d: %s", stream, learned.version,
+                        exc)  # fmt: skip
+        log.warning("stream %s: candidate %s version %d discarded: %s", stream, learned.model, learned.version, reason)
+        learning.shadow, learning.state = None, "scoring"
+        if learning.reservoir is not None:
+            learning.reservoir.clear()
+        self._metrics.retrainings.labels("discarded").inc()
+
+    def _new_reservoir(self, route: LearnRoute) -> Reservoir | None:
+        return None if self._retrain is None else Reservoir(self._retrain, route.channels)
 
     def _publish(self) -> None:
         for state, count in self.counts().items():
@@ -469,9 +792,27 @@ def learn_routes(
         except AeMonitorError as exc:
             raise ConfigError(f"{route.probation_samples} samples cannot train a model: {exc}",
                               key=f"{where}.probation_samples") from exc  # fmt: skip
+        retrain = config.learning.retrain
+        if retrain.enabled:
+            _check_retraining(trainer, settings, retrain, where)
         least = _fewest_samples(trainer, settings, route.probation_samples)
         out.append((route, LearnRoute(route, settings, tuple(channels), note, init, least)))
     return out
+
+
+def _check_retraining(trainer: Trainer, settings: Config, cfg: RetrainConfig, where: str) -> None:
+    """ConfigError when a reservoir cannot give a candidate (too few rows to train) or a fault check (fewer
+    held-back rows than a window)."""
+    rows = cfg.reservoir_samples - cfg.holdback_samples
+    try:
+        trainer.check(settings, rows)
+    except AeMonitorError as exc:
+        raise ConfigError(f"reservoir_samples - holdback_samples = {rows} samples cannot train a candidate for "
+                          f"{where}: {exc}", key="learning.retrain.reservoir_samples") from exc  # fmt: skip
+    window = settings.features.sensor.window_samples
+    if cfg.holdback_samples < window:
+        raise ConfigError(f"the fault check needs at least one window ({window} samples) of held-back rows for "
+                          f"{where}", key="learning.retrain.holdback_samples")  # fmt: skip
 
 
 def _fewest_samples(trainer: Trainer, settings: Config, most: int) -> int:

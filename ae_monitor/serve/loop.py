@@ -112,6 +112,8 @@ class Daemon:
         if self._learner is not None:
             self._learner.observe(polled.items)
         result = self._engine.process(polled.items, arrival_s=arrival)
+        if self._learner is not None:
+            self._learner.scored(result)  # retraining: which rows lay in windows that alerted
         self._commits.add(polled.chunks, result.progress)
         deliver(result, self._out, self._metrics)
 
