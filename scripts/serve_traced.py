@@ -1,0 +1,72 @@
+"""`ae-monitor serve` with a per-step timing trace, for scripts/bench_serve.py's latency breakdown (`--trace`).
+
+Wraps the main loop's stages (poll, process, deliver, alert submit, retry, commit, housekeeping) and the garbage
+collector with wall-clock stamps, kept in memory and written as JSON lines to $AE_MONITOR_TRACE when serve returns.
+The library itself is unchanged: this is a benchmark harness, and its wrappers add about a microsecond per stage.
+
+    AE_MONITOR_TRACE=trace.jsonl python scripts/serve_traced.py serve --config serve.toml
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ae_monitor import cli
+from ae_monitor.serve import loop
+from ae_monitor.sinks.kafka import KafkaAlertSink
+from ae_monitor.sources.kafka import KafkaSource
+
+EVENTS: list[tuple[Any, ...]] = []  # (stage, start wall s, end wall s, detail)
+
+
+def timed(stage: str, fn: Callable[..., Any], detail: Callable[[Sequence[Any], Any], Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.time()
+        result = fn(*args, **kwargs)
+        EVENTS.append((stage, start, time.time(), detail(args, result)))
+        return result
+
+    return wrapper
+
+
+def install() -> None:
+    none: Callable[[Sequence[Any], Any], Any] = lambda args, result: None  # noqa: E731
+    KafkaSource.poll = timed("poll", KafkaSource.poll, lambda args, polled: len(polled.items))  # type: ignore[method-assign]
+    loop.Daemon._process = timed("process", loop.Daemon._process, none)  # type: ignore[method-assign]
+    loop.deliver = timed("deliver", loop.deliver, lambda args, result: len(args[0].alerts))
+    KafkaAlertSink.submit = timed(  # type: ignore[method-assign]
+        "submit", KafkaAlertSink.submit, lambda args, result: [a.id + ":" + a.status for a in args[1]]
+    )
+    loop.Daemon._maybe_commit = timed("commit", loop.Daemon._maybe_commit, none)  # type: ignore[method-assign]
+    loop.Daemon._housekeeping = timed("housekeeping", loop.Daemon._housekeeping, none)  # type: ignore[method-assign]
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.time()]
+        elif started:
+            EVENTS.append(("gc", started[0], time.time(), info.get("generation")))
+
+    gc.callbacks.append(on_gc)
+
+
+def main() -> int:
+    out = Path(os.environ["AE_MONITOR_TRACE"])
+    install()
+    try:
+        return cli.main(sys.argv[1:])
+    finally:
+        with out.open("w", encoding="utf-8") as f:
+            for event in EVENTS:
+                f.write(json.dumps(event) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
