@@ -976,7 +976,7 @@ def print_breakdown(title: str, found: dict[str, Any]) -> None:
         print(f"  {name:<20} {q(found['stages_ms'][name])}   {meaning}")
     print(f"  {'micro-batch rows':<20} {q(found['batch_rows'])}   all non-empty polls (alerts' batches: "
           f"{q(found['alert_batch_rows'])})")  # fmt: skip
-    print(f"  {'process per batch':<20} {q(found['process_ms'])}   engine + deliver (decoding is in the poll), every batch")
+    print(f"  {'process per batch':<20} {q(found['process_ms'])}   engine + deliver (decoding is in the poll)")
     print(f"  {'gc pauses':<20} {q(found['gc_ms'])}   {len(found['gc_ms'])} collections, {found['gc_full']} full")
 
 

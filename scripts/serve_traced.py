@@ -38,7 +38,8 @@ def timed(stage: str, fn: Callable[..., Any], detail: Callable[[Sequence[Any], A
 
 def install() -> None:
     none: Callable[[Sequence[Any], Any], Any] = lambda args, result: None  # noqa: E731
-    KafkaSource.poll = timed("poll", KafkaSource.poll, lambda args, polled: len(polled.items))  # type: ignore[method-assign]
+    rows: Callable[[Sequence[Any], Any], Any] = lambda args, polled: sum(c.end_row - c.first_row for c in polled.chunks)  # noqa: E731
+    KafkaSource.poll = timed("poll", KafkaSource.poll, rows)  # type: ignore[method-assign]
     loop.Daemon._process = timed("process", loop.Daemon._process, none)  # type: ignore[method-assign]
     loop.deliver = timed("deliver", loop.deliver, lambda args, result: len(args[0].alerts))
     KafkaAlertSink.submit = timed(  # type: ignore[method-assign]

@@ -107,8 +107,8 @@ class Daemon:
                        for m in polled.rejected]  # fmt: skip
             send_dead_letters(letters, self._out.dead_letters, self._metrics)
         result = self._engine.process(polled.items, arrival_s=arrival)
+        deliver(result, self._out, self._metrics)  # before the bookkeeping: alerts leave as early as they can
         self._commits.add(polled.chunks, result.progress)
-        deliver(result, self._out, self._metrics)
 
     def _apply_rebalance(self) -> None:
         for event in self._source.take_rebalance_events():
