@@ -927,7 +927,8 @@ STAGES = (
     ("in poll", "the poll that returned it: waiting for a fetch, and the client unpacking the records"),
     ("poll->detection", "decoding, windowing, forward pass, alert decision of its micro-batch"),
     ("detection->submit", "the rest of the batch's delivery until the alert is handed to the producer"),
-    ("submit->received", "producer (linger, acks=all) -> broker -> this process's consumer of the alerts topic"),
+    ("submit->acked", "serve's producer (linger, acks=all) until the broker acknowledged the alert"),
+    ("acked->received", "broker -> this process's consumer of the alerts topic (the benchmark's side)"),
 )
 
 
@@ -939,19 +940,20 @@ def trace_breakdown(trace: Path, plan: LatencyPlan, alerts: list[tuple[float, di
     polls = sorted((e[1], e[2], e[3]) for e in events if e[0] == "poll")
     poll_ends = [end for _, end, _ in polls]
     submits = {aid.split(":")[0]: e[1] for e in events if e[0] == "submit" for aid in e[3] if aid.endswith("firing")}
+    acks = {aid.split(":")[0]: e[2] for e in events if e[0] == "ack" for aid in e[3] if aid.endswith("firing")}
     arrived, _ = _pair(plan, alerts, window, plan.triggers())
     expected = plan.triggers()
     stages: dict[str, list[float]] = {name: [] for name, _ in STAGES}
     batch_rows: list[float] = []
     for key, (received, detection, alert_id) in arrived.items():
-        submit = submits.get(alert_id)
-        if submit is None:
+        submit, ack = submits.get(alert_id), acks.get(alert_id)
+        if submit is None or ack is None:
             continue
         i = bisect.bisect_right(poll_ends, detection) - 1  # the poll whose micro-batch decided the alert
         start, end, rows = polls[i]
         appended = plan.appended[(key[0], expected[key])]
         for name, ms in zip(stages, (start - appended, end - start, detection - end, submit - detection,
-                                     received - submit), strict=True):  # fmt: skip
+                                     ack - submit, received - ack), strict=True):  # fmt: skip
             stages[name].append(1000 * ms)
         batch_rows.append(rows)
     busy = [e for e in events if e[0] == "process"]

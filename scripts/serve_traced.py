@@ -36,15 +36,32 @@ def timed(stage: str, fn: Callable[..., Any], detail: Callable[[Sequence[Any], A
     return wrapper
 
 
+def alert_ids(args: Sequence[Any], result: Any) -> list[str]:
+    return [alert.id + ":" + alert.status for alert in args[1]]
+
+
+def acked(submit: Callable[..., Any]) -> Callable[..., Any]:
+    """`submit`, noting when the broker acknowledged the batch's last alert (kafka-python's futures call back on its
+    sender thread; list.append is atomic)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start, pending = time.time(), submit(*args, **kwargs)
+        futures = [getattr(delivery, "_future", None) for delivery in pending._deliveries]
+        if futures and futures[-1] is not None:
+            ids = alert_ids(args, None)
+            futures[-1].add_both(lambda _: EVENTS.append(("ack", start, time.time(), ids)))
+        return pending
+
+    return wrapper
+
+
 def install() -> None:
     none: Callable[[Sequence[Any], Any], Any] = lambda args, result: None  # noqa: E731
     rows: Callable[[Sequence[Any], Any], Any] = lambda args, polled: sum(c.end_row - c.first_row for c in polled.chunks)  # noqa: E731
     KafkaSource.poll = timed("poll", KafkaSource.poll, rows)  # type: ignore[method-assign]
     loop.Daemon._process = timed("process", loop.Daemon._process, none)  # type: ignore[method-assign]
     loop.deliver = timed("deliver", loop.deliver, lambda args, result: len(args[0].alerts))
-    KafkaAlertSink.submit = timed(  # type: ignore[method-assign]
-        "submit", KafkaAlertSink.submit, lambda args, result: [a.id + ":" + a.status for a in args[1]]
-    )
+    KafkaAlertSink.submit = timed("submit", acked(KafkaAlertSink.submit), alert_ids)  # type: ignore[method-assign]
     loop.Daemon._maybe_commit = timed("commit", loop.Daemon._maybe_commit, none)  # type: ignore[method-assign]
     loop.Daemon._housekeeping = timed("housekeeping", loop.Daemon._housekeeping, none)  # type: ignore[method-assign]
     started: list[float] = []

@@ -7,6 +7,7 @@ listens there while a client is built.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -241,6 +242,10 @@ class Producer:
             return _Delivery(self._producer.send(topic, key=key, value=value, headers=list(headers)))
         except KafkaError as exc:
             raise _error(exc) from exc
+
+    def flush(self, timeout_s: float) -> None:
+        with contextlib.suppress(KafkaError):  # not all answered in time: their deliveries say so later
+            self._producer.flush(timeout=timeout_s)
 
     def close(self) -> None:
         self._producer.close()
