@@ -291,6 +291,8 @@ class Topics:
 
     def create(self, kind: str, configs: dict[str, str] | None = None) -> str:
         name = f"bench-{kind}-{self.run_id}"
+        if name in self._created:  # the same part again, with another client
+            name += f"-{sum(t.startswith(name) for t in self._created) + 1}"
         spec = {"num_partitions": 1, "replication_factor": 1, "configs": configs or {}}
         self._admin.create_topics({name: spec}, wait_for_metadata=True)
         self._created.append(name)
@@ -548,7 +550,7 @@ def run_throughput(bootstrap: str, topics: Topics, bundle: Path, settings: Setti
     figures.add(Row(ROW_CEILING, ceiling, "msg/s", note=f"{n:,} in {ceiling_s:.2f} s, max_poll_records {max_poll}"),
                 msg_per_s=ceiling, seconds=ceiling_s, records=n, max_poll_records=max_poll)  # fmt: skip
     expected = settings.streams * max(0, rows - window + 1)
-    config = serve_config(bootstrap, topic, bundle, f"tp-{topics.run_id}", client)
+    config = serve_config(bootstrap, topic, bundle, f"tp-{client}-{topics.run_id}", client)
     topics.forget_later(*output_topics(topic))
     span = serve_span(config, expected, None if profile is None else profile / "serve-sensor.pstats")
     rate = n / span.wall_s
@@ -889,7 +891,7 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
     plan = latency_plan(loaded.extractor.group_names, settings.streams, rows, int(ALERTING["k"]))
     topic = topics.create(f"latency-{label.lower()}", {"message.timestamp.type": "LogAppendTime"})
     topics.forget_later(*output_topics(topic))
-    config = serve_config(bootstrap, topic, bundle, f"lat-{label.lower()}-{topics.run_id}", client)
+    config = serve_config(bootstrap, topic, bundle, f"lat-{label.lower()}-{client}-{topics.run_id}", client)
     warmup = topics.create(f"latency-{label.lower()}-warmup")
     producer = PacedProducer(bootstrap, topic, plan, rate, settings.latency_s, workdir / f"latency-{label.lower()}",
                              warmup)  # fmt: skip
@@ -1065,7 +1067,7 @@ def run_audio(bootstrap: str, topics: Topics, bundle: Path, settings: Settings, 
     del messages
     gc.collect()
     windows = settings.audio_streams * audio_windows(load_bundle(bundle), settings.audio_seconds)
-    config = serve_config(bootstrap, topic, bundle, f"audio-{topics.run_id}", client)
+    config = serve_config(bootstrap, topic, bundle, f"audio-{client}-{topics.run_id}", client)
     topics.forget_later(*output_topics(topic))
     span = serve_span(config, windows, None if profile is None else profile / "serve-audio.pstats")
     audio_s = float(settings.audio_streams * settings.audio_seconds)
