@@ -827,6 +827,7 @@ class LatencyRun:
     bench_cores: float  # the same for the load generator and this process (alert consumer)
     machine_cores: float  # the same for the whole machine (these two, the broker, anything else running)
     latencies: Latencies
+    serve_peak_rss_mb: float = float("nan")  # the serve process's peak resident memory (VmHWM) when sending ended
 
 
 Onset = tuple[int, int]  # (stream, row)
@@ -905,6 +906,7 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
                 after = (daemon.cpu_s(), process_cpu_s() + producer.cpu_s(), machine_busy_s())
                 serve_c, own_c, machine_c = ((b - a) / settings.latency_s for a, b in zip(before, after, strict=True))
                 backlog = sent - daemon.metric("ae_monitor_records_total")
+                rss_mb = peak_rss_mb(daemon.proc.pid)
                 waited_until = wait_for_alerts(collector, plan, daemon, sent, settings.wait_s)
     finally:
         producer.close()
@@ -913,7 +915,18 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
     if trace_out is not None:
         print_breakdown(f"latency {label} ({client}, {rate:,.0f} msg/s)",
                         trace_breakdown(trace_out, plan, list(collector.received), window=window))  # fmt: skip
-    return LatencyRun(label, rate, sent / settings.latency_s, sent, backlog, serve_c, own_c, machine_c, latencies)
+    return LatencyRun(label, rate, sent / settings.latency_s, sent, backlog, serve_c, own_c, machine_c, latencies,
+                      rss_mb)  # fmt: skip
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Process `pid`'s peak resident memory (VmHWM) in MB; NaN where /proc is not readable."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+    found = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    return found[0] / 1024 if found else float("nan")
 
 
 def wait_for_alerts(collector: AlertCollector, plan: LatencyPlan, daemon: ServeProcess, sent: int,
@@ -1002,13 +1015,13 @@ def report_latency(figures: Figures, run: LatencyRun, *, goal: bool) -> None:
     result, name = run.latencies, f"latency {run.label}"
     cores = (
         f"cores busy: serve {run.serve_cores:.2f}, producer + this process {run.bench_cores:.2f}, machine "
-        f"{run.machine_cores:.2f} of {os.cpu_count()}"
+        f"{run.machine_cores:.2f} of {os.cpu_count()}; serve peak RSS {run.serve_peak_rss_mb:,.0f} MB"
     )
     figures.add(Row(f"{name}: send rate", run.send_rate, "msg/s", note=f"target {run.target_rate:,.0f}; serve "
                     f"{max(0.0, run.backlog):,.0f} behind at the end; {cores}"),
                 msg_per_s=run.send_rate, target_msg_per_s=run.target_rate, records=run.sent,
                 backlog_at_end=run.backlog, serve_cores=run.serve_cores, bench_cores=run.bench_cores,
-                machine_cores=run.machine_cores)  # fmt: skip
+                machine_cores=run.machine_cores, serve_peak_rss_mb=run.serve_peak_rss_mb)  # fmt: skip
     missing = result.expected - result.received
     bound = f", {missing} never came (lower bounds)" if missing else ""
     p50, p99 = percentile(result.append_to_alert_ms, 50), percentile(result.append_to_alert_ms, 99)

@@ -24,6 +24,7 @@ from ae_monitor.sinks.kafka import KafkaAlertSink
 from ae_monitor.sources.kafka import KafkaSource
 
 EVENTS: list[tuple[Any, ...]] = []  # (stage, start wall s, end wall s, detail)
+WATCHED: dict[int, tuple[float, list[str]]] = {}  # librdkafka deliveries of alert batches: submit time, alert ids
 
 
 def timed(stage: str, fn: Callable[..., Any], detail: Callable[[Sequence[Any], Any], Any]) -> Callable[..., Any]:
@@ -46,10 +47,13 @@ def acked(submit: Callable[..., Any]) -> Callable[..., Any]:
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start, pending = time.time(), submit(*args, **kwargs)
-        futures = [getattr(delivery, "_future", None) for delivery in pending._deliveries]
-        if futures and futures[-1] is not None:
+        last = pending._deliveries[-1] if pending._deliveries else None
+        future = getattr(last, "_future", None)  # kafka-python; librdkafka's deliveries are called back instead
+        if future is not None:
             ids = alert_ids(args, None)
-            futures[-1].add_both(lambda _: EVENTS.append(("ack", start, time.time(), ids)))
+            future.add_both(lambda _: EVENTS.append(("ack", start, time.time(), ids)))
+        elif last is not None:
+            WATCHED[id(last)] = (start, alert_ids(args, None))
         return pending
 
     return wrapper
@@ -73,6 +77,18 @@ def install() -> None:
             EVENTS.append(("gc", started[0], time.time(), info.get("generation")))
 
     gc.callbacks.append(on_gc)
+    try:
+        from ae_monitor.kafka_client import confluent
+    except ImportError:  # confluent-kafka not installed: kafka-python only
+        return
+    delivered = confluent._Delivery.__call__
+
+    def on_delivery(self: Any, error: Any, message: Any) -> None:
+        delivered(self, error, message)
+        if (watched := WATCHED.pop(id(self), None)) is not None:
+            EVENTS.append(("ack", watched[0], time.time(), watched[1]))
+
+    confluent._Delivery.__call__ = on_delivery  # type: ignore[method-assign]
 
 
 def main() -> int:
