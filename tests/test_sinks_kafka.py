@@ -95,22 +95,6 @@ def test_alerts_topic_gets_the_alert_json_keyed_by_stream_with_the_alert_id_head
     assert json.loads(records[2].value)["status"] == "resolved"
 
 
-def test_a_submitted_alert_batch_is_flushed_to_the_broker_not_left_to_the_producers_linger(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_client: Callable[..., Any]
-) -> None:
-    # kafka-python only: its producer takes `linger_ms` from kafka.extra (librdkafka's is fixed by the client).
-    # Lingering a minute, the producer would not even send the batch before the flush's ten seconds are up.
-    conn = KafkaConnectionConfig(bootstrap_servers=(kafka_bootstrap,), extra={"linger_ms": 60_000})
-    producer = producer_factory(conn, send_timeout_s=10)()
-    try:
-        topic = kafka_topic(1)
-        pending = KafkaAlertSink(producer, topic, flush_s=10).submit([_alert("pump-1"), _alert("pump-2")])
-        assert pending.done()
-        assert [r.key for r in _read(kafka_client, topic, 2)] == [b"pump-1", b"pump-2"]
-    finally:
-        producer.close()
-
-
 def test_scores_topic_gets_one_json_message_per_window(
     producer: Any, kafka_topic: Callable[..., str], kafka_client: Callable[..., Any]
 ) -> None:

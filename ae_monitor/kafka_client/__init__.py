@@ -91,10 +91,6 @@ class Producer(Protocol):
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> Delivery:
         """Hand a message over; raises KafkaClientError when the producer refuses it at once (too large, full)."""
 
-    def flush(self, timeout_s: float) -> None:
-        """Send what is handed over now (no linger) and wait at most `timeout_s` for the broker's answers; never
-        raises (each Delivery reports its own outcome)."""
-
     def close(self) -> None: ...
 
 

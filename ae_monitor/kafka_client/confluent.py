@@ -443,9 +443,6 @@ class Producer:
             raise _error(exc) from exc
         return delivery
 
-    def flush(self, timeout_s: float) -> None:
-        self._producer.flush(timeout_s)  # returns what is left; their deliveries report it later
-
     def close(self) -> None:
         left = self._producer.flush(5.0)
         if left:

@@ -174,12 +174,11 @@ class InFlight:
 class KafkaAlertSink:
     """Alert events as JSON (docs/alerts.md), key = stream, header `alert_id`.
 
-    `submit` hands a batch to the producer and flushes it, waiting at most `flush_s` (the delivery queue checks the
-    acknowledgement later, so a broker that does not answer holds the main loop for `flush_s` at most); `send` waits
-    for the acknowledgement."""
+    `submit` hands a batch to the producer and returns at once (the delivery queue checks the acknowledgement
+    later, so the main loop never waits for the broker); `send` waits for it."""
 
-    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0, flush_s: float = 0.05) -> None:
-        self._producer, self._topic, self._timeout_s, self._flush_s = producer, topic, timeout_s, flush_s
+    def __init__(self, producer: Producer, topic: str, *, timeout_s: float = 10.0) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
         self.name = f"kafka:{topic}"
 
     def send(self, alerts: Sequence[Alert]) -> None:
@@ -187,13 +186,7 @@ class KafkaAlertSink:
 
     def submit(self, alerts: Sequence[Alert]) -> PendingSends:
         messages = [(a.stream.encode(), to_json(a).encode(), [("alert_id", a.id.encode())]) for a in alerts]
-        pending = submit_all(self._producer, self._topic, messages, sink=self.name)
-        # Alerts are the one output someone waits for. Left to the producer, they waited out its linger and then
-        # for its sender thread to get the interpreter from a busy main loop: 10-40 ms from submit to the broker's
-        # acknowledgement, even at low rates (scripts/bench_serve.py --trace). Flushing sends them now, while the
-        # main thread waits and the sender runs; it costs the loop one round trip per batch that raised alerts.
-        self._producer.flush(self._flush_s)
-        return pending
+        return submit_all(self._producer, self._topic, messages, sink=self.name)
 
 
 def score_to_json(score: WindowScore) -> str:
