@@ -79,7 +79,7 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         gc.freeze()
         # A micro-batch allocates tens of thousands of containers that die with it (the client's records, decoded
         # rows). Collected every 700 allocations (the default), objects of the batch in flight were promoted to the
-        # old generations, whose full collections then paused the loop for 20-180 ms several times a minute
+        # old generations, whose full collections then paused the loop for 20-95 ms several times a minute
         # (scripts/bench_serve.py --trace); every YOUNG_GC_ALLOCATIONS, a batch mostly dies young.
         gc.set_threshold(YOUNG_GC_ALLOCATIONS, *gc.get_threshold()[1:])
         starting.clear()  # from here a signal only sets `stop`: the loop drains, delivers and commits
