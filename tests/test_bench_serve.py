@@ -78,3 +78,28 @@ def test_an_onset_inside_an_episode_already_firing_is_masked_not_expected(bench:
     resolved_before = {**resolved, "ends_at_s": plan.sent_ts[0][7]}  # resolved before the onset: it fires again
     result = bench.match_alerts(plan, [alerts[0], (0.0, resolved_before)], window=4, waited_until=1.0e4)
     assert (result.expected, result.received, result.masked) == (1, 0, 0)
+
+
+def test_the_trace_splits_an_alerts_latency_at_each_stage_of_serve(bench: ModuleType, tmp_path: Path) -> None:
+    plan = _plan(bench)
+    appended = plan.appended[(0, 10)]
+    alert = {"id": "a", "stream": "pump-0000", "status": "firing", "event_time_s": plan.sent_ts[0][5],
+             "detection_time_s": appended + 0.040}  # fmt: skip
+    at = [appended + s for s in (0.010, 0.030, 0.050, 0.055, 0.060)]  # poll start, poll end, submit, acked, received
+    events = [
+        ("poll", appended - 0.050, appended - 0.040, 100),  # an earlier micro-batch, before the record was appended
+        ("poll", at[0], at[1], 2500),
+        ("gc", at[1], at[1] + 0.002, 0),
+        ("submit", at[2], at[2] + 0.001, ["a:firing"]),
+        ("ack", at[2], at[3], ["a:firing"]),
+    ]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps(event) + "\n" for event in events), encoding="utf-8")
+    found = bench.trace_breakdown(trace, plan, [(at[4], alert)], window=4)
+    stages = {name: values[0] for name, values in found["stages_ms"].items()}
+    expected = {"append->poll start": 10.0, "in poll": 20.0, "poll->detection": 10.0, "detection->submit": 10.0,
+                "submit->acked": 5.0, "acked->received": 5.0}  # fmt: skip
+    assert stages == pytest.approx(expected)
+    assert sum(stages.values()) == pytest.approx(1000 * (at[4] - appended))
+    assert found["alert_batch_rows"] == [2500]
+    assert found["gc_ms"] == pytest.approx([2.0])

@@ -31,6 +31,8 @@ from ae_monitor.serve.outputs import build_outputs
 
 log = logging.getLogger(__name__)
 
+YOUNG_GC_ALLOCATIONS = 50_000  # net container allocations between young collections (Python's default: 700)
+
 
 def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: threading.Event | None = None,
           trainer: Trainer | None = None) -> int:  # fmt: skip
@@ -88,6 +90,11 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         # of the collector's sight, the full collections the main loop's garbage triggers no longer walk it. Measured
         # by scripts/bench_serve.py: about a quarter more records per second.
         gc.freeze()
+        # A micro-batch allocates tens of thousands of containers that die with it (the client's records, decoded
+        # rows). Collected every 700 allocations (the default), objects of the batch in flight were promoted to the
+        # old generations, whose full collections then paused the loop for 20-95 ms several times a minute
+        # (scripts/bench_serve.py --trace); every YOUNG_GC_ALLOCATIONS, a batch mostly dies young.
+        gc.set_threshold(YOUNG_GC_ALLOCATIONS, *gc.get_threshold()[1:])
         starting.clear()  # from here a signal only sets `stop`: the loop drains, delivers and commits
         daemon.run(stop)
     finally:

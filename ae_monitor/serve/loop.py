@@ -112,10 +112,10 @@ class Daemon:
         if self._learner is not None:
             self._learner.observe(polled.items)
         result = self._engine.process(polled.items, arrival_s=arrival)
+        deliver(result, self._out, self._metrics)  # before the bookkeeping: alerts leave as early as they can
         if self._learner is not None:
             self._learner.scored(result)  # retraining: which rows lay in windows that alerted
         self._commits.add(polled.chunks, result.progress)
-        deliver(result, self._out, self._metrics)
 
     def _apply_rebalance(self) -> None:
         for event in self._source.take_rebalance_events():

@@ -60,17 +60,17 @@ class Outputs:
 
 
 def deliver(result: BatchResult, outputs: Outputs, metrics: Metrics) -> None:
-    """Hand everything a micro-batch produced to its output: dead letters, codes, cleaned windows, alerts, scores,
-    changed alert states."""
+    """Hand everything a micro-batch produced to its output: alerts first (the one output someone waits for), then
+    dead letters, codes, cleaned windows, scores, changed alert states."""
+    if result.alerts:
+        outputs.alerts.send(result.alerts)
+        metrics.alerts_delivered(result.alerts)
     if result.dead_letters:
         send_dead_letters(result.dead_letters, outputs.dead_letters, metrics)
     if result.codes and outputs.codes is not None:
         outputs.codes(result.codes)
     if result.cleaned and outputs.cleaned is not None:
         outputs.cleaned(result.cleaned)
-    if result.alerts:
-        outputs.alerts.send(result.alerts)
-        metrics.alerts_delivered(result.alerts)
     if outputs.scores is not None and result.window_count:
         outputs.scores(result.windows)
     if outputs.state is not None and result.alert_states:
