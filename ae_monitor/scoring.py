@@ -71,6 +71,19 @@ class VectorScores:
         return VectorScores(self.errors, self.group_errors, band_means_of(data, vector_shape), statistic)
 
 
+@dataclass(frozen=True)
+class ScoreForm:
+    """How scores are formed from squared errors, as a bundle's calibration records it (every backend the same):
+    `aggregation` "mean" or "max" over groups scaled by `group_scale`, the newest `recent_steps` steps (0 = all),
+    an audio window `statistic` and a sensor `linear` monitor beside the errors (None = none)."""
+
+    aggregation: str = "mean"
+    group_scale: Sequence[float] | None = None
+    recent_steps: int = 0
+    statistic: BandMeanZ | None = None
+    linear: LinearMonitor | None = None
+
+
 class Scorer:
     """Scores flat feature vectors with a trained autoencoder in batches, without gradients."""
 
@@ -82,15 +95,11 @@ class Scorer:
         model_config: ModelConfig,
         loss: LossKind = "mse",
         batch_size: int = 1024,
-        aggregation: str = "mean",
-        group_scale: Sequence[float] | None = None,
-        recent_steps: int = 0,
-        statistic: BandMeanZ | None = None,
-        linear: LinearMonitor | None = None,
+        form: ScoreForm = ScoreForm(),
     ) -> None:
         from ae_monitor.model.training import output_activation
 
-        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, statistic, linear)
+        self._set_score_form(vector_shape, form)
         self._model = model.eval()
         self._elbo = model_config.kind == "vae" and model_config.vae_score == "elbo"
         self._beta = model_config.vae_beta
@@ -110,10 +119,10 @@ class Scorer:
         scores = VectorScores(errors, groups)
         return scores if self._statistic is None else scores.with_statistic(self._statistic, data, self._shape)
 
-    def _set_score_form(self, vector_shape: tuple[int, int], aggregation: str, group_scale: Sequence[float] | None,
-                        recent_steps: int, statistic: BandMeanZ | None,
-                        linear: LinearMonitor | None = None) -> None:  # fmt: skip
+    def _set_score_form(self, vector_shape: tuple[int, int], form: ScoreForm) -> None:
         """How scores are formed from squared errors (shared by every backend); checked here."""
+        aggregation, group_scale, recent_steps = form.aggregation, form.group_scale, form.recent_steps
+        statistic, linear = form.statistic, form.linear
         if aggregation == "max" and (group_scale is None or len(group_scale) != vector_shape[1]):
             raise ValueError(f"aggregation 'max' needs one group scale per group ({vector_shape[1]})")
         if statistic is not None and len(statistic.band_mean) != vector_shape[1]:
@@ -176,14 +185,10 @@ class OnnxScorer(Scorer):
         *,
         vector_shape: tuple[int, int],
         batch_size: int = 1024,
-        aggregation: str = "mean",
-        group_scale: Sequence[float] | None = None,
-        recent_steps: int = 0,
-        statistic: BandMeanZ | None = None,
-        linear: LinearMonitor | None = None,
+        form: ScoreForm = ScoreForm(),
     ) -> None:
         # Not Scorer.__init__: it sets up the torch network; the graph already holds the loss and score kind.
-        self._set_score_form(vector_shape, aggregation, group_scale, recent_steps, statistic, linear)
+        self._set_score_form(vector_shape, form)
         self._batch_size, self._network = batch_size, network
 
     def encode(self, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -216,25 +221,17 @@ def scorer_for(bundle: Bundle, *, batch_size: int = 1024, recent_steps: int | No
             f"{recent_steps} recent steps, but a vector holds {bundle.extractor.vector_shape[0]}",
             field="calibration.recent_steps",
         )
-    statistic = window_statistic_of(bundle)
-    linear = linear_monitor(cal, groups=bundle.extractor.vector_shape[1])
-    if bundle.onnx is not None:  # loaded with backend "onnx" (model.bundle.load_bundle)
-        return OnnxScorer(bundle.onnx, vector_shape=bundle.extractor.vector_shape, batch_size=batch_size,
-                          aggregation="mean" if cal is None else cal.aggregation,
-                          group_scale=None if cal is None else cal.group_scale,
-                          recent_steps=recent_steps, statistic=statistic, linear=linear)  # fmt: skip
-    return Scorer(
-        bundle.network,
-        vector_shape=bundle.extractor.vector_shape,
-        model_config=bundle.model_config,
-        loss=bundle.training.loss,
-        batch_size=batch_size,
+    form = ScoreForm(
         aggregation="mean" if cal is None else cal.aggregation,
         group_scale=None if cal is None else cal.group_scale,
         recent_steps=recent_steps,
-        statistic=statistic,
-        linear=linear,
+        statistic=window_statistic_of(bundle),
+        linear=linear_monitor(cal, groups=bundle.extractor.vector_shape[1]),
     )
+    if bundle.onnx is not None:  # loaded with backend "onnx" (model.bundle.load_bundle)
+        return OnnxScorer(bundle.onnx, vector_shape=bundle.extractor.vector_shape, batch_size=batch_size, form=form)
+    return Scorer(bundle.network, vector_shape=bundle.extractor.vector_shape, model_config=bundle.model_config,
+                  loss=bundle.training.loss, batch_size=batch_size, form=form)  # fmt: skip
 
 
 def window_statistic_of(bundle: Bundle) -> BandMeanZ | None:
