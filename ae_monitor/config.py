@@ -159,6 +159,9 @@ class TrainingConfig(_Section):
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     calibration_fraction: float = Field(0.1, ge=0, lt=1)
     early_stopping_patience: int = Field(10, ge=0)
+    # The least optimizer steps a training takes: epochs are added up to it and early stopping waits for it, since
+    # with a few hundred vectors an epoch is a handful of steps (0 = epochs alone decide).
+    min_steps: int = Field(0, ge=0)
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int = Field(1, gt=0)

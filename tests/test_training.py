@@ -165,6 +165,27 @@ def test_early_stopping_stops_on_a_plateau_and_restores_the_best_weights(data: d
     )
 
 
+def test_min_steps_keeps_a_small_training_going_past_early_stopping(data: dict[str, Array]) -> None:
+    # 64 vectors in batches of 32 are two steps an epoch: with min_steps = 40 the plateau that stops the training
+    # above after 4 epochs may stop it only from epoch 20 on, and 1 epoch allowed is raised to 20.
+    model_cfg = ModelConfig(batch_norm=False, **SMALL)
+    cfg = fast_training(epochs=1, learning_rate=1e-12, early_stopping_patience=3, min_steps=40)
+    seed_everything(0)
+    model = build_model(model_cfg, (STEPS, CHANNELS))
+    result = train_model(model, data["train"][:64], data["validation"], model_cfg=model_cfg, cfg=cfg, progress=False)
+    assert result.epochs_run == 20
+    assert result.stopped_early
+
+
+def test_min_steps_does_not_lengthen_a_training_that_takes_enough_steps_anyway(data: dict[str, Array]) -> None:
+    model_cfg = ModelConfig(batch_norm=False, **SMALL)
+    cfg = fast_training(epochs=50, learning_rate=1e-12, early_stopping_patience=3, min_steps=24)
+    seed_everything(0)
+    model = build_model(model_cfg, (STEPS, CHANNELS))
+    result = train_model(model, data["train"], data["validation"], model_cfg=model_cfg, cfg=cfg, progress=False)
+    assert result.epochs_run == 4  # 12 steps an epoch: min_steps is passed in the second epoch
+
+
 def test_the_best_epochs_weights_are_restored_after_the_loss_gets_worse(data: dict[str, Array]) -> None:
     # Validating on noise while learning sinusoids with a high learning rate: the validation loss wanders.
     model_cfg, cfg = ModelConfig(**SMALL), fast_training(epochs=12, learning_rate=3e-2)

@@ -300,7 +300,8 @@ def train_model(
     val_losses: list[float] = []
     show = sys.stderr.isatty() if progress is None else progress
     stopped_early = False
-    with tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not show, file=sys.stderr) as bar:
+    epochs, least_epochs = epochs_for(x_train.shape[0], cfg)
+    with tqdm(range(1, epochs + 1), desc="training", unit="epoch", disable=not show, file=sys.stderr) as bar:
         for epoch in bar:
             train_loss = _train_epoch(model, x_train, optimizer, model_cfg, cfg, generator)
             val_loss = _evaluate(model, x_val, model_cfg, cfg.loss) if x_val is not None else None
@@ -311,7 +312,7 @@ def train_model(
             _report(bar, show, epoch, train_loss, val_loss)
             if on_epoch is not None:
                 on_epoch(epoch, train_loss, val_loss)
-            if stopper.step(epoch, train_loss if val_loss is None else val_loss):
+            if stopper.step(epoch, train_loss if val_loss is None else val_loss) and epoch >= least_epochs:
                 stopped_early = True
                 break
     stopper.restore()
@@ -325,6 +326,22 @@ def train_model(
         stopped_early=stopped_early,
         seconds=time.perf_counter() - started,
     )
+
+
+def epochs_for(n_vectors: int, cfg: TrainingConfig) -> tuple[int, int]:
+    """(epochs to run at most, epochs before early stopping may stop): `cfg.epochs`, raised so that at least
+    `cfg.min_steps` optimizer steps are taken. A few hundred vectors make an epoch of a handful of steps, and a
+    small, noisy validation part would otherwise stop the network while it still reconstructs little more than the
+    mean (a stream learned from its first minutes is exactly that case).
+
+    >>> epochs_for(200, TrainingConfig(epochs=30, batch_size=64, min_steps=1000))
+    (250, 250)
+    >>> epochs_for(50_000, TrainingConfig(epochs=30, batch_size=64, min_steps=1000))
+    (30, 2)
+    """
+    per_epoch = max(1, math.ceil(n_vectors / cfg.batch_size))
+    least = math.ceil(cfg.min_steps / per_epoch)
+    return max(cfg.epochs, least), least
 
 
 def _check_finite(epoch: int, train_loss: float, val_loss: float | None) -> None:
