@@ -201,13 +201,14 @@ def test_the_codes_and_cleaned_topics_carry_one_message_per_scored_window(
 
 
 def test_streams_are_routed_to_bundles_on_the_machine_type_field_of_their_records(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, sensor_data: tuple[Path, Path],
-    running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]], tmp_path: Path,
+    client_library: str, kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path,
+    sensor_data: tuple[Path, Path], running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
+    tmp_path: Path,
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     tag = topic.rsplit("-", 1)[-1]
     fans = save_bundle(dataclasses.replace(load_bundle(sensor_bundle), name="fans"), tmp_path / "fans")
-    config = _serve_config(kafka_bootstrap, topic, sensor_bundle)
+    config = _serve_config(kafka_bootstrap, topic, sensor_bundle, client=client_library)
     routes = [{"match": "pump*", "field": "machine_type", "bundle_path": str(sensor_bundle)},
               {"match": "fan", "field": "machine_type", "bundle_path": str(fans)}]  # fmt: skip
     config = config.model_copy(update={"routes": tuple(RouteConfig(**r) for r in routes)})
@@ -382,7 +383,7 @@ def test_two_daemons_split_the_partitions_and_one_takes_over_when_the_other_is_k
 
 
 def test_a_changed_bundle_is_swapped_in_and_a_bad_one_is_refused(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    client_library: str, kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
     running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
 ) -> None:  # fmt: skip
     import dataclasses
@@ -393,7 +394,8 @@ def test_a_changed_bundle_is_swapped_in_and_a_bad_one_is_refused(
     from ae_monitor.model.bundle import WEIGHTS, save_bundle, weights_version
 
     served = Path(shutil.copytree(sensor_bundle, tmp_path / "served"))
-    config = _serve_config(kafka_bootstrap, kafka_topic(1), served, service={"reload_check_s": 0.1})
+    config = _serve_config(kafka_bootstrap, kafka_topic(1), served, client=client_library,
+                           service={"reload_check_s": 0.1})  # fmt: skip
     _, _, registry = running(config)
     old = load_bundle(served)
     info = "ae_monitor_bundle_info"
@@ -415,7 +417,7 @@ def test_a_changed_bundle_is_swapped_in_and_a_bad_one_is_refused(
 
 
 def test_a_route_by_registry_alias_is_reloaded_when_the_alias_is_promoted_or_rolled_back(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    client_library: str, kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
     running: Callable[[Config], tuple[threading.Event, threading.Thread, Any]],
 ) -> None:  # fmt: skip
     import torch
@@ -432,7 +434,8 @@ def test_a_route_by_registry_alias_is_reloaded_when_the_alias_is_promoted_or_rol
     models.register("pump", save_bundle(new, tmp_path / "retrained"), parent=1)
     models.promote("pump", 1, "production")
     reference = f"registry://{tmp_path / 'models'}/pump@production"
-    config = _serve_config(kafka_bootstrap, kafka_topic(1), Path("unused"), service={"reload_check_s": 0.1})
+    config = _serve_config(kafka_bootstrap, kafka_topic(1), Path("unused"), client=client_library,
+                           service={"reload_check_s": 0.1})  # fmt: skip
     config = config.model_copy(update={"routes": (RouteConfig(bundle_path=reference),)})
     _, _, registry = running(config)
     info = "ae_monitor_bundle_info"
