@@ -97,8 +97,10 @@ def test_a_slot_replaced_by_a_new_model_scores_with_the_new_model(bundle: Bundle
     slots["e"] = slot_of(own_model(bundle, 8, kind="dense"))
     data |= {"d": vectors(bundle, 1, 7), "e": vectors(bundle, 3, 8)}
     assert_same_scores(grouped, slots, data)
-    grouped.forget("a")
+    grouped.forget("a")  # its stream evicted: its row is freed, and the next new slot takes it
     del slots["a"], data["a"]
+    assert_same_scores(grouped, slots, data)
+    slots["f"], data["f"] = slot_of(own_model(bundle, 9)), vectors(bundle, 2, 9)
     assert_same_scores(grouped, slots, data)
 
 

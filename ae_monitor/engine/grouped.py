@@ -8,9 +8,9 @@ monitor and the thresholds stay per slot. These slots score alone: the onnx back
 recurrent networks (torch.vmap has no batching rule for aten::lstm), an architecture no other slot of the batch
 has, and a slot whose vectors would mostly pad a call (see `_calls`).
 
-The stacked weights of each architecture are built on first use and kept: a slot replaced under the same name
-(a model promoted, reloaded or retrained) overwrites its own row in place, a new slot (a stream learned) or a
-forgotten one (evicted, moved away) rebuilds the stack at its next use.
+The stacked weights of each architecture are kept from one micro-batch to the next and change only where a slot
+changes: a slot replaced under the same name (a model promoted, reloaded or retrained) overwrites its own row, a new
+slot (a stream learned or loaded) takes a row, a forgotten one (its stream evicted or moved away) frees its row.
 """
 
 from __future__ import annotations
@@ -51,23 +51,24 @@ def group_key(slot: Slot) -> GroupKey | None:
 
 
 class _Stack:
-    """The weights of one architecture's slots stacked along a new first axis, and a weightless copy of the
-    network that runs any of them (torch.func.functional_call under torch.vmap)."""
+    """The weights of one architecture's slots, one row each along a new first axis, and a weightless copy of the
+    network that runs any rows of them (torch.func.functional_call under torch.vmap).
 
-    def __init__(self, names: list[str], slots: list[Slot]) -> None:
+    Rows are written in place: a slot's new bundle overwrites its row, a new slot takes a freed row or a new one
+    (the tensors double when full, so adding N slots one by one copies O(N) weights in all), a forgotten slot frees
+    its row. The tensors never shrink."""
+
+    def __init__(self, network: Autoencoder) -> None:
         import copy
 
         import torch
-        from torch.func import functional_call, stack_module_state
+        from torch.func import functional_call
 
-        networks: list[Autoencoder] = [slot.bundle.network.eval() for slot in slots]
-        with torch.no_grad():
-            params, buffers = stack_module_state(networks)
-        self.params = {k: v.detach() for k, v in params.items()}
-        self.buffers = {k: v.detach() for k, v in buffers.items()}
-        self.rows = {name: row for row, name in enumerate(names)}
-        self.slots = dict(zip(names, slots, strict=True))
-        skeleton = copy.deepcopy(networks[0]).to("meta").eval()
+        self.params = {k: torch.empty((1, *v.shape), dtype=v.dtype) for k, v in network.named_parameters()}
+        self.buffers = {k: torch.empty((1, *v.shape), dtype=v.dtype) for k, v in network.named_buffers()}
+        self.rows: dict[str, int] = {}
+        self._free = [0]
+        skeleton = copy.deepcopy(network).to("meta").eval()
 
         def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                 x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
@@ -76,19 +77,36 @@ class _Stack:
 
         self._run = torch.vmap(one)
 
-    def replace(self, name: str, slot: Slot) -> None:
-        """Slot `name`'s new bundle, of the same architecture, into its own row."""
+    def put(self, name: str, slot: Slot) -> None:
+        """Slot `name`'s bundle into its row (a free one or a new one when it has none)."""
         import torch
 
-        network = slot.bundle.network.eval()
+        if name not in self.rows:
+            if not self._free:
+                self._grow()
+            self.rows[name] = self._free.pop()
+        row, network = self.rows[name], slot.bundle.network.eval()
         with torch.no_grad():
             for key, tensor in itertools.chain(network.named_parameters(), network.named_buffers()):
-                (self.params if key in self.params else self.buffers)[key][self.rows[name]].copy_(tensor)
-        self.slots[name] = slot
+                (self.params if key in self.params else self.buffers)[key][row].copy_(tensor)
+
+    def remove(self, name: str) -> None:
+        row = self.rows.pop(name, None)
+        if row is not None:
+            self._free.append(row)
+
+    def _grow(self) -> None:
+        import torch
+
+        size = next(iter(self.params.values())).shape[0]
+        for tensors in (self.params, self.buffers):
+            for key, old in tensors.items():
+                tensors[key] = torch.cat([old, torch.empty_like(old)])
+        self._free = list(range(2 * size - 1, size - 1, -1))  # lowest first: rows stay in order of arrival
 
     def run(self, names: list[str], data: list[F32]) -> list[Any]:
         """Each slot's network output (a ModelOutput) for its own vectors, from one call over all of them, padded
-        to the most vectors any of them has."""
+        to the most vectors any of them has. `names` in row order: consecutive rows need no copy."""
         import torch
 
         from ae_monitor.model.networks import ModelOutput
@@ -99,11 +117,13 @@ class _Stack:
         for i, vectors in enumerate(data):
             x[i, : len(vectors)] = vectors
         with torch.inference_mode():
-            params, buffers = self.params, self.buffers
-            if rows != list(range(len(self.rows))):
+            if rows == list(range(rows[0], rows[0] + len(rows))):
+                params = {k: v[rows[0] : rows[0] + len(rows)] for k, v in self.params.items()}
+                buffers = {k: v[rows[0] : rows[0] + len(rows)] for k, v in self.buffers.items()}
+            else:
                 index = torch.tensor(rows)
-                params = {k: v.index_select(0, index) for k, v in params.items()}
-                buffers = {k: v.index_select(0, index) for k, v in buffers.items()}
+                params = {k: v.index_select(0, index) for k, v in self.params.items()}
+                buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
             out = self._run(params, buffers, torch.from_numpy(x))
         reconstruction, code, *vae = out
         return [ModelOutput(reconstruction[i, :n], code[i, :n], *(t[i, :n] for t in vae))
@@ -139,53 +159,44 @@ class ModelGroups:
         for key, names in by_key.items():
             if len(names) < 2:
                 continue
-            stack = self._stack(key, slots)
-            for call in _calls(names, {name: len(data[name]) for name in names}, self.max_rows):
-                call.sort(key=stack.rows.__getitem__)  # in row order: all of a group's rows need no gathering
+            stack = self._stacks[key]
+            for call in _calls(names, {name: len(data[name]) for name in names}, stack.rows, self.max_rows):
                 outputs = stack.run(call, [data[name] for name in call])
                 for name, output in zip(call, outputs, strict=True):
                     scores[name] = slots[name].scorer.score_output(data[name], output)
         return scores
 
     def forget(self, name: str) -> None:
-        """Slot `name` is gone: its group's stack is rebuilt without it at its next use."""
+        """Slot `name` is gone: its row is freed."""
         member = self._members.pop(name, None)
         if member is not None and member.key is not None:
-            self._stacks.pop(member.key, None)
+            self._stacks[member.key].remove(name)
 
     def _key(self, name: str, slot: Slot) -> GroupKey | None:
+        """Slot `name`'s group, its weights put in the group's stack when the slot is new (or was replaced)."""
         member = self._members.get(name)
         if member is not None and member.slot is slot:
             return member.key
         key = group_key(slot)
-        old_key = None if member is None else member.key
-        stack = None if old_key is None else self._stacks.get(old_key)
-        if stack is not None and key == old_key and name in stack.rows:
-            stack.replace(name, slot)  # a new model of the same architecture: its row, not a rebuild
-        else:
+        if member is not None and member.key != key:
             self.forget(name)
-            if key is not None:
-                self._stacks.pop(key, None)
         self._members[name] = _Member(slot, key)
+        if key is not None:
+            if key not in self._stacks:
+                self._stacks[key] = _Stack(slot.bundle.network)
+            self._stacks[key].put(name, slot)
         return key
 
-    def _stack(self, key: GroupKey, slots: Mapping[str, Slot]) -> _Stack:
-        stack = self._stacks.get(key)
-        if stack is None:
-            names = [n for n, m in self._members.items() if m.key == key and slots.get(n) is m.slot]
-            self._stacks[key] = stack = _Stack(names, [slots[n] for n in names])
-        return stack
 
-
-def _calls(names: list[str], counts: Mapping[str, int], max_rows: int) -> list[list[str]]:
-    """The slots of one group split into calls: most vectors first, a slot joins a call while the call's padded
-    rows stay within `max_rows` and 1.5 times its real vectors (a slot with hundreds of vectors beside many
-    with one goes alone rather than make them all pad to hundreds). A call of one slot is left out: its scorer
-    runs it as fast."""
+def _calls(names: list[str], counts: Mapping[str, int], rows: Mapping[str, int], max_rows: int) -> list[list[str]]:
+    """The slots of one group split into calls, each in row order. Most vectors first (then in row order, so that
+    slots with as many vectors run from consecutive rows); a slot joins a call while the call's padded rows stay
+    within `max_rows` and 1.5 times its real vectors (a slot with hundreds of vectors beside many with one goes
+    alone rather than make them all pad to hundreds). A call of one slot is left out: its own scorer runs it."""
     calls: list[list[str]] = []
     call: list[str] = []
     real = 0
-    for name in sorted(names, key=lambda n: -counts[n]):
+    for name in sorted(names, key=lambda n: (-counts[n], rows[n])):
         widest = counts[call[0]] if call else counts[name]
         padded = (len(call) + 1) * widest
         if call and (padded > max_rows or 2 * padded > 3 * (real + counts[name])):
@@ -194,4 +205,4 @@ def _calls(names: list[str], counts: Mapping[str, int], max_rows: int) -> list[l
         call.append(name)
         real += counts[name]
     calls.append(call)
-    return [c for c in calls if len(c) > 1]
+    return [sorted(c, key=rows.__getitem__) for c in calls if len(c) > 1]
