@@ -102,6 +102,10 @@ def test_a_slot_replaced_by_a_new_model_scores_with_the_new_model(bundle: Bundle
     assert_same_scores(grouped, slots, data)
     slots["f"], data["f"] = slot_of(own_model(bundle, 9)), vectors(bundle, 2, 9)
     assert_same_scores(grouped, slots, data)
+    slots["f"] = slot_of(own_model(bundle, 10, kind="conv1d"))  # reloaded with another architecture: alone now
+    scores = grouped.score(slots, data)
+    assert set(scores) == {"b", "c", "d", "e"}
+    np.testing.assert_allclose(scores["b"].errors, slots["b"].scorer.score(data["b"]).errors, rtol=1e-5)
 
 
 def test_slots_that_cannot_share_a_call_are_left_to_score_alone(bundle: Bundle, tmp_path: Path) -> None:
