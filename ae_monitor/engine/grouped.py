@@ -55,8 +55,8 @@ class _Stack:
     network that runs any rows of them (torch.func.functional_call under torch.vmap).
 
     Rows are written in place: a slot's new bundle overwrites its row, a new slot takes a freed row or a new one
-    (the tensors double when full, so adding N slots one by one copies O(N) weights in all), a forgotten slot frees
-    its row. The tensors never shrink."""
+    (the tensors grow by what the new slots of a batch need and at least a quarter, so adding N slots one by one
+    copies O(N) weights in all), a forgotten slot frees its row. The tensors never shrink."""
 
     def __init__(self, network: Autoencoder) -> None:
         import copy
@@ -64,10 +64,10 @@ class _Stack:
         import torch
         from torch.func import functional_call
 
-        self.params = {k: torch.empty((1, *v.shape), dtype=v.dtype) for k, v in network.named_parameters()}
-        self.buffers = {k: torch.empty((1, *v.shape), dtype=v.dtype) for k, v in network.named_buffers()}
+        self.params = {k: torch.empty((0, *v.shape), dtype=v.dtype) for k, v in network.named_parameters()}
+        self.buffers = {k: torch.empty((0, *v.shape), dtype=v.dtype) for k, v in network.named_buffers()}
         self.rows: dict[str, int] = {}
-        self._free = [0]
+        self._free: list[int] = []
         skeleton = copy.deepcopy(network).to("meta").eval()
 
         def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
@@ -77,32 +77,36 @@ class _Stack:
 
         self._run = torch.vmap(one)
 
-    def put(self, name: str, slot: Slot) -> None:
-        """Slot `name`'s bundle into its row (a free one or a new one when it has none)."""
+    def put(self, slots: Mapping[str, Slot]) -> None:
+        """Each slot's bundle into its row (a free one or a new one when it has none)."""
         import torch
 
-        if name not in self.rows:
-            if not self._free:
-                self._grow()
-            self.rows[name] = self._free.pop()
-        row, network = self.rows[name], slot.bundle.network.eval()
-        with torch.no_grad():
-            for key, tensor in itertools.chain(network.named_parameters(), network.named_buffers()):
-                (self.params if key in self.params else self.buffers)[key][row].copy_(tensor)
+        missing = sum(name not in self.rows for name in slots) - len(self._free)
+        if missing > 0:
+            size = next(iter(self.params.values())).shape[0]
+            self._grow(max(missing, size // 4))
+        for name, slot in slots.items():
+            if name not in self.rows:
+                self.rows[name] = self._free.pop()
+            row, network = self.rows[name], slot.bundle.network.eval()
+            with torch.no_grad():
+                for key, tensor in itertools.chain(network.named_parameters(), network.named_buffers()):
+                    (self.params if key in self.params else self.buffers)[key][row].copy_(tensor)
 
     def remove(self, name: str) -> None:
         row = self.rows.pop(name, None)
         if row is not None:
             self._free.append(row)
 
-    def _grow(self) -> None:
+    def _grow(self, rows: int) -> None:
         import torch
 
         size = next(iter(self.params.values())).shape[0]
         for tensors in (self.params, self.buffers):
             for key, old in tensors.items():
-                tensors[key] = torch.cat([old, torch.empty_like(old)])
-        self._free = list(range(2 * size - 1, size - 1, -1))  # lowest first: rows stay in order of arrival
+                tensors[key] = torch.cat([old, old.new_empty((rows, *old.shape[1:]))])
+        # Lowest first: rows stay in order of arrival.
+        self._free = list(range(size + rows - 1, size - 1, -1)) + self._free
 
     def run(self, names: list[str], data: list[F32]) -> list[Any]:
         """Each slot's network output (a ModelOutput) for its own vectors, from one call over all of them, padded
@@ -151,10 +155,15 @@ class ModelGroups:
         """The scores of the slots named in `data` (their vectors) that could share a call with others; the rest
         are left out, for their own scorer."""
         by_key: dict[GroupKey, list[str]] = {}
+        changed: dict[GroupKey, dict[str, Slot]] = {}
         for name in data:
-            key = self._key(name, slots[name])
+            key = self._key(name, slots[name], changed)
             if key is not None:
                 by_key.setdefault(key, []).append(name)
+        for key, new in changed.items():  # new or replaced slots: their weights into their rows, once per batch
+            if key not in self._stacks:
+                self._stacks[key] = _Stack(next(iter(new.values())).bundle.network)
+            self._stacks[key].put(new)
         scores: dict[str, VectorScores] = {}
         for key, names in by_key.items():
             if len(names) < 2:
@@ -172,8 +181,8 @@ class ModelGroups:
         if member is not None and member.key is not None:
             self._stacks[member.key].remove(name)
 
-    def _key(self, name: str, slot: Slot) -> GroupKey | None:
-        """Slot `name`'s group, its weights put in the group's stack when the slot is new (or was replaced)."""
+    def _key(self, name: str, slot: Slot, changed: dict[GroupKey, dict[str, Slot]]) -> GroupKey | None:
+        """Slot `name`'s group; a slot new under its name (or replaced) is added to `changed`, by group."""
         member = self._members.get(name)
         if member is not None and member.slot is slot:
             return member.key
@@ -182,9 +191,7 @@ class ModelGroups:
             self.forget(name)
         self._members[name] = _Member(slot, key)
         if key is not None:
-            if key not in self._stacks:
-                self._stacks[key] = _Stack(slot.bundle.network)
-            self._stacks[key].put(name, slot)
+            changed.setdefault(key, {})[name] = slot
         return key
 
 
