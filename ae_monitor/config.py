@@ -242,6 +242,9 @@ class ScoringConfig(_Section):
     torch_threads: int = Field(1, gt=0)  # also the onnxruntime session's threads with backend "onnx"
     # "onnx" scores with the bundle's model.onnx (`ae-monitor export --onnx`) in onnxruntime, without torch.
     backend: Literal["torch", "onnx"] = "torch"
+    # Bundles of one architecture (per-stream learned models) run in one vectorised call per micro-batch over their
+    # stacked weights instead of one call each (engine/grouped.py); false scores every bundle alone.
+    group_models: bool = True
 
 
 class AlertingConfig(_Section):

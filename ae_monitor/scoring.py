@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     # Imported where used: with scoring.backend "onnx" the daemon never imports torch (docs/footprint.md).
     import torch
 
-    from ae_monitor.model.networks import Autoencoder
+    from ae_monitor.model.networks import Autoencoder, ModelOutput
     from ae_monitor.model.training import LossKind
 
 F64 = npt.NDArray[np.float64]
@@ -111,7 +111,20 @@ class Scorer:
         parts = [self._score_batch(data[i : i + self._batch_size]) for i in range(0, len(data), self._batch_size)]
         if not parts:
             return VectorScores(np.zeros(0), np.zeros((0, self._shape[1])))
-        errors, groups = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return self._formed(data, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def score_output(self, data: npt.NDArray[np.float32], output: ModelOutput) -> VectorScores:
+        """What `score(data)` gives, from the network's `output` for `data` computed elsewhere (engine/grouped.py
+        runs the networks of many slots in one call); the scores are formed here as in `score`."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+            errors, groups = self._squared_errors(x, output)
+        return self._formed(data, errors, groups)
+
+    def _formed(self, data: npt.NDArray[np.float32], errors: F64, groups: F64) -> VectorScores:
+        """The scores of `data` from each vector's mean squared error and its squared error summed per group."""
         if self._aggregation == "max" and self._group_scale is not None:
             errors = group_scores(groups, self.scored_steps, self._group_scale)
             if self._linear is not None:
@@ -163,15 +176,19 @@ class Scorer:
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            out = self._model(x)
-            squared = (self._activation(out.reconstruction) - x).square().reshape(-1, *self._shape)
-            squared = squared[:, self._first_step :, :]
-            errors = squared.mean(dim=(1, 2))
-            if self._elbo and out.mu is not None and out.logvar is not None:
-                # Negative ELBO per value: reconstruction term plus the KL term spread over the D inputs.
-                kl = -0.5 * (1 + out.logvar - out.mu.square() - out.logvar.exp()).sum(dim=1)
-                errors = errors + self._beta * kl / x.shape[1]
-            groups = squared.sum(dim=1)
+            return self._squared_errors(x, self._model(x))
+
+    def _squared_errors(self, x: torch.Tensor, out: ModelOutput) -> tuple[F64, F64]:
+        """Per vector of `x`, its score's error (with the ELBO term of a VAE scored so) and the squared error
+        summed per group, from the network's output `out`."""
+        squared = (self._activation(out.reconstruction) - x).square().reshape(-1, *self._shape)
+        squared = squared[:, self._first_step :, :]
+        errors = squared.mean(dim=(1, 2))
+        if self._elbo and out.mu is not None and out.logvar is not None:
+            # Negative ELBO per value: reconstruction term plus the KL term spread over the D inputs.
+            kl = -0.5 * (1 + out.logvar - out.mu.square() - out.logvar.exp()).sum(dim=1)
+            errors = errors + self._beta * kl / x.shape[1]
+        groups = squared.sum(dim=1)
         return errors.double().numpy(), groups.double().numpy()
 
 

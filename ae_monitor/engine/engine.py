@@ -19,11 +19,12 @@ import numpy.typing as npt
 from ae_monitor.config import AlertingConfig, CalibrationConfig, DriftConfig, RouteConfig, StreamsConfig
 from ae_monitor.engine.batch import BatchResult, Progress, Scored
 from ae_monitor.engine.decide import decide
+from ae_monitor.engine.grouped import ModelGroups
 from ae_monitor.engine.ingest import Ingest
 from ae_monitor.engine.routing import Router
 from ae_monitor.engine.slots import Slot
 from ae_monitor.engine.streams import Pushed, RecordPosition, Segment, StreamState, StreamTable
-from ae_monitor.engine.windows import VectorOutputs, score_slot
+from ae_monitor.engine.windows import VectorOutputs, score_slot, vectors_of
 from ae_monitor.metrics import Metrics, StreamReading
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Alert, DeadLetter, Record, SampleRows
@@ -51,12 +52,15 @@ class Engine:
         cleaned: bool = False,
         max_gap_s: float = 10.0,
         batch_size: int = 1024,
+        group_models: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         named = {bundles.name: bundles} if isinstance(bundles, Bundle) else dict(bundles)
         self._alerting, self._batch_size, self._drift = alerting, batch_size, drift or DriftConfig()
         self._online, self._want_codes, self._want_cleaned = online, codes, cleaned
         self._metrics, self._clock, self._max_gap_s = metrics, clock, max_gap_s
+        # Slots of one architecture (per-stream learned models) score in one call per micro-batch (engine.grouped).
+        self._groups = ModelGroups(max_rows=batch_size) if group_models else None
         self._slots = {name: self._slot(bundle) for name, bundle in named.items()}
         self._router = Router(routes or [(RouteConfig(bundle_path=""), next(iter(named)))])
         self._streams = StreamTable(streams or StreamsConfig(), on_drop=self._dropped)
@@ -112,8 +116,15 @@ class Engine:
         for item in pushed:
             if item.segments:
                 by_slot.setdefault(item.slot, []).append(item)
-        return [score_slot(self._slots[name], items, metrics=self._metrics, outputs=outputs)
-                for name, items in by_slot.items()]  # fmt: skip
+        data = {name: vectors_of(items) for name, items in by_slot.items()}
+        grouped = {}
+        if self._groups is not None and len(data) > 1:
+            started = time.perf_counter()
+            grouped = self._groups.score({name: self._slots[name] for name in data}, data)
+            if grouped:
+                self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        return [score_slot(self._slots[name], items, data=data[name], scores=grouped.get(name),
+                           metrics=self._metrics, outputs=outputs) for name, items in by_slot.items()]  # fmt: skip
 
     # -- streams and bundles -----------------------------------------------------------------------------------
 
@@ -182,7 +193,9 @@ class Engine:
         for stream in streams:
             name = self._router.unpin(stream)
             slot = None if name is None else self._slots.pop(name, None)
-            if slot is not None:
+            if slot is not None and name is not None:
+                if self._groups is not None:
+                    self._groups.forget(name)
                 self._metrics.bundle_info.labels(slot.bundle.name, slot.bundle.version).set(0)
 
     def _slot(self, bundle: Bundle) -> Slot:

@@ -43,12 +43,20 @@ class VectorOutputs:
         return self.want_codes or self.want_cleaned
 
 
-def score_slot(slot: Slot, items: list[Pushed], *, metrics: Metrics, outputs: VectorOutputs) -> Scored:
-    """Score every vector pushed for `slot` in one pass; windows come back as one table."""
-    started = time.perf_counter()
-    data = np.concatenate([item.vectors.data for item in items]) if len(items) > 1 else items[0].vectors.data
-    scores = slot.scorer.score(data)
-    metrics.batch_seconds.observe(time.perf_counter() - started)
+def vectors_of(items: list[Pushed]) -> npt.NDArray[np.float32]:
+    """The vectors pushed for one slot in a micro-batch, as one array."""
+    return np.concatenate([item.vectors.data for item in items]) if len(items) > 1 else items[0].vectors.data
+
+
+def score_slot(slot: Slot, items: list[Pushed], *, metrics: Metrics, outputs: VectorOutputs,
+               data: npt.NDArray[np.float32] | None = None, scores: VectorScores | None = None) -> Scored:  # fmt: skip
+    """Score every vector pushed for `slot` in one pass; windows come back as one table. `data`: the vectors
+    (`vectors_of(items)`), and `scores`, theirs when the engine scored them with other slots' (engine.grouped)."""
+    data = vectors_of(items) if data is None else data
+    if scores is None:
+        started = time.perf_counter()
+        scores = slot.scorer.score(data)
+        metrics.batch_seconds.observe(time.perf_counter() - started)
     segments = [seg for item in items for seg in item.segments]
     first = np.concatenate([item.vectors.first_sample for item in items])
     end = np.concatenate([item.vectors.end_sample for item in items])

@@ -68,7 +68,8 @@ def serve(config: Config, *, registry: CollectorRegistry | None = None, stop: th
         engine = Engine(bundles, alerting=config.alerting, metrics=metrics, routes=routes, streams=config.streams,
                         drift=config.drift, online=config.calibration, codes=outputs.codes is not None,
                         cleaned=outputs.cleaned is not None, max_gap_s=config.replay.max_gap_s,
-                        batch_size=config.scoring.batch_size)  # fmt: skip
+                        batch_size=config.scoring.batch_size,
+                        group_models=config.scoring.group_models)  # fmt: skip
         engine.restore_alert_states(states)
         learner = None
         if learning is not None and trainer is not None:
