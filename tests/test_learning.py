@@ -513,11 +513,16 @@ def test_readyz_shows_the_streams_per_learning_state_as_text_and_json(health_ser
     assert json.loads(body)["ready"] is False
 
 
-def test_an_idle_stream_that_was_learning_frees_its_probation_buffer_and_a_scoring_one_keeps_its_model(
+def test_an_idle_stream_is_forgotten_with_its_probation_buffer_or_its_model_and_comes_back_to_its_registered_model(
     learned: tuple[Serving, Path],
 ) -> None:
     serving, _ = learned
     serving.feed([rows("pump-idle", other_pump(100, seed=8), 0)])
-    serving.learner.evicted(["pump-idle", "site a/pump 7"])
-    assert "pump-idle" not in serving.learner._streams
-    assert serving.learner.counts() == {"learning": 0, "scoring": 1, "retraining": 0}
+    idle = ["pump-idle", "site a/pump 7"]
+    serving.engine.drop_streams(idle, reason="idle")  # as Engine.evict_idle does before serve tells the learner
+    serving.learner.evicted(idle)
+    assert serving.learner._streams == {}
+    assert "own:site a/pump 7" not in serving.engine.bundles  # its model is no longer held in memory
+    serving.feed([rows("site a/pump 7", other_pump(100, seed=9), PROBATION + 2000)])
+    assert serving.learner.counts() == {"learning": 0, "scoring": 1, "retraining": 0}  # from the registry
+    assert serving.learner._streams["site a/pump 7"].version == 1

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import AlertingConfig, RetrainConfig
+from ae_monitor.config import AlertingConfig, DriftConfig, RetrainConfig
 from ae_monitor.engine import Engine
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
@@ -40,6 +40,7 @@ class Reservoir:
         self._ts = np.empty(self.limit, dtype=np.float64)
         self._values = np.empty((self.limit, len(self.channels)), dtype=np.float64)
         self.count, self._next = 0, 0  # rows kept; where the next one goes (a ring)
+        self.kept_total = 0  # rows ever kept (a drift-triggered retraining waits for a full reservoir's worth more)
         self._pending_ts = np.zeros(0)
         self._pending = np.zeros((0, len(self.channels)))
         self._left_out = np.zeros(0, dtype=bool)
@@ -52,8 +53,13 @@ class Reservoir:
         return float(self._flags.sum()) / self.cfg.lookback_windows
 
     @property
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+    @property
     def due(self) -> bool:
-        return self.sustained and self.count >= self.limit
+        """Full of rows of a new operating point (the alert-share trigger)."""
+        return self.sustained and self.full
 
     def add_ordered(self, ts: F64, values: F64) -> None:
         """Rows (in the training channels' order) that wait for their windows' verdicts; late ones are skipped."""
@@ -101,6 +107,7 @@ class Reservoir:
         self._ts[at], self._values[at] = ts, values
         self._next = int((self._next + len(ts)) % self.limit)
         self.count = min(self.limit, self.count + len(ts))
+        self.kept_total += len(ts)
 
     def rows(self) -> tuple[F64, F64]:
         """The kept rows, oldest first."""
@@ -120,7 +127,9 @@ class Shadow:
     def __init__(self, stream: str, candidate: Bundle, learned: Learned, *, alerting: AlertingConfig) -> None:
         self.stream, self.candidate, self.learned = stream, candidate, learned
         # Its own metrics registry: the candidate's windows must not count as production's in /metrics.
-        self._engine = Engine({"candidate": candidate}, alerting=alerting, metrics=Metrics(CollectorRegistry()))
+        # No drift watch: it would warn under the production model's name about a model that is not serving.
+        self._engine = Engine({"candidate": candidate}, alerting=alerting, metrics=Metrics(CollectorRegistry()),
+                              drift=DriftConfig(enabled=False))  # fmt: skip
         self.windows = self.anomalous = self.alerts = 0
         self.production_windows = self.production_anomalous = 0
 
