@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import LearningConfig, RouteConfig, config_from_dict, dump_config
+from ae_monitor.config import DriftConfig, LearningConfig, RouteConfig, config_from_dict, dump_config
 from ae_monitor.engine import Engine
 from ae_monitor.engine.routing import UNSCORED
 from ae_monitor.errors import ConfigError, DataError
@@ -61,6 +61,8 @@ class Serving:
         trainer: Callable[[LearnJob], Learned] | None = None,
         learning: LearningConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        drift: DriftConfig | None = None,
         key: str = "pump",
         learn_from: Literal["scratch", "route_bundle"] = "scratch",
         executor: Callable[[], Executor] = lambda: ThreadPoolExecutor(max_workers=1),
@@ -70,12 +72,13 @@ class Serving:
                             learned_registry=str(root), learn_from=learn_from)  # fmt: skip
         self.metrics = Metrics(CollectorRegistry())
         self.engine = Engine({key: bundle}, alerting=config.alerting, metrics=self.metrics, routes=[(route, key)],
-                             max_gap_s=config.replay.max_gap_s)  # fmt: skip
+                             max_gap_s=config.replay.max_gap_s, drift=drift)  # fmt: skip
         self.trainer = StreamTrainer()
         learn = learn_routes(config, [(route, key)], {key: bundle}, self.trainer)
         self.learner = Learner(learn, engine=self.engine, trainer=trainer or self.trainer,
                                executor=executor, cfg=learning or LearningConfig(),
-                               metrics=self.metrics, alerting=config.alerting, clock=clock)  # fmt: skip
+                               metrics=self.metrics, alerting=config.alerting, clock=clock,
+                               wall_clock=wall_clock)  # fmt: skip
         self.alerts: list[Alert] = []
 
     def feed(self, items: list[SampleRows | SensorRecord], *, chunk: int = 200) -> None:

@@ -540,6 +540,7 @@ class Learner:
                 elif why is not None:
                     self._submit_retraining(stream, learning, why)
                     pending, retraining = pending + 1, retraining + 1
+        scheduled.sort(key=lambda item: item[1].model_time_s)  # the oldest models first: none waits for ever
         for stream, learning in scheduled[: max(0, min(most - retraining, self._cfg.max_pending_trainings - pending))]:
             self._submit_retraining(stream, learning, "schedule")
 
