@@ -8,6 +8,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -78,11 +79,11 @@ def route_bundle(sensor_bundle: Path) -> Bundle:
 
 
 def serving_with(route_bundle: Bundle, root: Path, trainer: CopyTrainer, *, wall_s: list[float],
-                 drift: DriftConfig = NO_DRIFT, **retrain: float) -> Serving:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, **retrain: float) -> Serving:  # fmt: skip
     """A learner whose wall clock reads `wall_s[0]` (the test moves it)."""
     cfg = RetrainConfig.model_validate({**QUICK, **retrain})
     return Serving(route_bundle, root, trainer=trainer, learning=LearningConfig(retrain=cfg),
-                   wall_clock=lambda: wall_s[0], drift=drift)  # fmt: skip
+                   wall_clock=lambda: wall_s[0], drift=NO_DRIFT, clock=clock)  # fmt: skip
 
 
 def registered_at(root: Path, model: str, alias: str) -> float:
@@ -244,3 +245,25 @@ def test_a_candidate_in_shadow_raises_no_drift_warning_under_the_production_mode
             shadow.feed([rows("pump-s", other_pump(200, seed=first), first)])
     assert shadow.windows > 500
     assert [r.message for r in caplog.records] == []
+
+
+def test_a_stream_evicted_while_it_retrained_is_forgotten_once_idle_and_frees_its_place(
+    route_bundle: Bundle, sensor_bundle: Path, tmp_path: Path
+) -> None:
+    own_model(sensor_bundle, tmp_path, "pump-e")
+    now, trainer = [0.0], CopyTrainer(sensor_bundle)
+    trainer.release.clear()
+    serving = serving_with(route_bundle, tmp_path, trainer, wall_s=[time.time() + 2 * HOUR_S], clock=lambda: now[0],
+                           max_model_age_s=HOUR_S)  # fmt: skip
+    serving.feed([rows("pump-e", healthy(600, seed=50), 0)])
+    assert serving.learner.counts()["retraining"] == 1
+    serving.engine.drop_streams(["pump-e"], reason="idle")  # the stream went quiet while its candidate trained
+    serving.learner.evicted(["pump-e"])
+    assert "pump-e" in serving.learner._streams  # its training in flight still registers a candidate
+    trainer.release.set()
+    serving.wait_until(lambda: serving.learner._streams["pump-e"].shadow is not None)
+    now[0] += 3601.0  # streams.idle_eviction_s: its candidate will never see a row
+    serving.learner.poll()
+    assert "pump-e" not in serving.learner._streams
+    assert serving.learner.counts()["retraining"] == 0
+    assert [line for line in exposition(serving) if "pump-e" in line] == []

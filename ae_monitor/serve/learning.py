@@ -290,11 +290,13 @@ class Learner:
         for stream, learning in list(self._streams.items()):
             if learning.training is not None and learning.training.done():
                 self._finish(stream, learning, learning.training)
-        # A learning stream that sends nothing for `streams.idle_eviction_s` is forgotten, buffer and all: the
-        # engine's idle eviction does not see one of a route without a bundle, nor one whose partition moved away.
-        now = self._clock()
-        idle = [s for s, learning in self._streams.items() if learning.state == "learning"
-                and learning.training is None and now - learning.seen_s > self._idle_after_s]  # fmt: skip
+        # A stream that sends nothing for `streams.idle_eviction_s` is forgotten, buffer and all: the engine's idle
+        # eviction does not see one of a route without a bundle, nor one it evicted while the stream's training was
+        # in flight (a candidate in shadow that never sees a row again would hold a retraining place for ever).
+        now, live = self._clock(), self._engine.streams
+        idle = [s for s, learning in self._streams.items()
+                if learning.training is None and now - learning.seen_s > self._idle_after_s
+                and (learning.state == "learning" or s not in live)]  # fmt: skip
         self.evicted(idle)
         self._admit_waiting()
         self._submit()
@@ -364,6 +366,7 @@ class Learner:
         replaced = learning.bundle
         self._engine.score_stream_with(stream, bundle)
         learning.bundle, learning.version = bundle, number
+        learning.drift_from = None  # a drift episode of the model replaced; the new one has a watch of its own
         if replaced is not None and (replaced.name, replaced.version) != (bundle.name, bundle.version):
             self._forget_series([replaced])
         learning.model_time_s = self._model_time(learning)
