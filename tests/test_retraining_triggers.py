@@ -19,6 +19,7 @@ import pytest
 import torch
 from prometheus_client import generate_latest
 from test_learning import PROBATION, START_S, Serving, other_pump, rows
+from test_retraining import windows
 
 from ae_monitor.config import AlertingConfig, DriftConfig, LearningConfig, RetrainConfig
 from ae_monitor.jobs.demo import machine
@@ -26,7 +27,7 @@ from ae_monitor.jobs.learn import StreamTrainer
 from ae_monitor.model.bundle import Bundle, load_bundle, save_bundle, weights_version
 from ae_monitor.registry import Registry
 from ae_monitor.serve.learning import Learned, LearnJob
-from ae_monitor.serve.retraining import Shadow
+from ae_monitor.serve.retraining import Reservoir, Shadow, retrain_trigger
 
 HOUR_S = 3600.0
 # A small reservoir and a short shadow period: the copy trainer below fits nothing, so any length trains.
@@ -89,6 +90,29 @@ def serving_with(route_bundle: Bundle, root: Path, trainer: CopyTrainer, *, wall
 def registered_at(root: Path, model: str, alias: str) -> float:
     registered = Registry(root).resolve(model, alias).provenance["registered_at"]
     return datetime.fromisoformat(registered).timestamp()
+
+
+# --- which trigger ---------------------------------------------------------------------------------------------
+
+
+def test_a_full_reservoir_retrains_for_its_alert_share_first_then_a_drift_seen_a_reservoir_ago_then_its_age() -> None:
+    cfg = RetrainConfig(enabled=True, reservoir_samples=4, holdback_samples=1, lookback_windows=4,
+                        max_model_age_s=HOUR_S)  # fmt: skip
+    kept = Reservoir(cfg, ("a",))
+    kept.add_ordered(np.arange(8.0), np.zeros((8, 1)))
+    kept.judge(*windows([0, 1, 2], [False] * 3))  # rows 0 and 1 kept: not full
+    assert retrain_trigger(kept, cfg, drift_from=0, model_age_s=2 * HOUR_S) is None
+    kept.judge(*windows([3, 4], [False] * 2))  # rows 0-3 kept: full
+    assert retrain_trigger(kept, cfg, drift_from=0, model_age_s=0) == "drift"
+    assert retrain_trigger(kept, cfg, drift_from=1, model_age_s=HOUR_S) == "schedule"  # 3 rows since the drift
+    assert retrain_trigger(kept, cfg, drift_from=None, model_age_s=HOUR_S - 1) is None
+    kept.judge(*windows([5, 6], [True] * 2))  # 2 of the last 4 windows anomalous: a new operating point
+    kept.add_ordered(np.arange(8.0, 12.0), np.zeros((4, 1)))
+    kept.judge(*windows([7, 8, 9, 10], [True] * 4))
+    assert retrain_trigger(kept, cfg, drift_from=0, model_age_s=2 * HOUR_S) == "alert share"
+    no_schedule = cfg.model_copy(update={"max_model_age_s": 0.0})
+    kept.sustained = False
+    assert retrain_trigger(kept, no_schedule, drift_from=None, model_age_s=1e9) is None
 
 
 # --- the schedule ----------------------------------------------------------------------------------------------

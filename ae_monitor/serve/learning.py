@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -53,7 +52,7 @@ from ae_monitor.metrics import LEARNING_STATES, Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.records import Record, SampleRows, SensorRecord
 from ae_monitor.registry import Registry, stream_model_name
-from ae_monitor.serve.retraining import Reservoir, Shadow, shadow_decision
+from ae_monitor.serve.retraining import Reservoir, Shadow, Trigger, registered_s, retrain_trigger, shadow_decision
 
 log = logging.getLogger(__name__)
 
@@ -377,14 +376,9 @@ class Learner:
         read from the registry, so a restart does not start the count again. Now when neither can be read."""
         if self._retrain is None or not self._retrain.max_model_age_s:
             return 0.0
-        registry, times = Registry(str(learning.route.route.learned_registry)), []
-        for alias in (ALIAS, CANDIDATE):
-            try:
-                registered = registry.resolve(learning.model, alias).provenance["registered_at"]
-                times.append(datetime.fromisoformat(registered).timestamp())
-            except (RegistryError, KeyError, TypeError, ValueError):
-                continue  # no such alias (no candidate yet), or a provenance written by hand without the time
-        return max(times, default=self._wall_clock())
+        registry = Registry(str(learning.route.route.learned_registry))
+        times = [registered_s(registry, learning.model, alias) for alias in (ALIAS, CANDIDATE)]
+        return max((t for t in times if t is not None), default=self._wall_clock())
 
     def _note_drift(self, stream: str, learning: StreamLearning, reservoir: Reservoir) -> None:
         """A drift episode of the stream's own model asks for a retraining on the rows kept from now on."""
@@ -536,8 +530,10 @@ class Learner:
                 learning.training = self._hand(job)
                 pending += 1
                 log.info("stream %s: training its own model on %d samples", stream, len(ts))
-            elif learning.state == "scoring" and retraining < most:
-                why = self._retrain_trigger(learning, wall)
+            elif learning.state == "scoring" and learning.reservoir is not None and retraining < most:
+                assert self._retrain is not None  # scoring streams have reservoirs only with retraining on
+                why = retrain_trigger(learning.reservoir, self._retrain, drift_from=learning.drift_from,
+                                      model_age_s=wall - learning.model_time_s)  # fmt: skip
                 if why == "schedule":
                     scheduled.append((stream, learning))
                 elif why is not None:
@@ -547,22 +543,7 @@ class Learner:
         for stream, learning in scheduled[: max(0, min(most - retraining, self._cfg.max_pending_trainings - pending))]:
             self._submit_retraining(stream, learning, "schedule")
 
-    def _retrain_trigger(self, learning: StreamLearning, wall_s: float) -> str | None:
-        """Why a scoring stream retrains now, if it does: always on a full reservoir, once its alert share stays
-        high ("alert share"), its reservoir kept a full one's worth of rows since its model's drift watch fired
-        ("drift"), or its model is older than `max_model_age_s` ("schedule")."""
-        reservoir, cfg = learning.reservoir, self._retrain
-        if reservoir is None or cfg is None or not reservoir.full:
-            return None
-        if reservoir.sustained:
-            return "alert share"
-        if learning.drift_from is not None and reservoir.kept_total - learning.drift_from >= reservoir.limit:
-            return "drift"
-        if cfg.max_model_age_s and wall_s - learning.model_time_s >= cfg.max_model_age_s:
-            return "schedule"
-        return None
-
-    def _submit_retraining(self, stream: str, learning: StreamLearning, why: str) -> None:
+    def _submit_retraining(self, stream: str, learning: StreamLearning, why: Trigger) -> None:
         """A candidate for `stream`, trained on its reservoir but the newest `holdback_samples` rows (the fault
         check's), with production as its parent."""
         assert learning.reservoir is not None

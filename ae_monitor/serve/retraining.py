@@ -1,12 +1,14 @@
-"""Retraining of learned per-stream models (`[learning.retrain]`): the rows a candidate trains on (`Reservoir`), the
-candidate scoring beside production without alerting (`Shadow`), and whether it may replace production
-(`shadow_decision`). The learner (serve/learning.py) drives them; this module holds no state of its own.
+"""Retraining of learned per-stream models (`[learning.retrain]`): the rows a candidate trains on (`Reservoir`), what
+starts a retraining (`retrain_trigger`), the candidate scoring beside production without alerting (`Shadow`), and
+whether it may replace production (`shadow_decision`). The learner (serve/learning.py) drives them; this module holds
+no state of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -14,14 +16,17 @@ from prometheus_client import CollectorRegistry
 
 from ae_monitor.config import AlertingConfig, DriftConfig, RetrainConfig
 from ae_monitor.engine import Engine
+from ae_monitor.errors import RegistryError
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Record, SampleRows
+from ae_monitor.registry import Registry
 
 if TYPE_CHECKING:
     from ae_monitor.serve.learning import Learned
 
 F64 = npt.NDArray[np.float64]
+Trigger = Literal["alert share", "drift", "schedule"]
 FLAGGED_SHARE = 0.5  # a synthetic fault counts as flagged when at least this share of its windows is anomalous
 
 
@@ -118,6 +123,31 @@ class Reservoir:
         """Start again (a new production model judges the rows from now on)."""
         self.count, self._next, self.sustained = 0, 0, False
         self._flags = np.zeros(0, dtype=bool)
+
+
+def retrain_trigger(reservoir: Reservoir, cfg: RetrainConfig, *, drift_from: int | None,
+                    model_age_s: float) -> Trigger | None:  # fmt: skip
+    """Why a scoring stream retrains now, if it does: always on a full reservoir, once its alert share stays high
+    ("alert share"), its reservoir kept a full one's worth of rows since its model's drift watch fired at
+    `drift_from` rows ("drift"), or its model is older than `max_model_age_s` ("schedule")."""
+    if not reservoir.full:
+        return None
+    if reservoir.sustained:
+        return "alert share"
+    if drift_from is not None and reservoir.kept_total - drift_from >= reservoir.limit:
+        return "drift"
+    if cfg.max_model_age_s and model_age_s >= cfg.max_model_age_s:
+        return "schedule"
+    return None
+
+
+def registered_s(registry: Registry, model: str, alias: str) -> float | None:
+    """When the version `alias` names was registered (Unix time, from its provenance); None without the alias (no
+    candidate yet) or the time (a provenance written by hand)."""
+    try:
+        return datetime.fromisoformat(registry.resolve(model, alias).provenance["registered_at"]).timestamp()
+    except (RegistryError, KeyError, TypeError, ValueError):
+        return None
 
 
 class Shadow:
