@@ -512,9 +512,10 @@ class Learner:
         """Hand the trainer what is due, up to `max_pending_trainings` jobs in flight and, for retrainings, up to
         `max_retraining_streams` streams retraining; the schedule's go last, after those a stream's data asks for."""
         now, wall = self._clock(), self._wall_clock()
+        most, age_s = (0, 0.0) if self._retrain is None else (self._retrain.max_retraining_streams,
+                                                               self._retrain.max_model_age_s)  # fmt: skip
         pending = sum(1 for s in self._streams.values() if s.training is not None)
-        retraining = sum(1 for s in self._streams.values() if s.state == "retraining")
-        most = 0 if self._retrain is None else self._retrain.max_retraining_streams
+        retraining = sum(1 for s in self._streams.values() if s.state == "retraining") if most else 0
         scheduled: list[tuple[str, StreamLearning]] = []
         for stream, learning in self._streams.items():
             if pending >= self._cfg.max_pending_trainings:
@@ -530,9 +531,20 @@ class Learner:
                 learning.training = self._hand(job)
                 pending += 1
                 log.info("stream %s: training its own model on %d samples", stream, len(ts))
-            elif learning.state == "scoring" and learning.reservoir is not None and retraining < most:
+            elif (
+                learning.state == "scoring"
+                and retraining < most
+                and (reservoir := learning.reservoir) is not None
+                and reservoir.count >= reservoir.limit
+                # What retrain_trigger reads, checked inline first: this runs for every stream several times a poll.
+                and (
+                    reservoir.sustained
+                    or learning.drift_from is not None
+                    or (age_s and wall - learning.model_time_s >= age_s)
+                )
+            ):
                 assert self._retrain is not None  # scoring streams have reservoirs only with retraining on
-                why = retrain_trigger(learning.reservoir, self._retrain, drift_from=learning.drift_from,
+                why = retrain_trigger(reservoir, self._retrain, drift_from=learning.drift_from,
                                       model_age_s=wall - learning.model_time_s)  # fmt: skip
                 if why == "schedule":
                     scheduled.append((stream, learning))
