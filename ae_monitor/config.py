@@ -407,6 +407,12 @@ class RetrainConfig(_Section):
     alert_share: float = Field(0.5, gt=0, le=1)  # the trigger: this share of the look-back's windows anomalous
     shadow_windows: int = Field(300, gt=0)  # the candidate scores this many windows in shadow before the decision
     fault_offset_sd: float = Field(6.0, gt=0)  # the synthetic fault: one channel offset by this many of its SDs
+    # The schedule: a model registered longer ago than this (production, or the last candidate tried) is retrained
+    # once its reservoir is full; 0 = no schedule.
+    max_model_age_s: float = Field(0.0, ge=0)
+    on_drift: bool = True  # the drift watch ([drift]) of a stream's own model starting an episode retrains it
+    # Streams retraining at once (a candidate training or in shadow); others that are due wait their turn.
+    max_retraining_streams: int = Field(10, gt=0)
 
     @model_validator(mode="after")
     def _check_holdback(self) -> RetrainConfig:

@@ -3,8 +3,11 @@
 The bundle's calibration carries 101 `reference_quantiles` of its calibration scores. `DriftWatch` keeps a sliding
 window of the bundle's latest live window scores and computes the Kolmogorov–Smirnov statistic between the two
 (the largest gap between the live empirical CDF and the reference CDF, interpolated between its quantiles). It is
-handed to `publish` (the daemon passes its `ae_monitor_score_drift_ks{bundle}` gauge) and logged once each time it
-crosses `ks_limit` (and once when it comes back): a stale threshold is a reason to recalibrate or retrain.
+handed to `publish` (the daemon passes its `ae_monitor_score_drift_ks{bundle}` gauge). Crossing `ks_limit` starts a
+drift **episode**, logged once (a warning) and handed once to whoever `take_episode`s (per-stream learning retrains
+the stream's model): a stale threshold is a reason to recalibrate or retrain. The episode ends, logged once too, only
+when the statistic has stayed below 80 % of the limit for a whole window of new scores, so a statistic that hovers
+about the limit during a shift is one episode, not a warning at each crossing.
 
 Anomalies also move the live distribution; a KS above the limit says "look", not "retrain now".
 
@@ -62,7 +65,9 @@ class DriftWatch:
         self._live: deque[float] = deque(maxlen=window_scores)
         self._seen = 0
         self.statistic: float | None = None
-        self.stale = False
+        self.stale = False  # in a drift episode
+        self._in_line_since: int | None = None  # during an episode: `_seen` at the first check back in line
+        self._untaken = False  # an episode began that `take_episode` has not returned yet
         self._publish = publish  # e.g. the bundle's child of Metrics.score_drift (metrics live in one module)
 
     @classmethod
@@ -104,13 +109,22 @@ class DriftWatch:
         self._note_crossing(self.statistic)
         return self.statistic
 
+    def take_episode(self) -> bool:
+        """True once for each drift episode begun since the last call."""
+        began, self._untaken = self._untaken, False
+        return began
+
     def _note_crossing(self, statistic: float) -> None:
-        # Hysteresis: once stale, the statistic must fall below 80 % of the limit to count as back in line, so a
-        # value hovering at the limit does not flood the log.
-        stale = statistic > (self._limit * 0.8 if self.stale else self._limit)
-        if stale and not self.stale:
+        if statistic > self._limit and not self.stale:
+            self.stale, self._untaken, self._in_line_since = True, True, None
             log.warning("bundle %s: live scores drifted from calibration (KS %.3f > %.3f); the threshold may be stale",
                         self._bundle, statistic, self._limit)  # fmt: skip
-        elif self.stale and not stale:
-            log.info("bundle %s: live scores back in line with calibration (KS %.3f)", self._bundle, statistic)
-        self.stale = stale
+        elif self.stale and statistic >= self._limit * 0.8:
+            self._in_line_since = None  # not back in line (yet, or again): the quiet period starts over
+        elif self.stale:
+            if self._in_line_since is None:
+                self._in_line_since = self._seen
+            # Back in line for a whole window of new scores: none of the live window belongs to the episode.
+            if self._seen - self._in_line_since >= (self._live.maxlen or 0):
+                self.stale = False
+                log.info("bundle %s: live scores back in line with calibration (KS %.3f)", self._bundle, statistic)

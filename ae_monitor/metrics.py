@@ -206,6 +206,31 @@ class Metrics:
         for bundle, group in self._contributors.pop(stream, []):
             self.alert_contribution.remove(stream, bundle, group)
 
+    def forget_bundle_version(self, bundle: str, version: str) -> None:
+        """Drop the `bundle_info` series of a version no longer loaded (a learned model replaced by another)."""
+        with contextlib.suppress(KeyError):
+            self.bundle_info.remove(bundle, version)
+
+    def forget_bundle(self, bundle: str, *, version: str, channels: Iterable[str] = ()) -> None:
+        """Drop every series labelled with `bundle` (its `version` and sensor `channels`): a learned per-stream
+        model whose stream went away. Only for a bundle no other slot uses."""
+        self.forget_bundle_version(bundle, version)
+        children: list[tuple[Counter | Gauge, tuple[str, ...]]] = [
+            (self.windows, (bundle,)), (self.threshold, (bundle,)), (self.score_drift, (bundle,)),
+            *((self.alerts, (bundle, status)) for status in ("firing", "resolved")),
+            *((self.out_of_range, (bundle, channel)) for channel in channels),
+        ]  # fmt: skip
+        for metric, labels in children:
+            with contextlib.suppress(KeyError):  # never exported
+                metric.remove(*labels)
+        self.score_hist.remove(bundle)
+        self.surprise_hist.remove(bundle)
+
+    def forget_shadow(self, model: str) -> None:
+        """Drop a learned model's shadow-alert series (its stream went away)."""
+        with contextlib.suppress(KeyError):
+            self.shadow_alerts.remove(model)
+
     def alerts_delivered(self, alerts: Sequence[Alert]) -> None:
         """Export the top contributors of each newly firing alert, replacing the stream's previous ones."""
         for alert in alerts:
@@ -301,6 +326,11 @@ class BulkHistogram:
         """Export the series of these label values (at zero until observed)."""
         with self._lock:
             self._child(values)
+
+    def remove(self, *values: str) -> None:
+        """Stop exporting the series of these label values (nothing when there is none)."""
+        with self._lock:
+            self._series.pop(values, None)
 
     def observe_many(self, values: npt.NDArray[np.float64], *labels: str) -> None:
         if len(values) == 0:

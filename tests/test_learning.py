@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import LearningConfig, RouteConfig, config_from_dict, dump_config
+from ae_monitor.config import DriftConfig, LearningConfig, RouteConfig, config_from_dict, dump_config
 from ae_monitor.engine import Engine
 from ae_monitor.engine.routing import UNSCORED
 from ae_monitor.errors import ConfigError, DataError
@@ -61,6 +61,8 @@ class Serving:
         trainer: Callable[[LearnJob], Learned] | None = None,
         learning: LearningConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        drift: DriftConfig | None = None,
         key: str = "pump",
         learn_from: Literal["scratch", "route_bundle"] = "scratch",
         executor: Callable[[], Executor] = lambda: ThreadPoolExecutor(max_workers=1),
@@ -70,12 +72,13 @@ class Serving:
                             learned_registry=str(root), learn_from=learn_from)  # fmt: skip
         self.metrics = Metrics(CollectorRegistry())
         self.engine = Engine({key: bundle}, alerting=config.alerting, metrics=self.metrics, routes=[(route, key)],
-                             max_gap_s=config.replay.max_gap_s)  # fmt: skip
+                             max_gap_s=config.replay.max_gap_s, drift=drift)  # fmt: skip
         self.trainer = StreamTrainer()
         learn = learn_routes(config, [(route, key)], {key: bundle}, self.trainer)
         self.learner = Learner(learn, engine=self.engine, trainer=trainer or self.trainer,
                                executor=executor, cfg=learning or LearningConfig(),
-                               metrics=self.metrics, alerting=config.alerting, clock=clock)  # fmt: skip
+                               metrics=self.metrics, alerting=config.alerting, clock=clock,
+                               wall_clock=wall_clock)  # fmt: skip
         self.alerts: list[Alert] = []
 
     def feed(self, items: list[SampleRows | SensorRecord], *, chunk: int = 200) -> None:
@@ -513,11 +516,16 @@ def test_readyz_shows_the_streams_per_learning_state_as_text_and_json(health_ser
     assert json.loads(body)["ready"] is False
 
 
-def test_an_idle_stream_that_was_learning_frees_its_probation_buffer_and_a_scoring_one_keeps_its_model(
+def test_an_idle_stream_is_forgotten_with_its_probation_buffer_or_its_model_and_comes_back_to_its_registered_model(
     learned: tuple[Serving, Path],
 ) -> None:
     serving, _ = learned
     serving.feed([rows("pump-idle", other_pump(100, seed=8), 0)])
-    serving.learner.evicted(["pump-idle", "site a/pump 7"])
-    assert "pump-idle" not in serving.learner._streams
-    assert serving.learner.counts() == {"learning": 0, "scoring": 1, "retraining": 0}
+    idle = ["pump-idle", "site a/pump 7"]
+    serving.engine.drop_streams(idle, reason="idle")  # as Engine.evict_idle does before serve tells the learner
+    serving.learner.evicted(idle)
+    assert serving.learner._streams == {}
+    assert "own:site a/pump 7" not in serving.engine.bundles  # its model is no longer held in memory
+    serving.feed([rows("site a/pump 7", other_pump(100, seed=9), PROBATION + 2000)])
+    assert serving.learner.counts() == {"learning": 0, "scoring": 1, "retraining": 0}  # from the registry
+    assert serving.learner._streams["site a/pump 7"].version == 1

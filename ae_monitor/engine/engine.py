@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ae_monitor.config import AlertingConfig, CalibrationConfig, DriftConfig, RouteConfig, StreamsConfig
+from ae_monitor.drift import DriftWatch
 from ae_monitor.engine.batch import BatchResult, Progress, Scored
 from ae_monitor.engine.decide import decide
 from ae_monitor.engine.grouped import ModelGroups
@@ -197,6 +198,11 @@ class Engine:
                 if self._groups is not None:
                     self._groups.forget(name)
                 self._metrics.bundle_info.labels(slot.bundle.name, slot.bundle.version).set(0)
+
+    def own_drift_watch(self, stream: str) -> DriftWatch | None:
+        """The drift watch of the bundle `stream` is scored with of its own (None: none, or `[drift]` is off)."""
+        slot = self._slots.get(own_slot_name(stream))
+        return None if slot is None else slot.drift
 
     def _slot(self, bundle: Bundle) -> Slot:
         return Slot(bundle, alerting=self._alerting, batch_size=self._batch_size, drift=self._drift,

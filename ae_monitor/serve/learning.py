@@ -9,9 +9,10 @@ Each stream of such a route goes through these states, exported as `ae_monitor_l
                `<stream model name>@production`
     scoring    scored by that model, from the micro-batch after it was registered; a move of its alias (a
                promotion or rollback by hand) is followed every `service.reload_check_s`
-    retraining with `[learning.retrain] enabled`: once its alert share stays high, a candidate trains on its
-               reservoir, then scores beside production in shadow (its alerts counted, never sent); promoted to
-               `production` or discarded, it is scoring again (serve/retraining.py)
+    retraining with `[learning.retrain] enabled`: once its alert share stays high, its model's drift watch
+               fires, or its model is older than `max_model_age_s`, a candidate trains on its reservoir, then
+               scores beside production in shadow (its alerts counted, never sent); promoted to `production` or
+               discarded, it is scoring again (serve/retraining.py). At most `max_retraining_streams` retrain at once.
 
 The trainer (`Trainer`, from the jobs layer, injected by the CLI) runs in one worker process (or thread): the main
 loop only hands it a job and, on a later iteration, loads what it registered. A failed training is logged, counted
@@ -51,7 +52,7 @@ from ae_monitor.metrics import LEARNING_STATES, Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
 from ae_monitor.records import Record, SampleRows, SensorRecord
 from ae_monitor.registry import Registry, stream_model_name
-from ae_monitor.serve.retraining import Reservoir, Shadow, shadow_decision
+from ae_monitor.serve.retraining import Reservoir, Shadow, Trigger, registered_s, retrain_trigger, shadow_decision
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,9 @@ class StreamLearning:
     reservoir: Reservoir | None = None  # scoring, with retraining enabled
     shadow: Shadow | None = None  # retraining: the candidate in shadow
     parent: int | None = None  # retraining: the production version its candidate was trained to replace
+    bundle: Bundle | None = None  # the bundle of its own it is scored with (its series go when it is replaced)
+    model_time_s: float = 0.0  # the schedule counts its model's age from here (wall clock, from the registry)
+    drift_from: int | None = None  # its reservoir's `kept_total` when its model's drift watch fired
 
 
 class Learner:
@@ -214,6 +218,7 @@ class Learner:
         watch_every_s: float = 10.0,
         idle_after_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._learn = {str(i): learn for i, (_, learn) in enumerate(routes)}
         self._router = Router([(route, str(i)) for i, (route, _) in enumerate(routes)])
@@ -223,6 +228,7 @@ class Learner:
         self._new_executor = executor  # called again when a worker process died (the pool is then broken)
         self._executor = executor()
         self._metrics, self._backend, self._threads, self._clock = metrics, backend, threads, clock
+        self._wall_clock = wall_clock  # the schedule's: model ages are registry times
         self._streams: dict[str, StreamLearning] = {}
         self._others: set[str] = set()  # streams of routes that do not learn
         self._watch_every_s, self._watched_at = watch_every_s, clock()
@@ -267,6 +273,7 @@ class Learner:
             anomalous = table.score > table.threshold
             if learning.reservoir is not None:
                 learning.reservoir.judge(table.start_s, table.end_s, anomalous)
+                self._note_drift(table.streams[0], learning, learning.reservoir)
             if learning.shadow is not None:
                 learning.shadow.production(len(table), int(anomalous.sum()))
         for stream, learning in list(self._streams.items()):
@@ -282,11 +289,13 @@ class Learner:
         for stream, learning in list(self._streams.items()):
             if learning.training is not None and learning.training.done():
                 self._finish(stream, learning, learning.training)
-        # A learning stream that sends nothing for `streams.idle_eviction_s` is forgotten, buffer and all: the
-        # engine's idle eviction does not see one of a route without a bundle, nor one whose partition moved away.
-        now = self._clock()
-        idle = [s for s, learning in self._streams.items() if learning.state == "learning"
-                and learning.training is None and now - learning.seen_s > self._idle_after_s]  # fmt: skip
+        # A stream that sends nothing for `streams.idle_eviction_s` is forgotten, buffer and all: the engine's idle
+        # eviction does not see one of a route without a bundle, nor one it evicted while the stream's training was
+        # in flight (a candidate in shadow that never sees a row again would hold a retraining place for ever).
+        now, live = self._clock(), self._engine.streams
+        idle = [s for s, learning in self._streams.items()
+                if learning.training is None and now - learning.seen_s > self._idle_after_s
+                and (learning.state == "learning" or s not in live)]  # fmt: skip
         self.evicted(idle)
         self._admit_waiting()
         self._submit()
@@ -298,22 +307,16 @@ class Learner:
     def drop(self, streams: Sequence[str]) -> None:
         """Forget `streams` (their partitions moved away; the engine dropped their states already). A training in
         flight still registers its model, which the stream's new owner then finds in the registry."""
-        for stream in streams:
-            self._streams.pop(stream, None)
-            self._others.discard(stream)
-            self._router.forget(stream)
-        self._engine.release_own_bundles(streams)
+        self._forget(streams)
         self._publish()
 
     def evicted(self, streams: Sequence[str]) -> None:
-        """Streams dropped for being idle: one still learning frees its probation buffer (it starts again when it
-        comes back) unless its training is in flight; one scoring keeps its model (the engine keeps it routed)."""
+        """Streams dropped for being idle are forgotten unless a training of theirs is in flight: a learning one
+        frees its probation buffer (it starts again when it comes back), a scoring one its reservoir, its candidate
+        in shadow (left undecided) and its model (loaded from the registry again when it comes back)."""
         for stream in streams:
             self._others.discard(stream)
-            learning = self._streams.get(stream)
-            if learning is not None and learning.state == "learning" and learning.training is None:
-                del self._streams[stream]
-                self._router.forget(stream)
+        self._forget([s for s in streams if s in self._streams and self._streams[s].training is None])
         self._publish()
 
     def close(self) -> None:
@@ -331,6 +334,60 @@ class Learner:
         return {state: states.count(state) for state in LEARNING_STATES}
 
     # -- inside ------------------------------------------------------------------------------------------------
+
+    def _forget(self, streams: Sequence[str]) -> None:
+        """Forget `streams` (the engine dropped their states) with the models of their own and their series."""
+        gone = [learning for learning in (self._streams.pop(s, None) for s in streams) if learning is not None]
+        for stream in streams:
+            self._others.discard(stream)
+            self._router.forget(stream)
+        self._engine.release_own_bundles(streams)
+        for learning in gone:
+            self._metrics.forget_shadow(learning.model)
+        self._forget_series([learning.bundle for learning in gone if learning.bundle is not None])
+
+    def _forget_series(self, bundles: Sequence[Bundle]) -> None:
+        """Drop the series of bundles no longer loaded: each learned model adds 39 lines to /metrics (its name and
+        version label them), which would otherwise stay for as long as the process runs. A name another slot still
+        uses (a bundle registered by hand under several models) keeps its series."""
+        if not bundles:
+            return
+        loaded = self._engine.bundles.values()
+        names, versions = {b.name for b in loaded}, {(b.name, b.version) for b in loaded}
+        for bundle in bundles:
+            if bundle.name not in names:
+                self._metrics.forget_bundle(bundle.name, version=bundle.version, channels=bundle.extractor.group_names)
+            elif (bundle.name, bundle.version) not in versions:
+                self._metrics.forget_bundle_version(bundle.name, bundle.version)
+
+    def _score_with(self, stream: str, learning: StreamLearning, bundle: Bundle, number: int) -> None:
+        """Score `stream` with `bundle`, version `number` of its model, from its next samples on."""
+        replaced = learning.bundle
+        self._engine.score_stream_with(stream, bundle)
+        learning.bundle, learning.version = bundle, number
+        learning.drift_from = None  # a drift episode of the model replaced; the new one has a watch of its own
+        if replaced is not None and (replaced.name, replaced.version) != (bundle.name, bundle.version):
+            self._forget_series([replaced])
+        learning.model_time_s = self._model_time(learning)
+
+    def _model_time(self, learning: StreamLearning) -> float:
+        """When the schedule counts its model's age from: the registration of its `production` version or of the
+        last candidate tried (`candidate`), whichever is later, so that a discarded candidate also waits a period;
+        read from the registry, so a restart does not start the count again. Now when neither can be read."""
+        if self._retrain is None or not self._retrain.max_model_age_s:
+            return 0.0
+        registry = Registry(str(learning.route.route.learned_registry))
+        times = [registered_s(registry, learning.model, alias) for alias in (ALIAS, CANDIDATE)]
+        return max((t for t in times if t is not None), default=self._wall_clock())
+
+    def _note_drift(self, stream: str, learning: StreamLearning, reservoir: Reservoir) -> None:
+        """A drift episode of the stream's own model asks for a retraining on the rows kept from now on."""
+        assert self._retrain is not None
+        watch = self._engine.own_drift_watch(stream) if self._retrain.on_drift else None
+        if watch is not None and watch.take_episode():
+            learning.drift_from = reservoir.kept_total
+            log.info("stream %s: the drift watch of its model %s fired; it retrains once %d more rows that did not "
+                     "alert are kept", stream, learning.model, reservoir.limit)  # fmt: skip
 
     def _observe_rows(self, rows: SampleRows) -> None:
         groups: dict[str, list[int]] = {}
@@ -380,8 +437,7 @@ class Learner:
             log.error("stream %s: its registered model %s cannot be loaded (%s); learning it anew", stream,
                       learning.model, registered)  # fmt: skip
         if isinstance(registered, tuple):
-            bundle, learning.version = registered
-            self._engine.score_stream_with(stream, bundle)
+            self._score_with(stream, learning, *registered)
             learning.state, learning.reservoir = "scoring", self._new_reservoir(route)
             log.info("stream %s: scored by its own model %s version %d from the registry", stream, learning.model,
                      learning.version)  # fmt: skip
@@ -423,11 +479,10 @@ class Learner:
                 learning.version = self._alias_version(learning)  # said once per move of the alias
             elif found is not None:
                 bundle, number = found
-                self._engine.score_stream_with(stream, bundle)
                 self._metrics.reloads.labels("ok").inc()
                 log.info("stream %s: %s@%s moved from version %s to %d; scoring with it", stream, learning.model,
                          ALIAS, learning.version, number)  # fmt: skip
-                learning.version = number
+                self._score_with(stream, learning, bundle, number)
                 if learning.reservoir is not None:
                     learning.reservoir.clear()  # its rows were judged by the version that went
                 if learning.shadow is not None:  # its candidate was measured against the version that went
@@ -454,13 +509,21 @@ class Learner:
                     return
 
     def _submit(self) -> None:
-        now = self._clock()
+        """Hand the trainer what is due, up to `max_pending_trainings` jobs in flight and, for retrainings, up to
+        `max_retraining_streams` streams retraining; the schedule's go last, after those a stream's data asks for."""
+        now, wall = self._clock(), self._wall_clock()
+        most, age_s = (0, 0.0) if self._retrain is None else (self._retrain.max_retraining_streams,
+                                                               self._retrain.max_model_age_s)  # fmt: skip
         pending = sum(1 for s in self._streams.values() if s.training is not None)
+        retraining = sum(1 for s in self._streams.values() if s.state == "retraining") if most else 0
+        scheduled: list[tuple[str, StreamLearning]] = []
         for stream, learning in self._streams.items():
             if pending >= self._cfg.max_pending_trainings:
                 return
+            if learning.training is not None or now < learning.retry_at_s:
+                continue
             probation = learning.probation
-            if learning.training is None and probation is not None and probation.full and now >= learning.retry_at_s:
+            if probation is not None and probation.full:
                 ts, values = probation.rows()
                 route = learning.route
                 job = LearnJob(stream, learning.model, str(route.route.learned_registry), route.config, ts, values,
@@ -469,30 +532,52 @@ class Learner:
                 pending += 1
                 log.info("stream %s: training its own model on %d samples", stream, len(ts))
             elif (
-                self._retrain is not None
-                and learning.training is None
-                and learning.state == "scoring"
-                and learning.reservoir is not None
-                and learning.reservoir.due
-                and now >= learning.retry_at_s
+                learning.state == "scoring"
+                and retraining < most
+                and (reservoir := learning.reservoir) is not None
+                and reservoir.count >= reservoir.limit
+                # What retrain_trigger reads, checked inline first: this runs for every stream several times a poll.
+                and (
+                    reservoir.sustained
+                    or learning.drift_from is not None
+                    or (age_s and wall - learning.model_time_s >= age_s)
+                )
             ):
-                self._submit_retraining(stream, learning, self._retrain)
-                pending += 1
+                assert self._retrain is not None  # scoring streams have reservoirs only with retraining on
+                why = retrain_trigger(reservoir, self._retrain, drift_from=learning.drift_from,
+                                      model_age_s=wall - learning.model_time_s)  # fmt: skip
+                if why == "schedule":
+                    scheduled.append((stream, learning))
+                elif why is not None:
+                    self._submit_retraining(stream, learning, why)
+                    pending, retraining = pending + 1, retraining + 1
+        scheduled.sort(key=lambda item: item[1].model_time_s)  # the oldest models first: none waits for ever
+        for stream, learning in scheduled[: max(0, min(most - retraining, self._cfg.max_pending_trainings - pending))]:
+            self._submit_retraining(stream, learning, "schedule")
 
-    def _submit_retraining(self, stream: str, learning: StreamLearning, cfg: RetrainConfig) -> None:
+    def _submit_retraining(self, stream: str, learning: StreamLearning, why: Trigger) -> None:
         """A candidate for `stream`, trained on its reservoir but the newest `holdback_samples` rows (the fault
         check's), with production as its parent."""
         assert learning.reservoir is not None
-        ts, values = learning.reservoir.rows()
+        assert self._retrain is not None
+        cfg, reservoir = self._retrain, learning.reservoir
+        ts, values = reservoir.rows()
         cut = len(ts) - cfg.holdback_samples
         route = learning.route
         job = LearnJob(stream, learning.model, str(route.route.learned_registry), route.config, ts[:cut], values[:cut],
-                       learning.reservoir.channels, route.note, route.init_bundle, parent=learning.version,
-                       holdback_ts=ts[cut:], holdback=values[cut:], fault_offset_sd=cfg.fault_offset_sd)  # fmt: skip
+                       reservoir.channels, f"{route.note}; retrained for: {why}", route.init_bundle,
+                       parent=learning.version, holdback_ts=ts[cut:], holdback=values[cut:],
+                       fault_offset_sd=cfg.fault_offset_sd)  # fmt: skip
         learning.training = self._hand(job)
-        learning.state, learning.parent = "retraining", learning.version
-        log.info("stream %s: %.0f %% of its last %d windows anomalous; retraining on %d recent samples", stream,
-                 100 * learning.reservoir.share, cfg.lookback_windows, cut)  # fmt: skip
+        learning.state, learning.parent, learning.drift_from = "retraining", learning.version, None
+        if why == "alert share":
+            cause = f"{100 * reservoir.share:.0f} % of its last {cfg.lookback_windows} windows anomalous"
+        elif why == "drift":
+            cause = "its model's drift watch fired"
+        else:
+            age_h = (self._wall_clock() - learning.model_time_s) / 3600
+            cause = f"its model is {age_h:.1f} h old (max_model_age_s = {cfg.max_model_age_s:.0f})"
+        log.info("stream %s: %s; retraining on %d recent samples", stream, cause, cut)
 
     def _hand(self, job: LearnJob) -> Future[Learned]:
         try:
@@ -518,8 +603,8 @@ class Learner:
             log.error("stream %s: training its own model failed (%d time(s); next try in %.0f s): %s",
                       stream, learning.failures, self._cfg.retry_after_s, exc)  # fmt: skip
             return
-        self._engine.score_stream_with(stream, bundle)
-        learning.state, learning.probation, learning.version = "scoring", None, learned.version
+        self._score_with(stream, learning, bundle, learned.version)
+        learning.state, learning.probation = "scoring", None
         learning.reservoir = self._new_reservoir(learning.route)
         self._metrics.trainings.labels("ok").inc()
         log.info("stream %s: learned model %s version %d registered; scoring with it", stream, learned.model,
@@ -533,10 +618,11 @@ class Learner:
             bundle = load_bundle(Path(learned.bundle_path), backend=self._backend, threads=self._threads)
         except Exception as exc:  # as for a first training: serve keeps running
             self._metrics.retrainings.labels("failed").inc()
-            learning.state = "scoring"
+            learning.state, learning.retry_at_s = "scoring", self._clock() + self._cfg.retry_after_s
             if learning.reservoir is not None:
                 learning.reservoir.clear()
-            log.error("stream %s: retraining its model failed; it fills its reservoir again: %s", stream, exc)
+            log.error("stream %s: retraining its model failed; it fills its reservoir again (next try in %.0f s at "
+                      "the earliest): %s", stream, self._cfg.retry_after_s, exc)  # fmt: skip
             return
         learning.shadow = Shadow(stream, bundle, learned, alerting=self._alerting)
         if learning.version != learning.parent:  # its fault check compared it with a version no longer in production
@@ -559,10 +645,10 @@ class Learner:
         mine, theirs = summary["shadow_false_alert_share"], summary["production_false_alert_share"]
         why = f"shadow: false-alert share {mine:.4f} (production {theirs:.4f}) over {shadow.windows} windows"
         registry.promote(learned.model, learned.version, ALIAS, reason=f"{why}; synthetic faults flagged")
-        self._engine.score_stream_with(stream, shadow.candidate)
         log.info("stream %s: promoted %s version %d (parent %s) after its shadow period: %s", stream, learned.model,
                  learned.version, learning.version, summary)  # fmt: skip
-        learning.version, learning.shadow, learning.state = learned.version, None, "scoring"
+        self._score_with(stream, learning, shadow.candidate, learned.version)
+        learning.shadow, learning.state = None, "scoring"
         if learning.reservoir is not None:
             learning.reservoir.clear()
         self._metrics.retrainings.labels("promoted").inc()
@@ -580,6 +666,7 @@ class Learner:
                         exc)  # fmt: skip
         log.warning("stream %s: candidate %s version %d discarded: %s", stream, learned.model, learned.version, reason)
         learning.shadow, learning.state = None, "scoring"
+        learning.model_time_s = self._model_time(learning)  # the candidate tried: the schedule waits a period
         if learning.reservoir is not None:
             learning.reservoir.clear()
         self._metrics.retrainings.labels("discarded").inc()

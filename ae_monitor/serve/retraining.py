@@ -1,27 +1,32 @@
-"""Retraining of learned per-stream models (`[learning.retrain]`): the rows a candidate trains on (`Reservoir`), the
-candidate scoring beside production without alerting (`Shadow`), and whether it may replace production
-(`shadow_decision`). The learner (serve/learning.py) drives them; this module holds no state of its own.
+"""Retraining of learned per-stream models (`[learning.retrain]`): the rows a candidate trains on (`Reservoir`), what
+starts a retraining (`retrain_trigger`), the candidate scoring beside production without alerting (`Shadow`), and
+whether it may replace production (`shadow_decision`). The learner (serve/learning.py) drives them; this module holds
+no state of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from ae_monitor.config import AlertingConfig, RetrainConfig
+from ae_monitor.config import AlertingConfig, DriftConfig, RetrainConfig
 from ae_monitor.engine import Engine
+from ae_monitor.errors import RegistryError
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle
 from ae_monitor.records import Record, SampleRows
+from ae_monitor.registry import Registry
 
 if TYPE_CHECKING:
     from ae_monitor.serve.learning import Learned
 
 F64 = npt.NDArray[np.float64]
+Trigger = Literal["alert share", "drift", "schedule"]
 FLAGGED_SHARE = 0.5  # a synthetic fault counts as flagged when at least this share of its windows is anomalous
 
 
@@ -40,6 +45,7 @@ class Reservoir:
         self._ts = np.empty(self.limit, dtype=np.float64)
         self._values = np.empty((self.limit, len(self.channels)), dtype=np.float64)
         self.count, self._next = 0, 0  # rows kept; where the next one goes (a ring)
+        self.kept_total = 0  # rows ever kept (a drift-triggered retraining waits for a full reservoir's worth more)
         self._pending_ts = np.zeros(0)
         self._pending = np.zeros((0, len(self.channels)))
         self._left_out = np.zeros(0, dtype=bool)
@@ -52,8 +58,13 @@ class Reservoir:
         return float(self._flags.sum()) / self.cfg.lookback_windows
 
     @property
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+    @property
     def due(self) -> bool:
-        return self.sustained and self.count >= self.limit
+        """Full of rows of a new operating point (the alert-share trigger)."""
+        return self.sustained and self.full
 
     def add_ordered(self, ts: F64, values: F64) -> None:
         """Rows (in the training channels' order) that wait for their windows' verdicts; late ones are skipped."""
@@ -101,6 +112,7 @@ class Reservoir:
         self._ts[at], self._values[at] = ts, values
         self._next = int((self._next + len(ts)) % self.limit)
         self.count = min(self.limit, self.count + len(ts))
+        self.kept_total += len(ts)
 
     def rows(self) -> tuple[F64, F64]:
         """The kept rows, oldest first."""
@@ -113,6 +125,31 @@ class Reservoir:
         self._flags = np.zeros(0, dtype=bool)
 
 
+def retrain_trigger(reservoir: Reservoir, cfg: RetrainConfig, *, drift_from: int | None,
+                    model_age_s: float) -> Trigger | None:  # fmt: skip
+    """Why a scoring stream retrains now, if it does: always on a full reservoir, once its alert share stays high
+    ("alert share"), its reservoir kept a full one's worth of rows since its model's drift watch fired at
+    `drift_from` rows ("drift"), or its model is older than `max_model_age_s` ("schedule")."""
+    if not reservoir.full:
+        return None
+    if reservoir.sustained:
+        return "alert share"
+    if drift_from is not None and reservoir.kept_total - drift_from >= reservoir.limit:
+        return "drift"
+    if cfg.max_model_age_s and model_age_s >= cfg.max_model_age_s:
+        return "schedule"
+    return None
+
+
+def registered_s(registry: Registry, model: str, alias: str) -> float | None:
+    """When the version `alias` names was registered (Unix time, from its provenance); None without the alias (no
+    candidate yet) or the time (a provenance written by hand)."""
+    try:
+        return datetime.fromisoformat(registry.resolve(model, alias).provenance["registered_at"]).timestamp()
+    except (RegistryError, KeyError, TypeError, ValueError):
+        return None
+
+
 class Shadow:
     """A candidate model scoring a stream's rows beside production, in an engine of its own: its windows and would-be
     alerts are counted, never delivered. Production's windows over the same period come from serve's results."""
@@ -120,7 +157,9 @@ class Shadow:
     def __init__(self, stream: str, candidate: Bundle, learned: Learned, *, alerting: AlertingConfig) -> None:
         self.stream, self.candidate, self.learned = stream, candidate, learned
         # Its own metrics registry: the candidate's windows must not count as production's in /metrics.
-        self._engine = Engine({"candidate": candidate}, alerting=alerting, metrics=Metrics(CollectorRegistry()))
+        # No drift watch: it would warn under the production model's name about a model that is not serving.
+        self._engine = Engine({"candidate": candidate}, alerting=alerting, metrics=Metrics(CollectorRegistry()),
+                              drift=DriftConfig(enabled=False))  # fmt: skip
         self.windows = self.anomalous = self.alerts = 0
         self.production_windows = self.production_anomalous = 0
 
