@@ -36,12 +36,12 @@ PROBATION = 1700
 WINDOW = DEMO_CONFIG["features"]["sensor"]["window_samples"]
 
 
-def learning_config(bootstrap: str, topic: str, bundle: Path, root: Path, retrain: dict[str, Any] | None = None
-                    ) -> Config:  # fmt: skip
+def learning_config(bootstrap: str, topic: str, bundle: Path, root: Path, retrain: dict[str, Any] | None = None,
+                    *, client: str = "kafka-python") -> Config:  # fmt: skip
     tag = topic.rsplit("-", 1)[-1]
     return config_from_dict({
         **DEMO_CONFIG,
-        "kafka": {"bootstrap_servers": [bootstrap]},
+        "kafka": {"bootstrap_servers": [bootstrap], "client": client},
         "source": {"topics": [topic], "group_id": f"g-{tag}", "start_from": "earliest", "commit_interval_s": 0.2,
                    "session_timeout_ms": 6000},
         "routes": [{"match": "*", "bundle_path": str(bundle), "learn": "per_stream", "probation_samples": PROBATION,
@@ -103,12 +103,12 @@ def serving() -> Iterator[Serving]:
 
 
 def test_a_new_stream_is_learned_registered_and_scored_by_its_own_model_and_a_restart_loads_it(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    client_library: str, kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
     serving: Serving,
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     root = tmp_path / "learned"
-    config = learning_config(kafka_bootstrap, topic, sensor_bundle, root)
+    config = learning_config(kafka_bootstrap, topic, sensor_bundle, root, client=client_library)
     model = stream_model_name(STREAM)
     metrics = serving.start(config)
 
@@ -186,14 +186,14 @@ def readyz(url: str) -> dict[str, Any]:
 
 
 def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_its_candidate_promoted_in_shadow(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    client_library: str, kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
     serving: Serving,
 ) -> None:  # fmt: skip
     topic = kafka_topic(1)
     root = tmp_path / "learned"
     retrain = {"enabled": True, "reservoir_samples": 3000, "holdback_samples": 300, "lookback_windows": 100,
                "alert_share": 0.5, "shadow_windows": 200}  # fmt: skip
-    config = learning_config(kafka_bootstrap, topic, sensor_bundle, root, retrain)
+    config = learning_config(kafka_bootstrap, topic, sensor_bundle, root, retrain, client=client_library)
     tag = topic.rsplit("-", 1)[-1]
     kafka_sinks = config.sinks.kafka.model_copy(update={"scores_topic": f"scores-{tag}"})
     config = config.model_copy(update={"sinks": config.sinks.model_copy(update={"kafka": kafka_sinks})})

@@ -256,13 +256,14 @@ def test_a_daemon_scoring_with_onnx_never_imports_torch_or_the_training_librarie
 
 
 def test_serve_with_the_onnx_backend_raises_the_alerts_torch_would_through_a_real_broker(
-    kafka_bootstrap: str, kafka_topic: Callable[..., str], exported: Path, sensor_data: tuple[Path, Path]
-) -> None:
+    client_library: str, kafka_bootstrap: str, kafka_topic: Callable[..., str], exported: Path,
+    sensor_data: tuple[Path, Path],
+) -> None:  # fmt: skip
     from test_serve import _expected_alerts, _interleave, _messages, _produce, _read, _serve_config
 
     topic = kafka_topic(2)
     tag = topic.rsplit("-", 1)[-1]
-    config = _serve_config(kafka_bootstrap, topic, exported, scoring={"backend": "onnx"})
+    config = _serve_config(kafka_bootstrap, topic, exported, client=client_library, scoring={"backend": "onnx"})
     messages = _interleave(*(_messages(sensor_data[1] / f"pump-{i}.csv", f"pump-{i}", config) for i in (1, 2)))
     expected = _expected_alerts(exported, messages, config)  # the torch engine, offline
     assert {a.status for a in expected} == {"firing", "resolved"}
