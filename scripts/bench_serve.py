@@ -1107,24 +1107,109 @@ def audio_windows(bundle: Bundle, seconds: int) -> int:
 
 
 def run_audio(bootstrap: str, topics: Topics, bundle: Path, settings: Settings, figures: Figures,
-              profile: Path | None, client: str = "kafka-python") -> None:  # fmt: skip
+              profile: Path | None, client: str = "kafka-python", trace: Path | None = None) -> None:  # fmt: skip
+    """Audio through serve, and the same audio through the offline path in this process (the reference: what serve
+    adds is the difference). With `trace`, both are split into stages by CPU time (`audio_stages`)."""
     topic = topics.create("audio")
     messages = audio_messages(settings.audio_streams, settings.audio_seconds)
     produce(bootstrap, topic, messages)
+    loaded = load_bundle(bundle)
+    traced = audio_probes(loaded) if trace is not None else None
+    offline_cpu_s, offline_stages = offline_audio_cpu_s(loaded, messages, settings.audio_streams, traced)
     del messages
     gc.collect()
-    windows = settings.audio_streams * audio_windows(load_bundle(bundle), settings.audio_seconds)
+    windows = settings.audio_streams * audio_windows(loaded, settings.audio_seconds)
     config = serve_config(bootstrap, topic, bundle, f"audio-{client}-{topics.run_id}", client)
     topics.forget_later(*output_topics(topic))
+    if traced is not None:
+        traced.EVENTS.clear()
     span = serve_span(config, windows, None if profile is None else profile / "serve-audio.pstats")
+    serve_stages = traced.stage_totals(traced.EVENTS) if traced is not None else {}
     audio_s = float(settings.audio_streams * settings.audio_seconds)
     cores = max(1.0, span.cores)
     x_rt = audio_s / span.wall_s / cores
+    offline_x = audio_s / offline_cpu_s
     figures.add(Row(ROW_AUDIO, x_rt, "x", f">= {GOAL_AUDIO_X:,.0f}x", f"{x_rt / GOAL_AUDIO_X:.2f} of goal",
                     x_rt >= GOAL_AUDIO_X, f"{audio_s:,.0f} s of audio in {span.wall_s:.2f} s, "
-                    f"{span.cores:.2f} cores busy; {audio_s / span.cpu_s:,.0f}x per CPU second"),
+                    f"{span.cores:.2f} cores busy; {audio_s / span.cpu_s:,.0f}x per CPU second; the offline path "
+                    f"in this process {offline_x:,.0f}x per CPU second"),
                 x_realtime_per_core=x_rt, x_realtime_wall=audio_s / span.wall_s, audio_seconds=audio_s,
-                seconds=span.wall_s, cpu_seconds=span.cpu_s, cores_counted=cores, windows=windows)  # fmt: skip
+                seconds=span.wall_s, cpu_seconds=span.cpu_s, cores_counted=cores, windows=windows,
+                offline_cpu_seconds=offline_cpu_s, offline_x_realtime_per_cpu_s=offline_x,
+                serve_stages=serve_stages, offline_stages=offline_stages)  # fmt: skip
+    if traced is not None:
+        print_audio_stages(f"audio ({client})", audio_s, span, serve_stages, offline_cpu_s, offline_stages)
+
+
+AUDIO_STAGES = (
+    ("poll", "serve's poll: the client's fetch and unpacking, waits for a fetch, and decoding (below)"),
+    ("decode", "  of which decoding the records (PCM to float, headers)"),
+    ("process", "the engine's micro-batch: features, forward pass, windows, alert decisions, bookkeeping"),
+    ("features", "  of which log-mel features (the extractor's stream push)"),
+    ("forward", "  of which Scorer.score (forward passes, squared errors, band means)"),
+    ("aggregate", "  of which WindowAggregator.push (window scores and shares)"),
+    ("deliver", "alerts, scores, state and codes handed to the sinks"),
+    ("commit", "offset commits"),
+    ("housekeeping", "eviction, lag gauges, reload checks"),
+)
+
+
+def audio_probes(bundle: Bundle) -> ModuleType:
+    """scripts/serve_traced.py installed in this process (once) with probes on the audio path's own stages."""
+    traced = sys.modules.get("serve_traced")
+    if traced is None:
+        from ae_monitor import scoring
+        from ae_monitor.sources import kafka as kafka_source
+
+        spec = importlib.util.spec_from_file_location("serve_traced", TRACED_SERVE)
+        assert spec is not None, TRACED_SERVE
+        assert spec.loader is not None, TRACED_SERVE
+        traced = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = traced
+        spec.loader.exec_module(traced)
+        traced.install()
+        traced.probe("decode", kafka_source, "decode_batch")
+        traced.probe("features", type(bundle.extractor.stream()), "push")
+        traced.probe("forward", scoring.Scorer, "score")
+        traced.probe("aggregate", scoring.WindowAggregator, "push")
+    return traced
+
+
+def offline_audio_cpu_s(bundle: Bundle, messages: Sequence[Message], streams: int,
+                        traced: ModuleType | None) -> tuple[float, dict[str, Any]]:  # fmt: skip
+    """CPU seconds the offline path (`jobs.data.score_signal`, as `ae-monitor score` runs it) takes for the same
+    audio, each stream as one signal of its chunks; with `traced`, its stages too."""
+    from ae_monitor.jobs.data import score_signal
+    from ae_monitor.scoring import scorer_for
+
+    signals = []
+    for s in range(streams):
+        pcm = np.concatenate([np.frombuffer(v, dtype="<i2") for k, v, _ in messages[s::streams]])
+        y = (pcm / 32768.0).astype(np.float32)
+        signals.append(Signal(f"fan-{s:02d}", y, np.arange(len(y), dtype=np.float64) / SAMPLE_RATE, ()))
+    scorer = scorer_for(bundle, batch_size=4096)  # the offline jobs' batch (jobs.data)
+    if traced is not None:
+        traced.EVENTS.clear()
+    started = time.thread_time()
+    for signal_ in signals:
+        score_signal(bundle, scorer, signal_)
+    used = time.thread_time() - started
+    return used, (traced.stage_totals(traced.EVENTS) if traced is not None else {})
+
+
+def print_audio_stages(title: str, audio_s: float, span: Span, serve_stages: Mapping[str, Any], offline_cpu_s: float,
+                       offline_stages: Mapping[str, Any]) -> None:  # fmt: skip
+    print(f"\n{title}: where serve's time goes, {audio_s:,.0f} s of audio (serve's thread; ms per audio second)")
+    print(f"  {'stage':<14} {'calls':>7} {'wall':>8} {'CPU':>8} {'offline CPU':>12}")
+    for name, meaning in AUDIO_STAGES:
+        calls, wall, cpu = serve_stages.get(name, (0, 0.0, 0.0))
+        off = offline_stages.get(name, (0, 0.0, float("nan")))[2]
+        print(f"  {name:<14} {calls:>7,} {1000 * wall / audio_s:>8.3f} {1000 * cpu / audio_s:>8.3f} "
+              f"{1000 * off / audio_s:>12.3f}   {meaning}")  # fmt: skip
+    print(
+        f"  {'whole run':<14} {'':>7} {1000 * span.wall_s / audio_s:>8.3f} {1000 * span.cpu_s / audio_s:>8.3f} "
+        f"{1000 * offline_cpu_s / audio_s:>12.3f}   serve: this process, every thread; offline: score_signal"
+    )
 
 
 # --------------------------------------------------------------------------------------------------- 5: memory
@@ -1360,7 +1445,7 @@ def run_all(args: argparse.Namespace, settings: Settings, workdir: Path, figures
                 audio = make_audio_bundle(workdir)
                 for client in clients:
                     figures.suffix = client_suffix(client, clients)
-                    run_audio(bootstrap, topics, audio, settings, figures, args.profile, client)
+                    run_audio(bootstrap, topics, audio, settings, figures, args.profile, client, args.trace)
             for client in clients if "memory" in parts else ():
                 figures.suffix = client_suffix(client, clients)
                 run_memory(bootstrap, topics, sensor, settings, figures, workdir, client)
