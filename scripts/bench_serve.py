@@ -27,11 +27,15 @@ Four measurements, side by side on the same machine and broker (compare the rati
    latency runs' serve is scripts/serve_traced.py (the same serve, each step stamped) and every alert's time is split
    into stages: append -> poll start -> poll end -> detection -> submit -> broker ack -> received.
 4. audio: 1 s chunks of 16 kHz mono s16le PCM for several streams, pre-produced, through serve in a thread with the
-   default DCASE dense model (untrained weights, gamma-calibrated: speed needs no training). x real time per core =
+   default DCASE dense model (untrained weights, gamma-calibrated: speed needs no training), 8 MiB partition
+   fetches (`source.max_partition_fetch_bytes`, as configs/audio-dcase.toml). x real time per core =
    audio seconds / wall seconds / cores, cores = max(1, CPU seconds of this whole process / wall seconds) over the
    measured span (torch 1 thread; serve's Kafka and HTTP threads and the idle polling thread are counted).
    Goal: >= 2,500x. The note also gives audio seconds per CPU second of this process (not bound by wall time,
-   so a machine busy with other work lowers it less).
+   so a machine busy with other work lowers it less), and the offline path's (`jobs.data.score_signal`, each
+   stream's audio as one signal) on the same audio in this process: what serve adds is the difference; with
+   `--trace DIR` both are split by CPU time into poll, decoding, features, forward pass, window aggregation and the
+   rest of the engine.
 5. memory: `ae-monitor serve` as a subprocess (torch backend, production sinks, the sensor bundle) on a fresh topic:
    its resident memory (VmRSS) at rest (ready, 3 s after), with 10,000 active streams (one record per stream and
    window row produced, every record counted, 1 s after), and after they were evicted as idle
@@ -545,8 +549,8 @@ def watch(handle: ServeThread, *, windows: int, timeout_s: float) -> Span:
 def serve_config(bootstrap: str, topic: str, bundle: Path, tag: str, client: str = "kafka-python",
                  **sections: Mapping[str, Any]) -> Config:  # fmt: skip
     """Production settings (scoring, polling, commits, drift: defaults), every Kafka sink but scores; `sections`
-    adds config sections (e.g. streams={...})."""
-    return config_from_dict({
+    adds settings to config sections (e.g. streams={...})."""
+    settings: dict[str, Any] = {
         "kafka": {"bootstrap_servers": [bootstrap], "client": client},
         "source": {"topics": [topic], "group_id": f"bench-{tag}", "start_from": "earliest"},
         "routes": [{"match": "*", "bundle_path": str(bundle)}],
@@ -554,8 +558,10 @@ def serve_config(bootstrap: str, topic: str, bundle: Path, tag: str, client: str
                             "state_topic": f"{topic}-state"}},
         "service": {"http_port": 0, "log_format": "text"},
         "alerting": ALERTING,
-        **sections,
-    })  # fmt: skip
+    }  # fmt: skip
+    for name, values in sections.items():
+        settings[name] = {**settings.get(name, {}), **values}
+    return config_from_dict(settings)
 
 
 def output_topics(topic: str) -> list[str]:
@@ -1119,7 +1125,8 @@ def run_audio(bootstrap: str, topics: Topics, bundle: Path, settings: Settings, 
     del messages
     gc.collect()
     windows = settings.audio_streams * audio_windows(loaded, settings.audio_seconds)
-    config = serve_config(bootstrap, topic, bundle, f"audio-{client}-{topics.run_id}", client)
+    config = serve_config(bootstrap, topic, bundle, f"audio-{client}-{topics.run_id}", client,
+                          source={"max_partition_fetch_bytes": AUDIO_FETCH_BYTES})  # fmt: skip
     topics.forget_later(*output_topics(topic))
     if traced is not None:
         traced.EVENTS.clear()
@@ -1140,6 +1147,10 @@ def run_audio(bootstrap: str, topics: Topics, bundle: Path, settings: Settings, 
     if traced is not None:
         print_audio_stages(f"audio ({client})", audio_s, span, serve_stages, offline_cpu_s, offline_stages)
 
+
+# As configs/audio-dcase.toml sets it: 1 MiB (the clients' default) holds ~30 one-second chunks, and serve with
+# kafka-python waited for a fetch every ~30 chunks (8 MiB: +24 % x real time per core, docs/serve.md).
+AUDIO_FETCH_BYTES = 8 << 20
 
 AUDIO_STAGES = (
     ("poll", "serve's poll: the client's fetch and unpacking, waits for a fetch, and decoding (below)"),
