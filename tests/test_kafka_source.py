@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ae_monitor.config import KafkaSourceConfig
 from ae_monitor.kafka_client import CommitCallback, Fetched, Partition, RebalanceCallback
+from ae_monitor.kafka_client.confluent import GroupConsumer as ConfluentGroupConsumer
+from ae_monitor.kafka_client.kafka_python import GroupConsumer as KafkaPythonGroupConsumer
 from ae_monitor.records import SampleRows
 from ae_monitor.sources.kafka import POLL_SLICE_RECORDS, KafkaSource
 
@@ -104,3 +106,15 @@ def test_a_micro_batch_never_exceeds_max_poll_records_within_its_budget() -> Non
     polled = source.poll(timeout_ms=10_000)
     assert [chunk.end_row for chunk in polled.chunks] == [2500]
     assert [wanted for _, wanted in consumer.polls] == [POLL_SLICE_RECORDS, POLL_SLICE_RECORDS, 500]
+
+
+def test_a_consumer_that_names_its_own_slice_is_polled_in_slices_of_that_size() -> None:
+    source, consumer = _source(10 * POLL_SLICE_RECORDS, max_poll_records=8000)
+    consumer.poll_slice_records = 5000  # type: ignore[attr-defined]  # as librdkafka's consumer says
+    source.poll(timeout_ms=10_000)
+    assert [wanted for _, wanted in consumer.polls] == [5000, 3000]
+
+
+def test_librdkafkas_consumer_takes_larger_slices_than_kafka_pythons() -> None:
+    assert ConfluentGroupConsumer.poll_slice_records > POLL_SLICE_RECORDS
+    assert not hasattr(KafkaPythonGroupConsumer, "poll_slice_records")  # the default slice

@@ -75,7 +75,8 @@ class RebalanceEvent:
 ConsumerFactory = Callable[[], GroupConsumer]
 
 # A poll takes what is buffered in slices of this many records and closes the micro-batch once its time budget is
-# spent: a slice is unpacked and decoded in a few ms, which bounds the overshoot.
+# spent: a slice is unpacked and decoded in a few ms, which bounds the overshoot. A consumer may say its own slice
+# (`poll_slice_records`): librdkafka hands over records unpacked in C, so its slices can be larger.
 POLL_SLICE_RECORDS = 1000
 
 
@@ -186,8 +187,9 @@ class KafkaSource:
         deadline = self._clock() + timeout_ms / 1000
         parts: dict[Partition, list[Fetched]] = {}
         taken, wait_ms = 0, timeout_ms
+        slice_records = getattr(consumer, "poll_slice_records", POLL_SLICE_RECORDS)
         while taken < self._max_records:
-            want = min(POLL_SLICE_RECORDS, self._max_records - taken)
+            want = min(slice_records, self._max_records - taken)
             got = consumer.poll(timeout_ms=wait_ms, max_records=want)
             for batch in got:
                 parts.setdefault((batch.topic, batch.partition), []).append(batch)
