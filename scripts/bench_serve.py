@@ -693,7 +693,9 @@ class PacedProducer:
         line = self.proc.stdout.readline().strip()
         if not line.startswith(word):
             self.proc.kill()
-            raise RuntimeError(f"PacedProducer said {line!r}, not {word!r}; see {self._log.name}")
+            self._log.flush()
+            log = Path(self._log.name).read_text(encoding="utf-8")[-3000:]
+            raise RuntimeError(f"PacedProducer said {line!r}, not {word!r}; its log ({self._log.name}):\n{log}")
         return line
 
     def cpu_s(self) -> float:
@@ -934,6 +936,7 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
     topics.forget_later(*output_topics(topic))
     config = serve_config(bootstrap, topic, bundle, f"lat-{label.lower()}-{client}-{topics.run_id}", client)
     warmup = topics.create(f"latency-{label.lower()}-warmup")
+    workdir = workdir / f"{client}"  # each client's files apart (plan, producer and serve logs)
     producer = PacedProducer(bootstrap, topic, plan, rate, settings.latency_s, workdir / f"latency-{label.lower()}",
                              warmup)  # fmt: skip
     try:
