@@ -681,7 +681,7 @@ class PacedProducer:
                 s, r = i % streams, i // streams
                 f.write(f"{plan.keys[s].decode()}\t{plan.values[s][r].decode()}\t{int((s, r) in wanted)}\n")
         classes = compile_java(PACED_PRODUCER, workdir / "classes")
-        command = ["java", "-Xmx512m", "-cp", f"{classes}{os.pathsep}{KAFKA_LIBS}/*", "PacedProducer", bootstrap,
+        command = ["java", "-Xmx2g", "-cp", f"{classes}{os.pathsep}{KAFKA_LIBS}/*", "PacedProducer", bootstrap,
                    topic, str(plan_file), str(self._out), repr(rate), repr(duration_s), warmup_topic]  # fmt: skip
         self._log = (workdir / "paced-producer.log").open("w", encoding="utf-8")
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
@@ -1452,8 +1452,15 @@ def run_all(args: argparse.Namespace, settings: Settings, workdir: Path, figures
                         figures.suffix = client_suffix(client, clients)
                         default = [("A", settings.latency_rate, True)] if settings.latency_rate is not None else []
                         for _, rate, goal in (r for r in runs.get(client, default) if r[0] == label):
-                            run = run_latency(bootstrap, topics, latency_bundle, settings, rate, label, workdir,
-                                              client, args.trace)  # fmt: skip
+                            try:
+                                run = run_latency(bootstrap, topics, latency_bundle, settings, rate, label, workdir,
+                                                  client, args.trace)  # fmt: skip
+                            except RuntimeError as exc:  # one failed run (the load generator) spoils no other part
+                                print(f"latency {label} ({client}) failed: {exc}", file=sys.stderr)
+                                failed = f"run failed: {str(exc).splitlines()[0]}"
+                                figures.add(Row(f"latency {label}: p99 append->alert", float("nan"), "ms", note=failed,
+                                                passed=False if goal else None), error=str(exc))  # fmt: skip
+                                continue
                             report_latency(figures, run, goal=goal)
             if "audio" in parts:
                 audio = make_audio_bundle(workdir)
