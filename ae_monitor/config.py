@@ -323,6 +323,10 @@ class KafkaSourceConfig(_Section):
     # 60 % to over 80 % of the plain consumer ceiling); a poll returns at once with what is buffered, so a quiet
     # topic still gets small, prompt batches.
     max_poll_records: int = Field(10000, gt=0)
+    # At most this much of one partition per fetch request (both clients' default: 1 MiB). 1 MiB holds ~30 one-second
+    # 16 kHz audio chunks, so an audio consumer waits for a fetch every ~30 chunks; larger fetches carry more per
+    # round trip (measured in docs/serve.md). The fetch response's total limit is raised with it when needed.
+    max_partition_fetch_bytes: int = Field(1024 * 1024, gt=0)
     session_timeout_ms: int = Field(10000, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
     rebalance_stall_s: float = Field(30.0, gt=0)

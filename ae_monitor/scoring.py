@@ -344,15 +344,15 @@ class WindowAggregator:
             return _single_vector_windows(scores, first_sample, end_sample)
         self._pending.append((scores, first_sample, end_sample))
         merged, first, end = self._merge()
-        windows = []
-        start = 0
-        while start + self._size <= len(merged):
-            windows.append(self._window(merged, first, end, start, start + self._size))
-            start += self._hop
-        self._pending = [(merged.slice(start, len(merged)), first[start:], end[start:])]
+        starts = np.arange(0, len(merged) - self._size + 1, self._hop)
+        windows = _windows(merged, first, end, starts, self._size)
+        rest = int(starts[-1]) + self._hop if len(starts) else 0
+        self._pending = [(merged.slice(rest, len(merged)), first[rest:], end[rest:])]
         return windows
 
     def _merge(self) -> tuple[VectorScores, Positions, Positions]:
+        if len(self._pending) == 1:
+            return self._pending[0]
         parts = [p[0] for p in self._pending]
         means = [p.band_means for p in parts if p.band_means is not None]
         scores = VectorScores(
@@ -365,14 +365,47 @@ class WindowAggregator:
         end = np.concatenate([p[2] for p in self._pending])
         return scores, first, end
 
-    @staticmethod
-    def _window(scores: VectorScores, first: Positions, end: Positions, lo: int, hi: int) -> ScoredWindow:
-        return ScoredWindow(
-            score=scores.window_score(lo, hi),
-            contributions=shares(scores.group_errors[lo:hi].sum(axis=0)),
-            start=float(first[lo]),
-            end=float(end[hi - 1]),
+
+def _window_sums(rows: F64, starts: npt.NDArray[np.intp], size: int) -> F64:
+    """Per window, the sum of its `size` rows of `rows` (N, G): the very sums (to the last bit) that
+    `rows[lo:lo + size].sum(axis=0)` gives, which adds row after row (np.add.reduceat and cumulative sums add in
+    another order)."""
+    if len(starts) < size:  # a few windows (serve: a stream's new chunk): one sum each
+        return np.array([rows[lo : lo + size].sum(axis=0) for lo in starts.tolist()])
+    total = rows[starts]  # many windows (offline: a whole file): one step per row of a window; indexing copies
+    for k in range(1, size):
+        total += rows[starts + k]
+    return total
+
+
+def _windows(scores: VectorScores, first: Positions, end: Positions, starts: npt.NDArray[np.intp],
+             size: int) -> list[ScoredWindow]:  # fmt: skip
+    """The windows of `size` vectors starting at `starts`: what VectorScores.window_score and `shares` give for each
+    (the same floating-point operations in the same order, so the same scores), vectorised over the windows."""
+    if len(starts) == 0:
+        return []
+    # Each window's mean error: its vectors' errors as a row, summed (pairwise, as a slice's .mean() sums) / size.
+    errors = scores.errors[starts[:, np.newaxis] + np.arange(size)].sum(axis=1) / size
+    if scores.statistic is not None and scores.band_means is not None:
+        band_means = _window_sums(scores.band_means, starts, size) / size
+        statistic = scores.statistic
+        window_scores = np.maximum(errors / statistic.error_scale,
+                                   statistic.statistic(band_means) / statistic.statistic_scale)  # fmt: skip
+    else:
+        window_scores = errors
+    groups = _window_sums(scores.group_errors, starts, size)
+    totals = groups.sum(axis=1, keepdims=True)
+    share_rows = np.divide(groups, totals, out=np.zeros_like(groups), where=totals > 0)
+    return [
+        ScoredWindow(score, tuple(share), start, stop)
+        for score, share, start, stop in zip(
+            window_scores.tolist(),
+            share_rows.tolist(),
+            first[starts].astype(float).tolist(),
+            end[starts + size - 1].astype(float).tolist(),
+            strict=True,
         )
+    ]
 
 
 def _single_vector_windows(scores: VectorScores, first: Positions, end: Positions) -> list[ScoredWindow]:

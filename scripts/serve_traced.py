@@ -3,6 +3,8 @@
 Wraps the main loop's stages (poll, process, deliver, alert submit, retry, commit, housekeeping) and the garbage
 collector with wall-clock stamps, kept in memory and written as JSON lines to $AE_MONITOR_TRACE when serve returns.
 The library itself is unchanged: this is a benchmark harness, and its wrappers add about a microsecond per stage.
+Each event also carries the CPU seconds its thread spent in the stage (`time.thread_time`), and `probe` wraps any
+further function (bench_serve.py's audio breakdown: decoding, features, forward pass, window aggregation).
 
     AE_MONITOR_TRACE=trace.jsonl python scripts/serve_traced.py serve --config serve.toml
 """
@@ -23,18 +25,32 @@ from ae_monitor.serve import loop
 from ae_monitor.sinks.kafka import KafkaAlertSink
 from ae_monitor.sources.kafka import KafkaSource
 
-EVENTS: list[tuple[Any, ...]] = []  # (stage, start wall s, end wall s, detail)
+EVENTS: list[tuple[Any, ...]] = []  # (stage, start wall s, end wall s, detail, thread CPU s)
 WATCHED: dict[int, tuple[float, list[str]]] = {}  # librdkafka deliveries of alert batches: submit time, alert ids
 
 
 def timed(stage: str, fn: Callable[..., Any], detail: Callable[[Sequence[Any], Any], Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.time()
+        start, cpu = time.time(), time.thread_time()
         result = fn(*args, **kwargs)
-        EVENTS.append((stage, start, time.time(), detail(args, result)))
+        EVENTS.append((stage, start, time.time(), detail(args, result), time.thread_time() - cpu))
         return result
 
     return wrapper
+
+
+def probe(stage: str, owner: Any, name: str) -> None:
+    """Stamp every call of `owner.name` (a class's method or a module's function) as `stage`."""
+    setattr(owner, name, timed(stage, getattr(owner, name), lambda args, result: None))
+
+
+def stage_totals(events: Sequence[tuple[Any, ...]]) -> dict[str, tuple[int, float, float]]:
+    """Per stage: (calls, wall s, thread CPU s) summed over `events`."""
+    totals: dict[str, tuple[int, float, float]] = {}
+    for stage, start, end, _, *cpu in events:
+        calls, wall, used = totals.get(stage, (0, 0.0, 0.0))
+        totals[stage] = (calls + 1, wall + end - start, used + (cpu[0] if cpu else 0.0))
+    return totals
 
 
 def alert_ids(args: Sequence[Any], result: Any) -> list[str]:

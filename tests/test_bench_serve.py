@@ -16,7 +16,7 @@ def bench() -> ModuleType:
     return load_script("bench_serve.py", name="_bench_serve")
 
 
-def test_quick_run_prints_every_row_and_exits_0(
+def test_quick_run_prints_every_row_for_each_client_side_by_side_and_exits_0(
     bench: ModuleType, kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "figures.json"
@@ -24,11 +24,20 @@ def test_quick_run_prints_every_row_and_exits_0(
     printed = capsys.readouterr().out
     assert code == 0, printed
     lines = printed.splitlines()
-    for name in bench.ROWS:
+    clients = bench.default_clients()
+    assert clients == bench.CLIENTS  # confluent-kafka is a dependency: both are measured by default
+    expected = [name + bench.client_suffix(client, clients) for client in clients for name in bench.ROWS]
+    for name in expected:
         assert any(line.startswith(name) for line in lines), f"row {name!r} missing:\n{printed}"
     figures = json.loads(out.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert [row["name"] for row in figures["rows"]] == list(bench.ROWS)
-    assert {row["name"]: row["value"] for row in figures["rows"]}[bench.ROW_CEILING] > 0
+    names = [row["name"] for row in figures["rows"]]
+    assert sorted(names) == sorted([*expected, bench.ROW_SPEEDUP + bench.client_suffix("confluent", clients)])
+    values = {row["name"]: row["value"] for row in figures["rows"]}
+    assert all(values[bench.ROW_CEILING + bench.client_suffix(c, clients)] > 0 for c in clients)
+    assert values[bench.ROW_RSS_REST] > 0
+    side = {line["figure"]: line for line in figures["side_by_side"]}
+    assert set(side["serve / its client's ceiling"]["values"]) == set(clients)
+    assert "clients side by side" in printed
 
 
 def _plan(bench: ModuleType) -> Any:

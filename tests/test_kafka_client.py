@@ -17,7 +17,9 @@ from script_loader import load_script
 from ae_monitor.config import KafkaConnectionConfig, KafkaSourceConfig
 from ae_monitor.errors import ConfigError
 from ae_monitor.kafka_client import GroupConsumer, build_client
+from ae_monitor.kafka_client.confluent import GroupConsumer as ConfluentGroupConsumer
 from ae_monitor.kafka_client.confluent import properties
+from ae_monitor.kafka_client.kafka_python import KafkaPythonClient
 
 
 def test_kafka_python_is_the_default_client_and_confluent_is_chosen_in_config() -> None:
@@ -40,6 +42,17 @@ def test_the_kafka_python_names_of_tls_and_sasl_settings_become_librdkafka_prope
     assert found["ssl.endpoint.identification.algorithm"] == "none"
     assert (found["sasl.mechanism"], found["sasl.username"], found["sasl.password"]) == ("SCRAM-SHA-512", "svc", "pw")
     assert found["socket.keepalive.enable"] is True  # a dotted key is a librdkafka property, passed as it is
+
+
+def test_the_partition_fetch_size_reaches_each_clients_consumer_with_room_in_the_response() -> None:
+    cfg = KafkaSourceConfig(topics=("audio",), max_partition_fetch_bytes=32 << 20)
+    kafka_python = KafkaPythonClient(KafkaConnectionConfig()).consumer_configs(cfg)
+    assert (kafka_python["max_partition_fetch_bytes"], kafka_python["fetch_max_bytes"]) == (32 << 20, 128 << 20)
+    librdkafka = ConfluentGroupConsumer(cfg).settings()
+    assert (librdkafka["max.partition.fetch.bytes"], librdkafka["fetch.max.bytes"]) == (32 << 20, 128 << 20)
+    assert librdkafka["receive.message.max.bytes"] > librdkafka["fetch.max.bytes"]  # else librdkafka refuses it
+    default = KafkaPythonClient(KafkaConnectionConfig()).consumer_configs(KafkaSourceConfig(topics=("x",)))
+    assert (default["max_partition_fetch_bytes"], default["fetch_max_bytes"]) == (1 << 20, 50 << 20)  # the clients'
 
 
 def test_a_kafka_python_setting_librdkafka_has_no_name_for_stops_startup_naming_the_key() -> None:

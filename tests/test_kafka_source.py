@@ -7,8 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ae_monitor.config import KafkaSourceConfig
 from ae_monitor.kafka_client import CommitCallback, Fetched, Partition, RebalanceCallback
+from ae_monitor.kafka_client.confluent import GroupConsumer as ConfluentGroupConsumer
+from ae_monitor.kafka_client.kafka_python import GroupConsumer as KafkaPythonGroupConsumer
 from ae_monitor.records import SampleRows
-from ae_monitor.sources.kafka import POLL_SLICE_RECORDS, KafkaSource
+from ae_monitor.sources.kafka import MAX_BATCH_BYTES, POLL_SLICE_RECORDS, KafkaSource
 
 SLICE_COST_S = 0.020  # what the stand-in's clock advances per poll: the time a slice takes to unpack
 
@@ -104,3 +106,28 @@ def test_a_micro_batch_never_exceeds_max_poll_records_within_its_budget() -> Non
     polled = source.poll(timeout_ms=10_000)
     assert [chunk.end_row for chunk in polled.chunks] == [2500]
     assert [wanted for _, wanted in consumer.polls] == [POLL_SLICE_RECORDS, POLL_SLICE_RECORDS, 500]
+
+
+def test_a_consumer_that_names_its_own_slice_is_polled_in_slices_of_that_size() -> None:
+    source, consumer = _source(10 * POLL_SLICE_RECORDS, max_poll_records=8000)
+    consumer.poll_slice_records = 5000  # type: ignore[attr-defined]  # as librdkafka's consumer says
+    source.poll(timeout_ms=10_000)
+    assert [wanted for _, wanted in consumer.polls] == [5000, 3000]
+
+
+def test_librdkafkas_consumer_takes_larger_slices_than_kafka_pythons() -> None:
+    assert ConfluentGroupConsumer.poll_slice_records > POLL_SLICE_RECORDS
+    assert not hasattr(KafkaPythonGroupConsumer, "poll_slice_records")  # the default slice
+
+
+def test_a_micro_batch_of_large_records_closes_once_their_bytes_reach_the_limit() -> None:
+    source, consumer = _source(100, max_poll_records=30)
+    consumer._values = [b"x" * (MAX_BATCH_BYTES // 8)] * 100  # 1 MiB records (audio chunks are 32 KB-1 MB)
+    first, second = source.poll(timeout_ms=10_000), source.poll(timeout_ms=10_000)
+    assert first.chunks[0].last_offset == 29  # the records' size is not known yet: closed by count
+    assert second.chunks[0].last_offset == 29 + 8  # then by bytes: 8 of 1 MiB
+
+
+def test_small_records_never_reach_the_byte_limit() -> None:
+    source, _ = _source(3 * POLL_SLICE_RECORDS)
+    assert _rows(source) == [3 * POLL_SLICE_RECORDS]

@@ -60,6 +60,9 @@ def _built(build: Callable[[], T]) -> T:
             raise KafkaClientError(str(exc), retriable=True, refused=refused.reason) from exc
 
 
+FETCH_MAX_BYTES = 50 * 1024 * 1024  # kafka-python's and librdkafka's default limit of one fetch response
+
+
 class KafkaPythonClient:
     name = "kafka-python"
 
@@ -70,12 +73,20 @@ class KafkaPythonClient:
         return connect(lambda: _built(build), what=what, timeout_s=self._conn.connect_timeout_s)
 
     def consumer(self, cfg: KafkaSourceConfig) -> GroupConsumer:
-        configs = {
+        configs = self.consumer_configs(cfg)
+        return GroupConsumer(self._connect(lambda: KafkaConsumer(**configs), "consumer"))
+
+    def consumer_configs(self, cfg: KafkaSourceConfig) -> dict[str, Any]:
+        """The KafkaConsumer's settings for `cfg` (the connection's `extra` last, so it can override any)."""
+        return {
             **client_configs(self._conn),
             "group_id": cfg.group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": cfg.start_from,
             "max_poll_records": cfg.max_poll_records,
+            "max_partition_fetch_bytes": cfg.max_partition_fetch_bytes,
+            # The whole response's limit (default 50 MiB) must leave room for several partitions' fetches.
+            "fetch_max_bytes": max(FETCH_MAX_BYTES, 4 * cfg.max_partition_fetch_bytes),
             "session_timeout_ms": cfg.session_timeout_ms,
             "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
             # Cooperative rebalancing (KIP-429): a rebalance that leaves a partition where it is keeps its stream
@@ -83,7 +94,6 @@ class KafkaPythonClient:
             "partition_assignment_strategy": (CooperativeStickyAssignor,),
             **self._conn.extra,
         }
-        return GroupConsumer(self._connect(lambda: KafkaConsumer(**configs), "consumer"))
 
     def producer(self, *, send_timeout_s: float) -> Producer:
         configs = {

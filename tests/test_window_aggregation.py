@@ -1,0 +1,48 @@
+"""WindowAggregator computes all windows of a push at once; each must be, to the last bit, what its own slice gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ae_monitor.band_statistic import BandMeanZ
+from ae_monitor.scoring import ScoredWindow, VectorScores, WindowAggregator, aggregate, shares
+
+
+def _scores(n: int, groups: int, *, statistic: bool) -> VectorScores:
+    rng = np.random.default_rng(n + groups)
+    fitted = BandMeanZ(tuple(rng.normal(size=groups)), tuple(rng.uniform(0.5, 2.0, groups)), 0.3, 2.0)
+    means = rng.normal(size=(n, groups)) if statistic else None
+    return VectorScores(rng.gamma(1.0, size=n), rng.gamma(1.0, size=(n, groups)), means, fitted if statistic else None)
+
+
+def _one_by_one(scores: VectorScores, first: np.ndarray, end: np.ndarray, size: int, hop: int) -> list[ScoredWindow]:
+    """Each window on its own: its slice's window_score and shares (what the aggregator computed before)."""
+    return [
+        ScoredWindow(
+            scores.window_score(lo, lo + size),
+            shares(scores.group_errors[lo : lo + size].sum(axis=0)),
+            float(first[lo]),
+            float(end[lo + size - 1]),
+        )
+        for lo in range(0, len(scores) - size + 1, hop)
+    ]
+
+
+@pytest.mark.parametrize("statistic", [False, True])
+@pytest.mark.parametrize(("size", "hop", "chunk"), [(31, 16, 31), (31, 16, 7), (31, 16, 2000), (4, 1, 3), (5, 5, 1)])
+def test_windows_pushed_in_any_chunking_equal_each_window_computed_alone_to_the_last_bit(
+    statistic: bool, size: int, hop: int, chunk: int
+) -> None:
+    scores, n = _scores(600, 128, statistic=statistic), 600
+    first, end = np.arange(n) * 0.032, np.arange(n) * 0.032 + 0.16
+    aggregator, pushed = WindowAggregator(size, hop), []
+    for lo in range(0, n, chunk):
+        pushed += aggregator.push(scores.slice(lo, lo + chunk), first[lo : lo + chunk], end[lo : lo + chunk])
+    assert pushed == _one_by_one(scores, first, end, size, hop)  # exact float equality, field by field
+
+
+def test_a_sequence_shorter_than_a_window_is_one_window_over_all_of_it() -> None:
+    scores = _scores(10, 3, statistic=True)
+    first, end = np.arange(10.0), np.arange(1.0, 11.0)
+    assert aggregate(scores, first, end, size=31, hop=16) == _one_by_one(scores, first, end, 10, 10)
