@@ -43,19 +43,31 @@ class VectorScores:
     With a window statistic, also each vector's mean feature value per group, `band_means` (N, G), and the fitted
     `statistic` that turns them into window scores: it travels with the scores, so every window aggregator (offline,
     per stream, in calibration) forms windows as the scorer's bundle says.
+
+    `contributions` (N, G), when set, is what each group contributed to the vector's score, which the windows'
+    shares (an alert's top contributors) are formed from instead of the raw `group_errors`: with "max" aggregation
+    each group's error over its calibration scale, and where the linear monitor decided the score, its per-channel
+    share of that term (model.linear.LinearMonitor.channel_terms).
     """
 
     errors: F64
     group_errors: F64
     band_means: F64 | None = None
     statistic: BandMeanZ | None = None
+    contributions: F64 | None = None
 
     def __len__(self) -> int:
         return int(self.errors.shape[0])
 
+    @property
+    def share_basis(self) -> F64:
+        """Per vector and group, what the windows' shares are formed from."""
+        return self.group_errors if self.contributions is None else self.contributions
+
     def slice(self, start: int, stop: int) -> VectorScores:
         means = None if self.band_means is None else self.band_means[start:stop]
-        return VectorScores(self.errors[start:stop], self.group_errors[start:stop], means, self.statistic)
+        parts = None if self.contributions is None else self.contributions[start:stop]
+        return VectorScores(self.errors[start:stop], self.group_errors[start:stop], means, self.statistic, parts)
 
     def window_score(self, start: int, stop: int) -> float:
         """The score of the window of vectors [start, stop): their mean error, joined with their band statistic
@@ -68,7 +80,8 @@ class VectorScores:
     def with_statistic(self, statistic: BandMeanZ, data: npt.NDArray[np.floating],
                        vector_shape: tuple[int, int]) -> VectorScores:  # fmt: skip
         """These scores, with `data`'s band means (the vectors scored, (N, T*G)) and `statistic`."""
-        return VectorScores(self.errors, self.group_errors, band_means_of(data, vector_shape), statistic)
+        return VectorScores(self.errors, self.group_errors, band_means_of(data, vector_shape), statistic,
+                            self.contributions)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,12 +138,29 @@ class Scorer:
 
     def _formed(self, data: npt.NDArray[np.float32], errors: F64, groups: F64) -> VectorScores:
         """The scores of `data` from each vector's mean squared error and its squared error summed per group."""
+        contributions = None
         if self._aggregation == "max" and self._group_scale is not None:
-            errors = group_scores(groups, self.scored_steps, self._group_scale)
+            contributions = scaled_group_errors(groups, self.scored_steps, self._group_scale)
+            errors = contributions.max(axis=1) if len(contributions) else np.zeros(0)
             if self._linear is not None:
-                errors = np.maximum(errors, self._linear.score(data, self._shape, self._first_step))
-        scores = VectorScores(errors, groups)
+                errors, contributions = self._with_linear(data, errors, contributions)
+        scores = VectorScores(errors, groups, contributions=contributions)
         return scores if self._statistic is None else scores.with_statistic(self._statistic, data, self._shape)
+
+    def _with_linear(self, data: npt.NDArray[np.float32], errors: F64, contributions: F64) -> tuple[F64, F64]:
+        """Scores joined with the linear monitor's; where it decides, the contributions are its channels' shares of
+        its term, scaled to the score (so that an alert names the channels that moved the term, not the network's)."""
+        assert self._linear is not None
+        terms = self._linear.vector_terms(data, self._shape, self._first_step)
+        linear = self._linear.scaled_max(terms)
+        decided = linear > errors
+        if decided.any():
+            parts = self._linear.channel_terms(data[decided], self._shape, self._first_step)
+            totals = parts.sum(axis=1, keepdims=True)
+            contributions = contributions.copy()
+            shares = np.divide(parts, totals, out=np.zeros_like(parts), where=totals > 0)
+            contributions[decided] = shares * linear[decided, np.newaxis]
+        return np.maximum(errors, linear), contributions
 
     def _set_score_form(self, vector_shape: tuple[int, int], form: ScoreForm) -> None:
         """How scores are formed from squared errors (shared by every backend); checked here."""
@@ -277,8 +307,13 @@ def group_scores(group_errors: F64, steps: int, group_scale: npt.ArrayLike) -> F
     >>> group_scores(np.array([[2.0, 8.0], [4.0, 0.0]]), 2, [1.0, 4.0])
     array([1., 2.])
     """
-    normalised = group_errors / steps / np.asarray(group_scale, dtype=np.float64)
+    normalised = scaled_group_errors(group_errors, steps, group_scale)
     return np.asarray(normalised.max(axis=1), dtype=np.float64) if len(normalised) else np.zeros(0)
+
+
+def scaled_group_errors(group_errors: F64, steps: int, group_scale: npt.ArrayLike) -> F64:
+    """Per vector and group, (the group's summed squared error / `steps`) / its scale: "max" aggregation's terms."""
+    return np.asarray(group_errors / steps / np.asarray(group_scale, dtype=np.float64), dtype=np.float64)
 
 
 def group_scale_of(group_errors: F64, steps: int, *, quantile: float) -> tuple[float, ...]:
@@ -355,11 +390,13 @@ class WindowAggregator:
             return self._pending[0]
         parts = [p[0] for p in self._pending]
         means = [p.band_means for p in parts if p.band_means is not None]
+        contributions = [p.contributions for p in parts if p.contributions is not None]
         scores = VectorScores(
             np.concatenate([p.errors for p in parts]),
             np.concatenate([p.group_errors for p in parts]),
             np.concatenate(means) if len(means) == len(parts) else None,
             parts[-1].statistic,
+            np.concatenate(contributions) if len(contributions) == len(parts) else None,
         )
         first = np.concatenate([p[1] for p in self._pending])
         end = np.concatenate([p[2] for p in self._pending])
@@ -393,7 +430,7 @@ def _windows(scores: VectorScores, first: Positions, end: Positions, starts: npt
                                    statistic.statistic(band_means) / statistic.statistic_scale)  # fmt: skip
     else:
         window_scores = errors
-    groups = _window_sums(scores.group_errors, starts, size)
+    groups = _window_sums(scores.share_basis, starts, size)
     totals = groups.sum(axis=1, keepdims=True)
     share_rows = np.divide(groups, totals, out=np.zeros_like(groups), where=totals > 0)
     return [
@@ -410,8 +447,9 @@ def _windows(scores: VectorScores, first: Positions, end: Positions, starts: npt
 
 def _single_vector_windows(scores: VectorScores, first: Positions, end: Positions) -> list[ScoredWindow]:
     """Each vector is its own window (sensors): the shares of all of them in one vectorised step."""
-    totals = scores.group_errors.sum(axis=1, keepdims=True)
-    rows = np.divide(scores.group_errors, totals, out=np.zeros_like(scores.group_errors), where=totals > 0)
+    basis = scores.share_basis
+    totals = basis.sum(axis=1, keepdims=True)
+    rows = np.divide(basis, totals, out=np.zeros_like(basis), where=totals > 0)
     return [
         ScoredWindow(score, tuple(share), start, stop)
         for score, share, start, stop in zip(

@@ -119,3 +119,55 @@ def test_a_single_channel_gets_no_monitor() -> None:
     calibration = fit_bundle(cfg, [single], name="x", progress=False).bundle.calibration
     assert calibration is not None
     assert calibration.linear is None
+
+
+# --- what an alert names: the channels that decided the score ------------------------------------------------------
+
+
+def test_the_channel_parts_of_t2_and_of_q_add_up_to_the_terms() -> None:
+    rows = _signal().samples
+    monitor = LinearMonitor.fit(rows, components=1).calibrated(np.array([[1.0, 1.0]]), quantile=0.99)
+    direction = np.asarray(monitor.components[0])
+    along = np.asarray(monitor.mean) + 3.0 * direction  # T² only: every channel's part z_j p_j t / λ is positive
+    t2, _ = monitor.terms(along[None, :])
+    assert monitor.channel_terms(along[None, :], (1, 4), 0).sum() == pytest.approx(t2[0])
+    off = _signal(40, seed=3).samples.copy()
+    off[:, 1] += 5.0  # a residual far outside the usual movements: Q is the larger term
+    monitor_q = replace(monitor, terms_used=("q",), scales=(1.0,))
+    _, q = monitor_q.terms(off)
+    parts = monitor_q.channel_terms(off.reshape(4, 40), (10, 4), 0)
+    assert parts.sum(axis=1) == pytest.approx(q.reshape(4, 10).mean(axis=1))
+
+
+def test_an_alert_names_the_channel_whose_scaled_error_decided_not_the_largest_raw_error() -> None:
+    bundle = fit_bundle(_config(), [_signal()], name="x", progress=False).bundle
+    assert bundle.calibration is not None
+    assert bundle.calibration.group_scale is not None
+    scale = np.asarray(bundle.calibration.group_scale) * np.array([1.0, 1.0, 1.0, 100.0])  # d: a noisy channel
+    bundle = replace(bundle, calibration=replace(bundle.calibration, group_scale=tuple(scale.tolist())))
+    faulty = _signal(200, seed=4)
+    faulty.samples[100:, 3] += 1.0  # a big raw error on d, small against d's scale
+    faulty.samples[100:, 1] += 0.3  # a smaller one on b, large against b's
+    scored = score_signal(bundle, scorer_for(bundle), faulty)
+    flagged = [w for w in scored.windows if w.score > bundle.threshold]  # the windows an alert is about
+    assert len(flagged) > 10
+    assert all(int(np.argmax(w.contributions)) == 1 for w in flagged)  # b, although d's squared error is larger
+    assert all(int(np.argmax(e)) == 3 for e in scored.scores.group_errors[[int(w.start) for w in flagged]])
+
+
+def test_a_score_decided_by_the_linear_monitor_names_the_channels_that_moved_its_term() -> None:
+    cfg = _config(linear_components=1, linear_terms=("q",))
+    bundle = fit_bundle(cfg, [_signal()], name="x", progress=False).bundle
+    assert bundle.calibration is not None
+    monitor = LinearMonitor.from_dict(bundle.calibration.linear or {})
+    broken = _signal(300, seed=5)
+    broken.samples[150:, 2] *= -1.0
+    scorer = scorer_for(bundle)
+    data = bundle.extractor.transform(broken.samples).data
+    scores = scorer.score(data)
+    decided = monitor.score(data, (10, 4), 5) >= scores.errors - 1e-12
+    assert decided[-100:].mean() > 0.9  # the monitor decides the broken windows
+    want = monitor.channel_terms(data[decided], (10, 4), 5)
+    got = scores.share_basis[decided]
+    shares = got / got.sum(axis=1, keepdims=True)
+    assert shares == pytest.approx(want / want.sum(axis=1, keepdims=True))

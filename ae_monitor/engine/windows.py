@@ -83,8 +83,9 @@ def _vector_windows(slot: Slot, segments: list[Segment], scores: VectorScores, f
                     end: IntArray) -> Scored:  # fmt: skip
     """Each vector is a window (sensors): every column of the table in one vectorised step."""
     start_s, end_s = _vector_times(segments, first, end)
-    totals = scores.group_errors.sum(axis=1, keepdims=True)
-    shares = np.divide(scores.group_errors, totals, out=np.zeros_like(scores.group_errors), where=totals > 0)
+    basis = scores.share_basis
+    totals = basis.sum(axis=1, keepdims=True)
+    shares = np.divide(basis, totals, out=np.zeros_like(basis), where=totals > 0)
     names: list[str] = []
     spans, row = [], 0
     for seg in segments:

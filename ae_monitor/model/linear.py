@@ -97,6 +97,26 @@ class LinearMonitor:
         found = {"t2": t2, "q": q}
         return np.stack([found[name].reshape(n, s).mean(axis=1) for name in self.terms_used], axis=1)
 
+    def channel_terms(self, data: npt.ArrayLike, steps: tuple[int, int], first_step: int) -> F64:
+        """Per vector of `data` (N, T*G) and channel, that channel's part of the largest used term (over its scale),
+        averaged over steps [first_step, T); clipped at 0. T²'s parts are z_j * sum_k p_kj t_k / λ_k (they add up to
+        T²), Q's the squared residual of each channel (they add up to Q): which channels an alert should name.
+        """
+        t, g = steps
+        x = np.asarray(data, dtype=np.float64).reshape(-1, t, g)[:, first_step:, :]
+        n, s = x.shape[0], x.shape[1]
+        z = x.reshape(n * s, g) - np.asarray(self.mean)
+        basis = np.asarray(self.components)
+        codes = z @ basis.T
+        parts = {"t2": z * ((codes / np.asarray(self.variances)) @ basis), "q": (z - codes @ basis) ** 2}
+        which = self.vector_terms(data, steps, first_step) / np.asarray(self.scales)
+        chosen = np.asarray(self.terms_used)[which.argmax(axis=1)]
+        per_vector = {name: parts[name].reshape(n, s, g).mean(axis=1) for name in self.terms_used}
+        out = np.zeros((n, g))
+        for name, values in per_vector.items():
+            out[chosen == name] = values[chosen == name]
+        return np.clip(out, 0.0, None)
+
     def calibrated(self, per_vector: F64, *, quantile: float) -> LinearMonitor:
         """This monitor with each term's scale: its `quantile` on normal vectors (floored like the group scales)."""
         raw = np.quantile(per_vector, quantile, axis=0) if len(per_vector) else np.ones(len(self.terms_used))
