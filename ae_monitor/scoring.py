@@ -155,7 +155,7 @@ class Scorer:
         linear = self._linear.scaled_max(terms)
         decided = linear > errors
         if decided.any():
-            parts = self._linear.channel_terms(data[decided], self._shape, self._first_step)
+            parts = self._linear.channel_terms(data[decided], self._shape, self._first_step, terms[decided])
             totals = parts.sum(axis=1, keepdims=True)
             contributions = contributions.copy()
             shares = np.divide(parts, totals, out=np.zeros_like(parts), where=totals > 0)

@@ -130,12 +130,14 @@ def test_the_channel_parts_of_t2_and_of_q_add_up_to_the_terms() -> None:
     direction = np.asarray(monitor.components[0])
     along = np.asarray(monitor.mean) + 3.0 * direction  # T² only: every channel's part z_j p_j t / λ is positive
     t2, _ = monitor.terms(along[None, :])
-    assert monitor.channel_terms(along[None, :], (1, 4), 0).sum() == pytest.approx(t2[0])
+    terms = monitor.vector_terms(along[None, :], (1, 4), 0)
+    assert monitor.channel_terms(along[None, :], (1, 4), 0, terms).sum() == pytest.approx(t2[0])
     off = _signal(40, seed=3).samples.copy()
     off[:, 1] += 5.0  # a residual far outside the usual movements: Q is the larger term
     monitor_q = replace(monitor, terms_used=("q",), scales=(1.0,))
     _, q = monitor_q.terms(off)
-    parts = monitor_q.channel_terms(off.reshape(4, 40), (10, 4), 0)
+    vectors = off.reshape(4, 40)
+    parts = monitor_q.channel_terms(vectors, (10, 4), 0, monitor_q.vector_terms(vectors, (10, 4), 0))
     assert parts.sum(axis=1) == pytest.approx(q.reshape(4, 10).mean(axis=1))
 
 
@@ -167,7 +169,7 @@ def test_a_score_decided_by_the_linear_monitor_names_the_channels_that_moved_its
     scores = scorer.score(data)
     decided = monitor.score(data, (10, 4), 5) >= scores.errors - 1e-12
     assert decided[-100:].mean() > 0.9  # the monitor decides the broken windows
-    want = monitor.channel_terms(data[decided], (10, 4), 5)
+    want = monitor.channel_terms(data[decided], (10, 4), 5, monitor.vector_terms(data[decided], (10, 4), 5))
     got = scores.share_basis[decided]
     shares = got / got.sum(axis=1, keepdims=True)
     assert shares == pytest.approx(want / want.sum(axis=1, keepdims=True))

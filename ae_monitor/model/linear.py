@@ -97,10 +97,11 @@ class LinearMonitor:
         found = {"t2": t2, "q": q}
         return np.stack([found[name].reshape(n, s).mean(axis=1) for name in self.terms_used], axis=1)
 
-    def channel_terms(self, data: npt.ArrayLike, steps: tuple[int, int], first_step: int) -> F64:
-        """Per vector of `data` (N, T*G) and channel, that channel's part of the largest used term (over its scale),
-        averaged over steps [first_step, T); clipped at 0. T²'s parts are z_j * sum_k p_kj t_k / λ_k (they add up to
-        T²), Q's the squared residual of each channel (they add up to Q): which channels an alert should name.
+    def channel_terms(self, data: npt.ArrayLike, steps: tuple[int, int], first_step: int, terms: F64) -> F64:
+        """Per vector of `data` (N, T*G) and channel, that channel's part of the vector's largest used term over its
+        scale, averaged over steps [first_step, T); clipped at 0. `terms`: the vectors' `vector_terms` (the caller
+        has them already). T²'s parts are z_j * sum_k p_kj t_k / λ_k (they add up to T²), Q's the squared residual
+        of each channel (they add up to Q): which channels an alert should name.
         """
         t, g = steps
         x = np.asarray(data, dtype=np.float64).reshape(-1, t, g)[:, first_step:, :]
@@ -108,13 +109,13 @@ class LinearMonitor:
         z = x.reshape(n * s, g) - np.asarray(self.mean)
         basis = np.asarray(self.components)
         codes = z @ basis.T
-        parts = {"t2": z * ((codes / np.asarray(self.variances)) @ basis), "q": (z - codes @ basis) ** 2}
-        which = self.vector_terms(data, steps, first_step) / np.asarray(self.scales)
-        chosen = np.asarray(self.terms_used)[which.argmax(axis=1)]
-        per_vector = {name: parts[name].reshape(n, s, g).mean(axis=1) for name in self.terms_used}
+        chosen = np.asarray(self.terms_used)[(terms / np.asarray(self.scales)).argmax(axis=1)]
         out = np.zeros((n, g))
-        for name, values in per_vector.items():
-            out[chosen == name] = values[chosen == name]
+        for name in self.terms_used:
+            rows = chosen == name
+            if rows.any():
+                part = z * ((codes / np.asarray(self.variances)) @ basis) if name == "t2" else (z - codes @ basis) ** 2
+                out[rows] = part.reshape(n, s, g)[rows].mean(axis=1)
         return np.clip(out, 0.0, None)
 
     def calibrated(self, per_vector: F64, *, quantile: float) -> LinearMonitor:
