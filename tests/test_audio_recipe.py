@@ -16,13 +16,14 @@ from ae_monitor.engine import Engine
 from ae_monitor.errors import BundleError
 from ae_monitor.features import concat_vectors
 from ae_monitor.features.inverse import overlap_add_frames
-from ae_monitor.features.logmel import LogMelExtractor
+from ae_monitor.features.logmel import LogMelExtractor, LogMelStream
 from ae_monitor.jobs import machine_sounds
 from ae_monitor.jobs.data import ScoredSignal, Signal, load_signals, score_signal
 from ae_monitor.jobs.reconstruction import images
 from ae_monitor.jobs.train import TrainReport, train_bundle
 from ae_monitor.metrics import Metrics
 from ae_monitor.model.bundle import Bundle, load_bundle
+from ae_monitor.records import AudioRecord, Vectors, WindowScore
 from ae_monitor.scoring import ScoredWindow, VectorScores, WindowAggregator, aggregate, scorer_for, window_plan
 from ae_monitor.serve.offline import Runner
 from ae_monitor.serve.outputs import Outputs
@@ -213,3 +214,88 @@ def test_reconstruction_images_of_a_band_scaled_bundle_are_in_db(trained: TrainR
     scaled = trained.bundle.extractor.transform(y).data
     db = overlap_add_frames(LogMelExtractor(LogMelConfig()).transform(y).data, frames=5)
     np.testing.assert_allclose(images(trained.bundle, scaled)[0], db, atol=1e-3)
+
+
+# -- audio chunks of one micro-batch: one feature push per stream, the windows chunk-by-chunk pushes give -----------
+
+
+def audio_runner(bundle: Bundle) -> tuple[Runner, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    engine = Engine(bundle, alerting=AlertingConfig(), metrics=metrics, max_gap_s=30)
+    return Runner(engine, Outputs(alerts=MemorySink(), dead_letters=MemorySink()), metrics), metrics
+
+
+def chunks(stream: str, y: np.ndarray, start_s: float, chunk: int = 8000) -> list[AudioRecord]:
+    rate = machine_sounds.SAMPLE_RATE_HZ
+    return [AudioRecord(stream, start_s + i / rate, y[i : i + chunk], rate) for i in range(0, len(y), chunk)]
+
+
+def count_pushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of samples of every push into a log-mel stream."""
+    pushes: list[int] = []
+    push = LogMelStream.push
+
+    def counted(self: LogMelStream, samples: np.ndarray) -> Vectors:
+        pushes.append(len(samples))
+        return push(self, samples)
+
+    monkeypatch.setattr(LogMelStream, "push", counted)
+    return pushes
+
+
+def one_by_one(bundle: Bundle, records: list[AudioRecord]) -> list[WindowScore]:
+    runner, _ = audio_runner(bundle)
+    return [window for record in records for window in runner.process([record])]
+
+
+def test_consecutive_chunks_of_a_stream_in_one_micro_batch_are_one_feature_push_with_the_same_windows(
+    trained: TrainReport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = trained.bundle
+    a = chunks("a", machine_sounds.abnormal(VALVE, 4.0), 1000.0)
+    b = chunks("b", machine_sounds.normal(VALVE, 4.0), 50.0)
+    records = [record for pair in zip(a, b, strict=True) for record in pair]  # interleaved, as a poll brings them
+    expected = one_by_one(bundle, records)
+    pushes = count_pushes(monkeypatch)
+    runner, _ = audio_runner(bundle)
+    result = runner.process_batch(records)
+    assert pushes == [64000, 64000]  # one push per stream, not one per 0.5 s chunk
+    windows = sorted(result.windows, key=lambda w: (w.stream, w.start_s))
+    expected = sorted(expected, key=lambda w: (w.stream, w.start_s))
+    assert [(w.stream, w.start_s, w.end_s) for w in windows] == [(w.stream, w.start_s, w.end_s) for w in expected]
+    np.testing.assert_allclose([w.score for w in windows], [w.score for w in expected], rtol=1e-5)
+    # Each record's position is its own last sample, so its offset is committed once its windows are scored.
+    positions = [(p.stream, p.last_sample) for p in result.positions if p is not None]
+    assert positions == [(s, 8000 * (i + 1) - 1) for i in range(8) for s in ("a", "b")]
+
+
+def test_a_chunk_that_does_not_start_where_the_last_one_ended_starts_a_new_block(
+    trained: TrainReport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = trained.bundle
+    first, second = machine_sounds.normal(VALVE, 2.0), machine_sounds.abnormal(VALVE, 2.0)
+    # 2 s, then 1 s of silence on the wire (a dropped chunk, shorter than max_gap_s), then 2 s more
+    records = chunks("a", first, 0.0) + chunks("a", second, 3.0)
+    expected = one_by_one(bundle, records)
+    pushes = count_pushes(monkeypatch)
+    runner, _ = audio_runner(bundle)
+    windows = runner.process(records)
+    assert pushes == [32000, 32000]
+    assert [w.start_s for w in windows] == [w.start_s for w in expected]
+    np.testing.assert_allclose([w.score for w in windows], [w.score for w in expected], rtol=1e-5)
+
+
+def test_a_chunk_sent_again_inside_a_micro_batch_is_late_and_dropped_as_chunk_by_chunk(
+    trained: TrainReport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = trained.bundle
+    records = chunks("a", machine_sounds.normal(VALVE, 3.0), 0.0)
+    records.insert(4, records[2])  # a producer retry: chunk 2 again after chunk 3
+    expected_runner, expected_metrics = audio_runner(bundle)
+    expected = [w for record in records for w in expected_runner.process([record])]
+    pushes = count_pushes(monkeypatch)
+    runner, metrics = audio_runner(bundle)
+    windows = runner.process(records)
+    assert pushes == [32000, 16000]  # the chunks before the repeat, then the two after it; the repeat is dropped
+    assert metrics.late_samples._value.get() == expected_metrics.late_samples._value.get() == 8000
+    np.testing.assert_allclose([w.score for w in windows], [w.score for w in expected], rtol=1e-5)

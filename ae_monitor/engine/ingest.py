@@ -9,8 +9,9 @@ Rules applied to each record, in order (a failed rule makes a dead letter with i
   * a gap longer than `max_gap_s` restarts the stream's windows (the stream is warming again);
   * missing values follow `features.sensor.nan_policy` (`nan_value` when it is 'reject').
 
-The **record lane** pushes record by record, except that consecutive in-order records of one stream whose clock
-stamps each sample are pushed as one block. The **columnar lane** takes SampleRows blocks: every plain stream of a
+The **record lane** pushes record by record, except that consecutive records of one stream that continue each
+other (the stream clock's `continues`: in-order sensor samples; audio chunks that start where the last one ended)
+are pushed as one block. The **columnar lane** takes SampleRows blocks: every plain stream of a
 bundle (rows in order, finite, no restart-sized gap, channels as the bundle's) in one numpy pass; the other rows go
 to the record lane.
 """
@@ -112,11 +113,10 @@ class Ingest:
         return runs
 
     def _continues(self, last: Admitted, item: Admitted) -> bool:
-        if last.slot != item.slot or not self._slots[item.slot].stamps_each_sample:
+        if last.slot != item.slot or not len(last.samples) or not len(item.samples):
             return False
-        ts, before = np.asarray(item.stamp), np.asarray(last.stamp)
-        step = float(ts[0]) - float(before[-1])
-        return 0 < step <= self._max_gap_s and (len(ts) == 1 or bool(np.all(np.diff(ts) > 0)))
+        rules = self._slots[item.slot].clock_rules
+        return rules.continues(last.stamp, len(last.samples), item.stamp, max_gap_s=self._max_gap_s)
 
     def _push_run(self, run: list[tuple[int, Admitted]], records: Mapping[int, Record], pushed: list[Pushed],
                   progress: Progress) -> list[DeadLetter]:  # fmt: skip
@@ -139,7 +139,8 @@ class Ingest:
 
     def _fresh(self, item: Admitted) -> bool:
         state = self._streams.get(item.stream)
-        return state is None or state.clock.span(item.stamp, len(item.samples))[0] > state.last_ts_s
+        tolerance_s = self._streams.limits.late_tolerance_s
+        return state is None or state.clock.fresh(item.stamp, len(item.samples), tolerance_s=tolerance_s) is None
 
     def _push_block(self, run: list[tuple[int, Admitted]], pushed: list[Pushed], progress: Progress) -> None:
         first = run[0][1]
@@ -147,7 +148,7 @@ class Ingest:
             first.stream,
             first.slot,
             np.concatenate([item.samples for _, item in run]),
-            np.concatenate([np.asarray(item.stamp) for _, item in run]),
+            self._slots[first.slot].clock_rules.join([item.stamp for _, item in run]),
         )
         item_pushed, position = self._push(block)
         pushed.append(item_pushed)

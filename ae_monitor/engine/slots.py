@@ -42,9 +42,10 @@ class Slot:
         )
         self.plan = window_plan(bundle.features)
         self.new_clock: Callable[[], StreamClock] = clock_factory(bundle.features)
-        # Records stamp each sample (sensors): consecutive records join into blocks, and SampleRows take the
-        # columnar lane.
-        self.stamps_each_sample = self.new_clock().stamps_each_sample
+        # A clock of this bundle's kind, asked only whether consecutive records join into one block.
+        self.clock_rules: StreamClock = self.new_clock()
+        # Records stamp each sample (sensors): SampleRows take the columnar lane.
+        self.stamps_each_sample = self.clock_rules.stamps_each_sample
         self.online = online_thresholds(bundle, online)
         publish = metrics.score_drift.labels(bundle.name).set
         self.drift = (

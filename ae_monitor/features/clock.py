@@ -8,6 +8,9 @@ Each feature kind has its own clock, because records carry time differently:
 - **audio** chunks stamp only their first sample (`ts_s` is a float): sample i of a stream is `origin + i / rate`;
   a chunk that starts before where the stream already is (less a tolerance) is late as a whole.
 
+Consecutive records of a stream that `continue` each other are pushed to the features as one block (one call per
+stream and micro-batch instead of one per record); each clock says when its records do.
+
 Adding a feature kind means adding an extractor and a clock, and naming the clock in `clock_factory`. A clock
 starts afresh with its stream (a restart after a gap makes a new one).
 
@@ -48,6 +51,15 @@ class StreamClock(Protocol):
 
     def span(self, stamp: Stamp, count: int) -> tuple[float, float]:
         """Event times of the first and the last of `count` samples stamped `stamp`."""
+        ...
+
+    def continues(self, last: Stamp, last_count: int, stamp: Stamp, *, max_gap_s: float) -> bool:
+        """Whether a record stamped `stamp` follows the record (`last`, `last_count` samples) with no sample between,
+        no restart-sized gap and nothing late: then both can be pushed as one block, as if one record."""
+        ...
+
+    def join(self, stamps: Sequence[Stamp]) -> Stamp:
+        """The stamp of a block of consecutive records (each continuing the one before) stamped `stamps`."""
         ...
 
     def advance(self, stamp: Stamp, count: int | None = None) -> None:
@@ -91,6 +103,14 @@ class SensorClock:
     def span(self, stamp: Stamp, count: int) -> tuple[float, float]:
         ts = np.asarray(stamp)
         return float(ts[0]), float(ts[-1])
+
+    def continues(self, last: Stamp, last_count: int, stamp: Stamp, *, max_gap_s: float) -> bool:
+        ts, before = np.asarray(stamp), np.asarray(last)
+        step = float(ts[0]) - float(before[-1])
+        return 0 < step <= max_gap_s and (len(ts) == 1 or bool(np.all(np.diff(ts) > 0)))
+
+    def join(self, stamps: Sequence[Stamp]) -> Stamp:
+        return np.concatenate([np.asarray(stamp, dtype=np.float64) for stamp in stamps])
 
     def advance(self, stamp: Stamp, count: int | None = None) -> None:
         ts = np.asarray(stamp, dtype=np.float64)
@@ -140,6 +160,14 @@ class AudioClock:
 
     def span(self, stamp: Stamp, count: int) -> tuple[float, float]:
         return float(stamp), float(stamp) + count / self.rate
+
+    def continues(self, last: Stamp, last_count: int, stamp: Stamp, *, max_gap_s: float) -> bool:
+        # Within half a sample of where the last chunk ends: the sample clock (origin + index / rate) then gives every
+        # sample of the chunk the time it would have been given alone; any other chunk is checked on its own.
+        return abs(float(stamp) - self.span(last, last_count)[1]) <= 0.5 / self.rate
+
+    def join(self, stamps: Sequence[Stamp]) -> Stamp:
+        return float(stamps[0])
 
     def advance(self, stamp: Stamp, count: int | None = None) -> None:
         if self.samples == 0:
