@@ -12,7 +12,9 @@ With `calibration.window_statistic = "band_mean_z"` a window scores
 
 where `error_scale` is the `window_statistic_quantile` of the normal windows' errors and `statistic_scale` is
 `window_statistic_margin` times that quantile of their statistic: the autoencoder decides, unless the bands' levels
-are well beyond anything normal. Both scales come from the same normal windows as the threshold.
+are well beyond anything normal. Both scales come from the same normal windows as the threshold. Where the
+statistic decides a window's score, the window's shares (an alert's top contributors) are the bands' squared
+z-scores (`band_terms`), so the alert names the bands whose level moved.
 """
 
 from __future__ import annotations
@@ -65,8 +67,16 @@ class BandMeanZ:
         >>> BandMeanZ((0.0, 1.0), (1.0, 2.0), 1.0, 1.0).statistic([[2.0, 1.0], [0.0, 5.0]])
         array([2., 2.])
         """
+        return np.asarray(self.band_terms(band_means).mean(axis=-1), dtype=np.float64)
+
+    def band_terms(self, band_means: npt.ArrayLike) -> F64:
+        """Each group's squared z-score (..., G), whose mean is the statistic: what each band contributed.
+
+        >>> BandMeanZ((0.0, 1.0), (1.0, 2.0), 1.0, 1.0).band_terms([2.0, 1.0])
+        array([4., 0.])
+        """
         z = (np.asarray(band_means, dtype=np.float64) - self._mean) / self._std
-        return np.asarray(np.square(z).mean(axis=-1), dtype=np.float64)
+        return np.asarray(np.square(z), dtype=np.float64)
 
     def score(self, error: float, band_means: npt.ArrayLike) -> float:
         """One window's score from its mean error and its groups' mean feature values (G,).

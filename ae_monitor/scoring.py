@@ -423,14 +423,18 @@ def _windows(scores: VectorScores, first: Positions, end: Positions, starts: npt
         return []
     # Each window's mean error: its vectors' errors as a row, summed (pairwise, as a slice's .mean() sums) / size.
     errors = scores.errors[starts[:, np.newaxis] + np.arange(size)].sum(axis=1) / size
+    groups = _window_sums(scores.share_basis, starts, size)
     if scores.statistic is not None and scores.band_means is not None:
         band_means = _window_sums(scores.band_means, starts, size) / size
         statistic = scores.statistic
-        window_scores = np.maximum(errors / statistic.error_scale,
-                                   statistic.statistic(band_means) / statistic.statistic_scale)  # fmt: skip
+        by_error = errors / statistic.error_scale
+        by_statistic = statistic.statistic(band_means) / statistic.statistic_scale
+        window_scores = np.maximum(by_error, by_statistic)
+        # Where the band statistic decided, the bands named are those whose level moved: each band's squared z.
+        decided = by_statistic > by_error
+        groups[decided] = statistic.band_terms(band_means[decided])
     else:
         window_scores = errors
-    groups = _window_sums(scores.share_basis, starts, size)
     totals = groups.sum(axis=1, keepdims=True)
     share_rows = np.divide(groups, totals, out=np.zeros_like(groups), where=totals > 0)
     return [

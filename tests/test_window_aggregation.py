@@ -21,12 +21,23 @@ def _one_by_one(scores: VectorScores, first: np.ndarray, end: np.ndarray, size: 
     return [
         ScoredWindow(
             scores.window_score(lo, lo + size),
-            shares(scores.group_errors[lo : lo + size].sum(axis=0)),
+            _window_shares(scores, lo, lo + size),
             float(first[lo]),
             float(end[lo + size - 1]),
         )
         for lo in range(0, len(scores) - size + 1, hop)
     ]
+
+
+def _window_shares(scores: VectorScores, lo: int, hi: int) -> tuple[float, ...]:
+    """What a window's alert names: each band's squared z where the band statistic decided the window's score, each
+    group's summed error otherwise."""
+    if scores.statistic is not None and scores.band_means is not None:
+        means, statistic = scores.band_means[lo:hi].mean(axis=0), scores.statistic
+        by_error = float(scores.errors[lo:hi].mean()) / statistic.error_scale
+        if float(statistic.statistic(means)) / statistic.statistic_scale > by_error:
+            return shares(statistic.band_terms(means))
+    return shares(scores.group_errors[lo:hi].sum(axis=0))
 
 
 @pytest.mark.parametrize("statistic", [False, True])
@@ -46,3 +57,17 @@ def test_a_sequence_shorter_than_a_window_is_one_window_over_all_of_it() -> None
     scores = _scores(10, 3, statistic=True)
     first, end = np.arange(10.0), np.arange(1.0, 11.0)
     assert aggregate(scores, first, end, size=31, hop=16) == _one_by_one(scores, first, end, 10, 10)
+
+
+def test_a_window_decided_by_the_band_statistic_names_the_bands_whose_level_moved() -> None:
+    # Band 0 reconstructs worst in every vector; band 2's level is 3 standard deviations off in the second half.
+    n, fitted = 40, BandMeanZ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), error_scale=1.0, statistic_scale=1.0)
+    group_errors = np.tile([0.6, 0.3, 0.1], (n, 1))
+    means = np.zeros((n, 3))
+    means[20:, 2] = 3.0
+    scores = VectorScores(group_errors.sum(axis=1), group_errors, means, fitted)
+    quiet, moved = aggregate(scores, np.arange(n * 1.0), np.arange(1.0, n + 1), size=20, hop=20)
+    assert quiet.score == pytest.approx(1.0)  # the error decided (statistic 0): band 0 is named, as before
+    assert quiet.contributions == pytest.approx((0.6, 0.3, 0.1))
+    assert moved.score == pytest.approx(3.0)  # the statistic decided (9 / 3 bands): band 2 alone is named
+    assert moved.contributions == pytest.approx((0.0, 0.0, 1.0))
