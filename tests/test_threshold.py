@@ -13,7 +13,15 @@ from scipy import stats
 from ae_monitor.config import CalibrationConfig
 from ae_monitor.errors import BundleError, ConfigError, DataError
 from ae_monitor.records import WindowScore
-from ae_monitor.threshold import Calibration, OnlineThresholds, StreamingPot, calibrate, scores_sha256
+from ae_monitor.threshold import (
+    Calibration,
+    OnlineThresholds,
+    StreamingPot,
+    calibrate,
+    gamma_logsf,
+    gpd_logsf,
+    scores_sha256,
+)
 
 HOP_S = 0.5
 
@@ -235,3 +243,17 @@ def test_online_thresholds_keep_one_tail_model_per_stream() -> None:
     for i in range(500):
         online(WindowScore("a", "b", float(i), i + 1.0, 4.0 + _rng(i).exponential(), 0.0, ()))
     assert online.threshold("a") > online.threshold("other") + 2.0
+
+
+@pytest.mark.parametrize("xi", [-0.8, -0.25, -1e-9, 0.0, 1e-9, 0.3, 1.5])
+def test_the_closed_form_gpd_log_survival_is_scipys_across_and_outside_the_support(xi: float) -> None:
+    x = np.concatenate([[-3.0, -1e-12, 0.0, 1e-12, np.nan], np.linspace(0.01, 20.0, 400), [1.25, 4.0, 1e6]])
+    expected = stats.genpareto.logsf(x, xi, scale=0.8)
+    np.testing.assert_allclose(gpd_logsf(x, xi, scale=0.8), expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [0.3, 1.0, 2.5, 40.0])
+def test_the_closed_form_gamma_log_survival_is_scipys_below_at_and_far_past_its_location(shape: float) -> None:
+    x = np.concatenate([[-5.0, 0.5, 1.0, np.nan], np.linspace(1.001, 60.0, 400), [1e4]])
+    expected = stats.gamma.logsf(x, shape, loc=1.0, scale=0.7)
+    np.testing.assert_allclose(gamma_logsf(x, shape, loc=1.0, scale=0.7), expected, rtol=1e-12, atol=1e-15)
