@@ -108,6 +108,21 @@ def test_a_slot_replaced_by_a_new_model_scores_with_the_new_model(bundle: Bundle
     np.testing.assert_allclose(scores["b"].errors, slots["b"].scorer.score(data["b"]).errors, rtol=1e-5)
 
 
+def test_streams_that_leave_give_their_rows_of_stacked_weights_back(bundle: Bundle) -> None:
+    slots = {f"s{i}": slot_of(own_model(bundle, i)) for i in range(100)}
+    data = {name: vectors(bundle, 1, i) for i, name in enumerate(slots)}
+    grouped = ModelGroups()
+    grouped.score(slots, data)
+    assert grouped.rows_held == 100
+    for name in list(slots)[:70]:  # evicted, or their partitions moved to another process
+        grouped.forget(name)
+        del slots[name], data[name]
+    assert grouped.rows_held <= 40  # compacted once most rows were free: the memory of the 70 is given back
+    assert_same_scores(grouped, slots, data)  # each remaining stream still scores with its own weights
+    slots["new"], data["new"] = slot_of(own_model(bundle, 200)), vectors(bundle, 1, 200)
+    assert_same_scores(grouped, slots, data)
+
+
 def test_slots_that_cannot_share_a_call_are_left_to_score_alone(bundle: Bundle, tmp_path: Path) -> None:
     onnx_root = tmp_path / "own"
     from ae_monitor.model.bundle import save_bundle

@@ -10,7 +10,8 @@ has, and a slot whose vectors would mostly pad a call (see `_calls`).
 
 The stacked weights of each architecture are kept from one micro-batch to the next and change only where a slot
 changes: a slot replaced under the same name (a model promoted, reloaded or retrained) overwrites its own row, a new
-slot (a stream learned or loaded) takes a row, a forgotten one (its stream evicted or moved away) frees its row.
+slot (a stream learned or loaded) takes a row, a forgotten one (its stream evicted or moved away) frees its row, and
+a stack more than half free is compacted, so the memory of streams that left is given back.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 F32 = npt.NDArray[np.float32]
 GroupKey = tuple[Hashable, ...]
+# A stack with more free rows than used ones, and more than this many, is compacted (a few free rows are kept for
+# the streams that come and go).
+MIN_ROWS_TO_COMPACT = 64
 
 
 def group_key(slot: Slot) -> GroupKey | None:
@@ -56,7 +60,8 @@ class _Stack:
 
     Rows are written in place: a slot's new bundle overwrites its row, a new slot takes a freed row or a new one
     (the tensors grow by what the new slots of a batch need and at least a quarter, so adding N slots one by one
-    copies O(N) weights in all), a forgotten slot frees its row. The tensors never shrink."""
+    copies O(N) weights in all), a forgotten slot frees its row. Once more than half the rows are free the stack is
+    compacted to the used ones."""
 
     def __init__(self, network: Autoencoder) -> None:
         import copy
@@ -83,8 +88,7 @@ class _Stack:
 
         missing = sum(name not in self.rows for name in slots) - len(self._free)
         if missing > 0:
-            size = next(iter(self.params.values())).shape[0]
-            self._grow(max(missing, size // 4))
+            self._grow(max(missing, self.size // 4))
         for name, slot in slots.items():
             if name not in self.rows:
                 self.rows[name] = self._free.pop()
@@ -97,11 +101,31 @@ class _Stack:
         row = self.rows.pop(name, None)
         if row is not None:
             self._free.append(row)
+            if len(self._free) > max(MIN_ROWS_TO_COMPACT, len(self.rows)):
+                self._compact()
+
+    @property
+    def size(self) -> int:
+        """Rows held, used or free."""
+        return int(next(iter(self.params.values())).shape[0])
+
+    def _compact(self) -> None:
+        """Down to the used rows (in their order): streams evicted or moved to another process give their memory
+        back instead of leaving the stack at its largest. Runs once more than half the rows are free, so a shrinking
+        fleet copies O(N) weights in all."""
+        import torch
+
+        names = sorted(self.rows, key=self.rows.__getitem__)
+        index = torch.tensor([self.rows[name] for name in names], dtype=torch.long)
+        for tensors in (self.params, self.buffers):
+            for key, old in tensors.items():
+                tensors[key] = old.index_select(0, index)
+        self.rows, self._free = {name: row for row, name in enumerate(names)}, []
 
     def _grow(self, rows: int) -> None:
         import torch
 
-        size = next(iter(self.params.values())).shape[0]
+        size = self.size
         for tensors in (self.params, self.buffers):
             for key, old in tensors.items():
                 tensors[key] = torch.cat([old, old.new_empty((rows, *old.shape[1:]))])
@@ -174,6 +198,11 @@ class ModelGroups:
                 for name, output in zip(call, outputs, strict=True):
                     scores[name] = slots[name].scorer.score_output(data[name], output)
         return scores
+
+    @property
+    def rows_held(self) -> int:
+        """Rows of stacked weights held over every architecture, used or free (each a copy of one model's weights)."""
+        return sum(stack.size for stack in self._stacks.values())
 
     def forget(self, name: str) -> None:
         """Slot `name` is gone: its row is freed."""
