@@ -254,6 +254,39 @@ def test_a_learned_stream_that_moves_to_a_new_operating_point_is_retrained_and_i
     assert events[shift[0]["id"]] == ["firing", "resolved"]
 
 
+def test_a_learned_model_older_than_max_model_age_s_is_retrained_on_schedule_and_decided_in_shadow(
+    client_library: str, kafka_bootstrap: str, kafka_topic: Callable[..., str], sensor_bundle: Path, tmp_path: Path,
+    serving: Serving,
+) -> None:  # fmt: skip
+    topic = kafka_topic(1)
+    root = tmp_path / "learned"
+    # Normal rows only: neither the alert share nor a drift episode asks for a retraining; the model's age does.
+    retrain = {"enabled": True, "lookback_windows": 100, "shadow_windows": 100, "max_model_age_s": 1.0}
+    config = learning_config(kafka_bootstrap, topic, sensor_bundle, root, retrain, client=client_library)
+    metrics = serving.start(config)
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.get_sample_value(name, labels) or 0.0
+
+    model = stream_model_name(STREAM)
+    normal = other_pump(PROBATION + 6000, seed=31)
+    produce(kafka_bootstrap, topic, normal[:PROBATION], 0)
+    wait_for("the stream's own model", lambda: sample("ae_monitor_learning_streams", state="scoring") == 1)
+    sent = PROBATION  # then rows at the same level: the reservoir fills, the model is past its age
+    decided = ("promoted", "discarded")
+    while not any(sample("ae_monitor_learning_retrainings_total", outcome=o) for o in decided):
+        assert sent < len(normal), "no scheduled retraining decided after 6,000 more normal rows"
+        produce(kafka_bootstrap, topic, normal[sent : sent + 200], sent)
+        sent += 200
+        time.sleep(0.5)
+    candidate = Registry(root).version(model, 2)
+    assert candidate.provenance["parent"] == 1
+    assert candidate.provenance["note"].endswith("retrained for: schedule")
+    assert candidate.provenance["metrics"]["shadow_decision"] in decided
+    production = Registry(root).resolve(model, "production").number
+    assert production == (2 if candidate.provenance["metrics"]["shadow_decision"] == "promoted" else 1)
+
+
 def settled(read: Callable[[], float], quiet_s: float = 2.0) -> float:
     """What `read` gives once it has not changed for `quiet_s` (serve has scored what was sent)."""
     value, since = read(), time.monotonic()
