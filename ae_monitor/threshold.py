@@ -469,8 +469,18 @@ def _gpd_quantile(fit: Mapping[str, float], risk: float, n: int) -> float:
     return fit["t"] + fit["sigma"] / fit["xi"] * (float(ratio ** -fit["xi"]) - 1.0)
 
 
+def min_calibration_scores(cfg: CalibrationConfig) -> int:
+    """The fewest normal window scores `calibrate` accepts with `cfg` (the other methods fall back to the largest
+    score on short data; peaks-over-threshold needs its peaks), so that training can refuse short data first."""
+    return _pot_scores_needed(cfg.pot_initial_quantile) if cfg.method == "pot" else 2
+
+
+def _pot_scores_needed(initial_quantile: float) -> int:
+    return math.ceil(MIN_PEAKS / (1.0 - initial_quantile)) + 1
+
+
 def _too_few_peaks_message(n: int, n_peaks: int, initial_quantile: float) -> str:
-    needed = math.ceil(MIN_PEAKS / (1.0 - initial_quantile)) + 1
+    needed = _pot_scores_needed(initial_quantile)
     return (
         f"peaks-over-threshold needs at least {MIN_PEAKS} scores above the initial threshold (the "
         f"{initial_quantile:g} quantile) but {n} scores gave {n_peaks}; calibrate on at least {needed} scores "

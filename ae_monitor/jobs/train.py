@@ -37,7 +37,7 @@ from ae_monitor.scoring import (
     window_hop_s,
     window_plan,
 )
-from ae_monitor.threshold import Calibration, calibrate
+from ae_monitor.threshold import Calibration, calibrate, min_calibration_scores
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def fit_bundle(config: Config, signals: Sequence[Signal], *, name: str, progress
 def check_split_sizes(
     config: Config, signals: Sequence[Signal], train: Sequence[Signal], calibration: Sequence[Signal]
 ) -> None:
-    """Stop before any epoch when the training part holds no window or the calibration part fewer than 2 (what
-    calibration needs), naming how long each file must be. Counts come from the lengths alone (no features)."""
-    parts = (("training", train, 1), ("calibration", calibration, 2))
-    short = [(part, got, need) for part, chunk, need in parts if (got := _windows_in(config, chunk)) < need]
+    """Stop before any epoch when the training part holds no window or the calibration gets fewer window scores than
+    its method needs (2; peaks-over-threshold: enough for its peaks), naming how long each file must be. Counts come
+    from the lengths alone (no features)."""
+    short = _shortfalls(config, signals, train, calibration)
     if not short:
         return
     part, got, need = short[0]
@@ -131,10 +131,21 @@ def check_split_sizes(
     what = "of audio " if audio else ""
     remedy = [] if enough is None else [f"supply at least {amount(enough)} {what}per file (the longest has {longest})"]
     remedy += ["raise training.calibration_fraction"] if part == "calibration" else []
+    remedy += ["lower calibration.pot_initial_quantile"] if part == "calibration" and need > 2 else []
     raise DataError(
         f"the normal data is too short: its {part} part gives {got} window(s) before training, {need} needed; "
         + " or ".join(remedy)
     )
+
+
+def _shortfalls(config: Config, signals: Sequence[Signal], train: Sequence[Signal],
+                calibration: Sequence[Signal]) -> list[tuple[str, int, int]]:  # fmt: skip
+    """(part, windows it gives, windows needed) for each part that is too short, training first."""
+    # With calibrate_on "all" every normal window is scored for the threshold, not only the held-out part's.
+    scored = signals if config.calibration.calibrate_on == "all" else calibration
+    parts = (("training", train, 1), ("calibration", calibration, 2),
+             ("calibration", scored, min_calibration_scores(config.calibration)))  # fmt: skip
+    return [(part, got, need) for part, chunk, need in parts if (got := _windows_in(config, chunk)) < need]
 
 
 def _windows_in(config: Config, signals: Sequence[Signal]) -> int:
@@ -170,7 +181,7 @@ def _shortest_sufficient_length(config: Config, n_files: int) -> int | None:
             validation_fraction=config.training.validation_fraction,
             calibration_fraction=config.training.calibration_fraction,
         )
-        return _windows_in(config, train) >= 1 and _windows_in(config, calibration or validation) >= 2
+        return not _shortfalls(config, stand_ins, train, calibration or validation)
 
     low, high = 0, 1
     while not passes(high):
