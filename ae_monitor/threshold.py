@@ -470,13 +470,21 @@ def _gpd_quantile(fit: Mapping[str, float], risk: float, n: int) -> float:
 
 
 def min_calibration_scores(cfg: CalibrationConfig) -> int:
-    """The fewest normal window scores `calibrate` accepts with `cfg` (the other methods fall back to the largest
+    """The fewest normal window scores `calibrate` can accept with `cfg` (the other methods fall back to the largest
     score on short data; peaks-over-threshold needs its peaks), so that training can refuse short data first."""
     return _pot_scores_needed(cfg.pot_initial_quantile) if cfg.method == "pot" else 2
 
 
+@functools.cache
 def _pot_scores_needed(initial_quantile: float) -> int:
-    return math.ceil(MIN_PEAKS / (1.0 - initial_quantile)) + 1
+    """The fewest scores that give MIN_PEAKS peaks over their `initial_quantile` when they are all distinct (ties
+    give fewer): found with `_peaks` itself, so the check and the calibration cannot disagree."""
+    low, high = MIN_PEAKS - 1, math.ceil(MIN_PEAKS / (1.0 - initial_quantile)) + 1  # too few; enough
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _peaks(np.arange(float(middle)), initial_quantile)[1].size >= MIN_PEAKS else (
+            middle, high)  # fmt: skip
+    return high
 
 
 def _too_few_peaks_message(n: int, n_peaks: int, initial_quantile: float) -> str:

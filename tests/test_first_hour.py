@@ -311,7 +311,7 @@ def test_a_too_short_audio_training_set_stops_before_training_naming_how_much_au
 def test_training_data_too_short_for_peaks_over_threshold_stops_before_training_naming_the_scores_it_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # POT needs 10 peaks above its initial quantile: 201 window scores at 0.95 (the other methods need 2).
+    # POT needs 10 peaks above its initial quantile: 182 window scores at 0.95 (the other methods need 2).
     config = tmp_path / "audio.toml"
     config.write_text('[features]\nkind = "logmel"\n[training]\nepochs = 1\n[calibration]\nmethod = "pot"\n'
                       "pot_initial_quantile = 0.95\n[model]\nhidden_units = [16]\nlatent_dim = 4\n")  # fmt: skip
@@ -321,7 +321,7 @@ def test_training_data_too_short_for_peaks_over_threshold_stops_before_training_
     out = capsys.readouterr()
     assert "epoch" not in out.err  # stopped before training, not after it at calibration
     err = out.err.strip()
-    assert "window(s) before training, 201 needed" in err, err
+    assert "window(s) before training, 182 needed" in err, err
     assert "lower calibration.pot_initial_quantile" in err
     needed = float(err.split("supply at least ")[1].split(" s ")[0])
     enough = ["train", "--config", str(config), "--data", str(_hum(tmp_path / "enough", needed)), "--out",

@@ -245,14 +245,14 @@ def test_a_reservoir_too_short_to_train_a_candidate_is_refused_at_startup(route_
 def test_a_reservoir_too_short_for_the_calibration_method_is_refused_at_startup_not_at_each_retraining(
     route_bundle: Bundle, tmp_path: Path
 ) -> None:
-    # The route bundle calibrates with peaks-over-threshold (initial quantile 0.95: 201 window scores); 800 rows
+    # The route bundle calibrates with peaks-over-threshold (initial quantile 0.95: 182 window scores); 800 rows
     # train a network but leave its calibration about 90 held-out windows, which failed every retraining in serve.
     assert route_bundle.calibration is not None
     assert route_bundle.calibration.method == "pot"
     route = RouteConfig(bundle_path="pump", learn="per_stream", learned_registry=str(tmp_path))
     config = config_from_dict({"learning": {"retrain": {"enabled": True, "reservoir_samples": 1000,
                                                         "holdback_samples": 200}}})  # fmt: skip
-    with pytest.raises(ConfigError, match=r"learning\.retrain\.reservoir_samples: .* 201 needed"):
+    with pytest.raises(ConfigError, match=r"learning\.retrain\.reservoir_samples: .* 182 needed"):
         learn_routes(config, [(route, "pump")], {"pump": route_bundle}, StreamTrainer())
 
 

@@ -183,8 +183,11 @@ def test_two_dimensional_scores_are_rejected() -> None:
 
 def test_pot_with_too_few_peaks_says_how_many_scores_are_needed() -> None:
     cfg = CalibrationConfig(method="pot", pot_initial_quantile=0.98, pot_risk=1e-4)
-    with pytest.raises(DataError, match=r"gave 4; calibrate on at least 501 scores"):
+    with pytest.raises(DataError, match=r"gave 4; calibrate on at least 452 scores"):
         calibrate(_rng().exponential(size=200), cfg, window_hop_s=HOP_S)
+    assert calibrate(_rng().exponential(size=452), cfg, window_hop_s=HOP_S).parameters["n_peaks"] == 10  # enough
+    with pytest.raises(DataError, match=r"451 scores gave 9"):  # and no fewer is
+        calibrate(_rng().exponential(size=451), cfg, window_hop_s=HOP_S)
 
 
 def test_pot_risk_outside_the_fitted_tail_is_a_config_error() -> None:
