@@ -427,12 +427,13 @@ def _windows(scores: VectorScores, first: Positions, end: Positions, starts: npt
     if scores.statistic is not None and scores.band_means is not None:
         band_means = _window_sums(scores.band_means, starts, size) / size
         statistic = scores.statistic
+        terms = statistic.band_terms(band_means)  # the statistic is their mean
         by_error = errors / statistic.error_scale
-        by_statistic = statistic.statistic(band_means) / statistic.statistic_scale
+        by_statistic = np.asarray(terms.mean(axis=-1), dtype=np.float64) / statistic.statistic_scale
         window_scores = np.maximum(by_error, by_statistic)
         # Where the band statistic decided, the bands named are those whose level moved: each band's squared z.
         decided = by_statistic > by_error
-        groups[decided] = statistic.band_terms(band_means[decided])
+        groups[decided] = terms[decided]
     else:
         window_scores = errors
     totals = groups.sum(axis=1, keepdims=True)

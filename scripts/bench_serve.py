@@ -964,11 +964,16 @@ def run_latency(bootstrap: str, topics: Topics, bundle: Path, settings: Settings
 
 def peak_rss_mb(pid: int) -> float:
     """Process `pid`'s peak resident memory (VmHWM) in MB; NaN where /proc is not readable."""
+    return _status_mb(pid, "VmHWM")
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A memory field of /proc/`pid`/status (kB there) in MB; NaN where it is not readable."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
         return float("nan")
-    found = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    found = [int(line.split()[1]) for line in lines if line.startswith(f"{field}:")]
     return found[0] / 1024 if found else float("nan")
 
 
@@ -1233,12 +1238,7 @@ MEMORY_EVICTION_S = 5.0  # streams.idle_eviction_s of the memory run (default 3,
 
 def rss_mb(pid: int) -> float:
     """Process `pid`'s resident memory now (VmRSS) in MB; NaN where /proc is not readable."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return float("nan")
-    found = [int(line.split()[1]) for line in lines if line.startswith("VmRSS:")]
-    return found[0] / 1024 if found else float("nan")
+    return _status_mb(pid, "VmRSS")
 
 
 def wait_metric(daemon: ServeProcess, name: str, done: Callable[[float], bool], timeout_s: float) -> float:

@@ -141,10 +141,10 @@ def check_split_sizes(
 def _shortfalls(config: Config, signals: Sequence[Signal], train: Sequence[Signal],
                 calibration: Sequence[Signal]) -> list[tuple[str, int, int]]:  # fmt: skip
     """(part, windows it gives, windows needed) for each part that is too short, training first."""
-    # With calibrate_on "all" every normal window is scored for the threshold, not only the held-out part's.
-    scored = signals if config.calibration.calibrate_on == "all" else calibration
-    parts = (("training", train, 1), ("calibration", calibration, 2),
-             ("calibration", scored, min_calibration_scores(config.calibration)))  # fmt: skip
+    parts = [("training", train, 1), ("calibration", calibration, min_calibration_scores(config.calibration))]
+    if config.calibration.calibrate_on == "all":
+        # Every normal window is scored for the threshold; the held-out part still needs its 2.
+        parts[1:] = [("calibration", signals, parts[1][2]), ("calibration", calibration, 2)]
     return [(part, got, need) for part, chunk, need in parts if (got := _windows_in(config, chunk)) < need]
 
 
